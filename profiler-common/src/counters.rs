@@ -1,0 +1,30 @@
+//! Event and drop counters: one per-CPU array slot each, summed by userspace.
+
+/// Index of each counter in the `COUNTERS` per-CPU array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// sched_switch events seen (all tasks, before filtering).
+    SchedSwitches = 0,
+    /// Switches where the outgoing task was still runnable (preempted), not sleeping.
+    InvoluntarySwitches,
+    /// sched_wakeup and sched_wakeup_new events that started a run-queue clock.
+    Wakeups,
+    /// Run-queue latencies measured (switch-in of a task with a start time).
+    RunqLatencies,
+    /// Run-queue latencies not added to a per-process histogram because its map was full.
+    RunqProcessDrops,
+    /// Syscalls measured (sys_exit with a matching sys_enter).
+    Syscalls,
+    /// Syscalls not added to the per-process table because its map was full.
+    SyscallProcessDrops,
+    /// Failed syscalls whose errno did not fit in the errno map.
+    SyscallErrnoDrops,
+    /// Per-thread start timestamps that could not be stored.
+    StartDrops,
+    /// Processes whose name could not be stored in the process map.
+    ProcessDrops,
+}
+
+/// Number of slots in the `COUNTERS` array.
+pub const NUM_COUNTERS: u32 = 10;

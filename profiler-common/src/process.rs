@@ -1,0 +1,17 @@
+//! Names of the processes the probes saw, captured in the kernel so that a process that exits before
+//! userspace looks at /proc still has a name.
+
+/// Length of a kernel task name (`TASK_COMM_LEN`).
+pub const COMM_LEN: usize = 16;
+
+/// Value of the `PROCESSES` map, keyed by tgid.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ProcessName {
+    pub comm: [u8; COMM_LEN],
+}
+
+crate::user_pod!(ProcessName);
+
+/// Capacity of the `PROCESSES` map (an LRU: the oldest entries give way; userspace reads it often).
+pub const MAX_PROCESSES: u32 = 16384;

@@ -1,0 +1,49 @@
+//! Syscall probe: map layouts.
+
+/// Syscall numbers at or above this are not tracked (x86_64 has about 470).
+pub const MAX_SYSCALL_NR: u32 = 512;
+
+/// Key of `SYSCALL_STATS`: one syscall of one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ProcessSyscall {
+    pub tgid: u32,
+    pub nr: u32,
+}
+
+/// Value of `SYSCALL_STATS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyscallStats {
+    pub count: u64,
+    pub errors: u64,
+    pub total_ns: u64,
+}
+
+/// Key of `SYSCALL_ERRNOS`: how often one syscall of one process failed with one errno.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SyscallErrno {
+    pub tgid: u32,
+    pub nr: u32,
+    pub errno: u32,
+    pub _pad: u32,
+}
+
+/// Value of `SYSCALL_START`, keyed by thread id: when the thread entered which syscall.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SyscallStart {
+    pub ts: u64,
+    pub nr: u32,
+    pub _pad: u32,
+}
+
+crate::user_pod!(ProcessSyscall, SyscallStats, SyscallErrno, SyscallStart);
+
+/// Capacity of `SYSCALL_START` (LRU, keyed by thread id).
+pub const MAX_THREADS_IN_SYSCALL: u32 = 32768;
+/// Capacity of `SYSCALL_STATS`.
+pub const MAX_PROCESS_SYSCALLS: u32 = 32768;
+/// Capacity of `SYSCALL_ERRNOS`.
+pub const MAX_SYSCALL_ERRNOS: u32 = 8192;

@@ -1,0 +1,135 @@
+//! What every probe shares: counters, the process filter, process names, and reading `task_struct`
+//! at offsets that userspace found in the kernel's BTF (Rust eBPF has no CO-RE relocations).
+
+use aya_ebpf::{
+    Global,
+    helpers::{bpf_get_current_cgroup_id, bpf_probe_read_kernel},
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray},
+};
+use profiler_common::{
+    counters::{Counter, NUM_COUNTERS},
+    process::{COMM_LEN, MAX_PROCESSES, ProcessName},
+};
+
+/// Byte offsets inside kernel structs, set by the loader from /sys/kernel/btf/vmlinux.
+#[unsafe(no_mangle)]
+static TASK_PID_OFFSET: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static TASK_TGID_OFFSET: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static TASK_GROUP_LEADER_OFFSET: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static TASK_COMM_OFFSET: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static TASK_CGROUPS_OFFSET: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static CSS_SET_DFL_CGRP_OFFSET: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static CGROUP_KN_OFFSET: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static KERNFS_NODE_ID_OFFSET: Global<u32> = Global::new(0);
+
+/// Non-zero: only processes listed in `FILTER_PIDS` are recorded.
+#[unsafe(no_mangle)]
+static FILTER_BY_PID: Global<u8> = Global::new(0);
+/// Non-zero: only tasks in the cgroup (v2) with this id are recorded.
+#[unsafe(no_mangle)]
+static FILTER_CGROUP_ID: Global<u64> = Global::new(0);
+
+#[map]
+static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);
+
+#[map]
+static PROCESSES: LruHashMap<u32, ProcessName> = LruHashMap::with_max_entries(MAX_PROCESSES, 0);
+
+/// Only create a map entry, never overwrite one.
+pub const BPF_NOEXIST: u64 = 1;
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // Per-CPU slot, and programs do not migrate while they run: a plain add is race-free.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Adds to a counter that several CPUs may update at once.
+#[inline(always)]
+pub fn atomic_add(target: *mut u64, value: u64) {
+    use core::intrinsics::{AtomicOrdering, atomic_xadd};
+    // `AtomicU64::fetch_add` is not offered for the BPF target; the intrinsic lowers to BPF_ATOMIC_ADD.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(target, value) };
+}
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+unsafe fn read_field<T>(base: *const u8, offset: u32) -> Option<T> {
+    unsafe { bpf_probe_read_kernel(base.add(offset as usize).cast::<T>()) }.ok()
+}
+
+/// Thread id and process id of a task.
+#[inline(always)]
+pub fn task_ids(task: *const u8) -> Option<(u32, u32)> {
+    let pid: i32 = unsafe { read_field(task, TASK_PID_OFFSET.load()) }?;
+    let tgid: i32 = unsafe { read_field(task, TASK_TGID_OFFSET.load()) }?;
+    Some((pid as u32, tgid as u32))
+}
+
+/// cgroup v2 id of a task: task->cgroups->dfl_cgrp->kn->id.
+#[inline(always)]
+fn task_cgroup_id(task: *const u8) -> Option<u64> {
+    let css_set: *const u8 = unsafe { read_field(task, TASK_CGROUPS_OFFSET.load()) }?;
+    let cgroup: *const u8 = unsafe { read_field(css_set, CSS_SET_DFL_CGRP_OFFSET.load()) }?;
+    let kernfs_node: *const u8 = unsafe { read_field(cgroup, CGROUP_KN_OFFSET.load()) }?;
+    unsafe { read_field(kernfs_node, KERNFS_NODE_ID_OFFSET.load()) }
+}
+
+#[inline(always)]
+fn pid_selected(tgid: u32) -> bool {
+    FILTER_BY_PID.load() == 0 || unsafe { FILTER_PIDS.get(&tgid) }.is_some()
+}
+
+/// Whether a task (not necessarily the current one) passes the --pid and --cgroup filters.
+#[inline(always)]
+pub fn task_selected(task: *const u8, tgid: u32) -> bool {
+    if !pid_selected(tgid) {
+        return false;
+    }
+    let cgroup = FILTER_CGROUP_ID.load();
+    cgroup == 0 || task_cgroup_id(task) == Some(cgroup)
+}
+
+/// Whether the current task passes the --pid and --cgroup filters.
+#[inline(always)]
+pub fn current_selected(tgid: u32) -> bool {
+    if !pid_selected(tgid) {
+        return false;
+    }
+    let cgroup = FILTER_CGROUP_ID.load();
+    cgroup == 0 || unsafe { bpf_get_current_cgroup_id() } == cgroup
+}
+
+/// Remembers the name of a task's process (its group leader's comm). Called only when a probe
+/// creates a new per-process entry, so it stays off the common path.
+#[inline(always)]
+pub fn note_process(task: *const u8, tgid: u32) {
+    let Some(leader) = (unsafe { read_field::<*const u8>(task, TASK_GROUP_LEADER_OFFSET.load()) }) else {
+        return;
+    };
+    let Some(comm) = (unsafe { read_field::<[u8; COMM_LEN]>(leader, TASK_COMM_OFFSET.load()) }) else {
+        return;
+    };
+    if PROCESSES.insert(&tgid, &ProcessName { comm }, BPF_NOEXIST).is_err()
+        && unsafe { PROCESSES.get(&tgid) }.is_none()
+    {
+        count(Counter::ProcessDrops);
+    }
+}

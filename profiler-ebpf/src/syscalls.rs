@@ -1,0 +1,113 @@
+//! Syscalls: count, errors (with errno) and latency per (process, syscall), and a latency histogram
+//! per syscall. BTF tracepoints on raw_syscalls pass the syscall number and return value as
+//! arguments, so the hot path reads no tracepoint record.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
+    macros::{btf_tracepoint, map},
+    maps::{Array, HashMap, LruHashMap},
+    programs::BtfTracePointContext,
+};
+use profiler_common::{
+    counters::Counter,
+    histogram::{Histogram, NUM_BUCKETS, bucket_index},
+    syscalls::{
+        MAX_PROCESS_SYSCALLS, MAX_SYSCALL_ERRNOS, MAX_SYSCALL_NR, MAX_THREADS_IN_SYSCALL, ProcessSyscall,
+        SyscallErrno, SyscallStart, SyscallStats,
+    },
+};
+
+use crate::shared::{BPF_NOEXIST, atomic_add, count, current_selected, note_process, now_ns};
+
+/// Threads inside a syscall. LRU: exit() and exit_group() never return, so their entries go stale.
+#[map]
+static SYSCALL_START: LruHashMap<u32, SyscallStart> = LruHashMap::with_max_entries(MAX_THREADS_IN_SYSCALL, 0);
+
+#[map]
+static SYSCALL_STATS: HashMap<ProcessSyscall, SyscallStats> = HashMap::with_max_entries(MAX_PROCESS_SYSCALLS, 0);
+
+#[map]
+static SYSCALL_ERRNOS: HashMap<SyscallErrno, u64> = HashMap::with_max_entries(MAX_SYSCALL_ERRNOS, 0);
+
+/// Latency histogram per syscall number, all processes together.
+#[map]
+static SYSCALL_LATENCY: Array<Histogram> = Array::with_max_entries(MAX_SYSCALL_NR, 0);
+
+/// The kernel returns errors as -errno with errno below 4096.
+const MAX_ERRNO: i64 = 4095;
+
+/// TP_PROTO(struct pt_regs *regs, long id)
+#[btf_tracepoint(function = "sys_enter")]
+pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
+    let nr: i64 = ctx.arg(1);
+    if !(0..MAX_SYSCALL_NR as i64).contains(&nr) {
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !current_selected((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    let start = SyscallStart { ts: now_ns(), nr: nr as u32, _pad: 0 };
+    if SYSCALL_START.insert(&(pid_tgid as u32), &start, 0).is_err() {
+        count(Counter::StartDrops);
+    }
+    0
+}
+
+/// TP_PROTO(struct pt_regs *regs, long ret)
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    let Some(start) = (unsafe { SYSCALL_START.get(&tid) }) else { return 0 };
+    let (ts, nr) = (start.ts, start.nr);
+    let _ = SYSCALL_START.remove(&tid);
+    let now = now_ns();
+    let latency = now.saturating_sub(ts);
+    let ret: i64 = ctx.arg(1);
+    let errno = if (-MAX_ERRNO..0).contains(&ret) { (-ret) as u32 } else { 0 };
+    let tgid = (pid_tgid >> 32) as u32;
+    count(Counter::Syscalls);
+
+    if let Some(histogram) = SYSCALL_LATENCY.get_ptr_mut(nr) {
+        let index = bucket_index(latency) as usize;
+        if index < NUM_BUCKETS {
+            atomic_add(unsafe { &raw mut (*histogram).buckets[index] }, 1);
+        }
+    }
+
+    let key = ProcessSyscall { tgid, nr };
+    let stats = match SYSCALL_STATS.get_ptr_mut(&key) {
+        Some(stats) => stats,
+        None => {
+            let _ = SYSCALL_STATS.insert(&key, &SyscallStats::default(), BPF_NOEXIST);
+            let Some(stats) = SYSCALL_STATS.get_ptr_mut(&key) else {
+                count(Counter::SyscallProcessDrops);
+                return 0;
+            };
+            note_process(unsafe { bpf_get_current_task() } as *const u8, tgid);
+            stats
+        }
+    };
+    unsafe {
+        atomic_add(&raw mut (*stats).count, 1);
+        atomic_add(&raw mut (*stats).total_ns, latency);
+    }
+    if errno != 0 {
+        unsafe { atomic_add(&raw mut (*stats).errors, 1) };
+        count_errno(SyscallErrno { tgid, nr, errno, _pad: 0 });
+    }
+    0
+}
+
+#[inline(always)]
+fn count_errno(key: SyscallErrno) {
+    if let Some(slot) = SYSCALL_ERRNOS.get_ptr_mut(&key) {
+        atomic_add(slot, 1);
+    } else if SYSCALL_ERRNOS.insert(&key, &1, BPF_NOEXIST).is_err() {
+        match SYSCALL_ERRNOS.get_ptr_mut(&key) {
+            Some(slot) => atomic_add(slot, 1),
+            None => count(Counter::SyscallErrnoDrops),
+        }
+    }
+}

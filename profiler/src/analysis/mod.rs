@@ -1,0 +1,4 @@
+//! Turning a recording into numbers people read: percentiles and the summary behind `report`.
+
+pub mod histogram;
+pub mod summary;

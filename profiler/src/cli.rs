@@ -1,0 +1,103 @@
+//! Command-line interface (clap derive), with the option names perf and bcc users expect.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::probes::Probe;
+
+#[derive(Debug, Parser)]
+#[command(name = "profiler", version, about = "eBPF profiler: run-queue latency, syscalls and on-CPU stacks")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// More log output (-v info, -vv debug); also RUST_LOG.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Record system-wide (or filtered) activity into a recording file, then print a summary.
+    Record(RecordArgs),
+    /// Print the summary of a recording.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// How long to record (e.g. 10, 10s, 2m, 500ms); default: until Ctrl-C or SIGTERM.
+    #[arg(short, long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Where to write the recording.
+    #[arg(short, long, default_value = "profiler.rec")]
+    pub output: PathBuf,
+    /// Record only this process (repeatable); filtered in the kernel.
+    #[arg(short, long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Record only tasks of this cgroup v2 (a path, absolute or under /sys/fs/cgroup).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// Probes to run, comma-separated; default: all.
+    #[arg(long, value_delimiter = ',', value_name = "PROBE")]
+    pub probes: Vec<Probe>,
+    /// Print nothing but errors; no summary at the end.
+    #[arg(short, long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub report: ReportOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A recording made by `profiler record`.
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub report: ReportOptions,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ReportOptions {
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Also print latency histograms, runqlat style.
+    #[arg(long)]
+    pub histogram: bool,
+    /// Rows in each top-N table.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+}
+
+/// Plain numbers are seconds (as in perf and bcc tools); anything else is a humantime duration.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    if let Ok(seconds) = text.parse::<f64>() {
+        if seconds.is_finite() && seconds > 0.0 {
+            return Ok(Duration::from_secs_f64(seconds));
+        }
+        return Err("the duration must be positive".into());
+    }
+    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 10, 10s, 2m, 500ms)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("-3").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

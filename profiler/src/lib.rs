@@ -1,0 +1,8 @@
+//! The profiler's pipeline: probes → collector → recording → analysis → output.
+
+pub mod analysis;
+pub mod cli;
+pub mod collector;
+pub mod output;
+pub mod probes;
+pub mod recording;

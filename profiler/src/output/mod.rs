@@ -1,0 +1,3 @@
+//! Renderings of an analysed recording.
+
+pub mod report;

@@ -1,0 +1,189 @@
+//! The text report: what a person reads at the end of `record` and from `report FILE`.
+
+use std::fmt::Write as _;
+
+use crate::{
+    analysis::{
+        histogram::{Percentiles, format_ns},
+        summary::{Summary, syscall_name},
+    },
+    recording::{LatencyHistogram, Recording},
+};
+
+pub fn text(summary: &Summary) -> String {
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(
+        w,
+        "Recording: {} ({}, {} CPUs), {:.1}s, probes: {}",
+        summary.hostname,
+        summary.kernel_release,
+        summary.cpus,
+        summary.duration_s,
+        summary.probes.join(", ")
+    );
+    if !summary.pids.is_empty() {
+        let pids: Vec<String> = summary.pids.iter().map(u32::to_string).collect();
+        let _ = writeln!(w, "Filter: pid {}", pids.join(", "));
+    }
+    if let Some(cgroup) = &summary.cgroup {
+        let _ = writeln!(w, "Filter: cgroup {cgroup}");
+    }
+    let _ = writeln!(w, "Events: {}   Dropped: {}", summary.events, summary.dropped_total);
+    if summary.dropped_total > 0 {
+        let d = &summary.drops;
+        let _ = writeln!(
+            w,
+            "  drops: run-queue per-process {}, syscall per-process {}, errno {}, start times {}, process names {}",
+            d.runq_process, d.syscall_process, d.syscall_errno, d.start, d.process_names
+        );
+    }
+
+    if let Some(runq) = &summary.runq {
+        let _ = writeln!(w, "\nRun-queue latency (wakeup or preemption -> on CPU)");
+        let _ = writeln!(
+            w,
+            "  context switches {}, involuntary {} ({:.1}%), wakeups {}",
+            runq.sched_switches,
+            runq.involuntary_switches,
+            percent(runq.involuntary_switches, runq.sched_switches),
+            runq.wakeups
+        );
+        let _ = writeln!(w, "  {:<24} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}", "", "count", "p50", "p90", "p99", "p99.9", "max");
+        latency_row(w, "system-wide", &runq.system);
+        for (cpu, p) in runq.per_cpu.iter().enumerate().filter(|(_, p)| p.count > 0) {
+            latency_row(w, &format!("cpu {cpu}"), p);
+        }
+        if !runq.worst_processes.is_empty() {
+            let _ = writeln!(w, "  worst p99 by process:");
+            for p in &runq.worst_processes {
+                latency_row(w, &format!("{} [{}]", p.comm, p.tgid), &p.latency);
+            }
+        }
+    }
+
+    if let Some(syscalls) = &summary.syscalls {
+        let _ = writeln!(
+            w,
+            "\nSyscalls: {} calls, {} errors ({:.2}%)",
+            syscalls.total,
+            syscalls.errors,
+            percent(syscalls.errors, syscalls.total)
+        );
+        for (title, rows) in [("by count", &syscalls.by_count), ("by total time", &syscalls.by_time)] {
+            let _ = writeln!(w, "  top {title}:");
+            let _ = writeln!(
+                w,
+                "  {:<20} {:>10} {:>10} {:>9} {:>9} {:>9} {:>8}  {}",
+                "syscall", "count", "total", "mean", "p50", "p99", "errors", "commonest errno"
+            );
+            for row in rows.iter() {
+                let errno = row.top_errno.as_ref().map_or(String::new(), |(name, n)| format!("{name} ({n})"));
+                let _ = writeln!(
+                    w,
+                    "  {:<20} {:>10} {:>10} {:>9} {:>9} {:>9} {:>8}  {}",
+                    row.name,
+                    row.count,
+                    format_ns(row.total_ns),
+                    format_ns(row.latency.mean_ns as u64),
+                    format_ns(row.latency.p50_ns),
+                    format_ns(row.latency.p99_ns),
+                    row.errors,
+                    errno
+                );
+            }
+        }
+        if !syscalls.errors_by_process.is_empty() {
+            let _ = writeln!(w, "  errors by process:");
+            for row in &syscalls.errors_by_process {
+                let errnos: Vec<String> = row.errnos.iter().map(|(name, n)| format!("{name} {n}")).collect();
+                let _ = writeln!(
+                    w,
+                    "  {:<24} {:<16} {:>8} of {:<10} {}",
+                    format!("{} [{}]", row.comm, row.tgid),
+                    row.syscall,
+                    row.errors,
+                    row.count,
+                    errnos.join(", ")
+                );
+            }
+        }
+    }
+    out
+}
+
+fn latency_row(w: &mut String, label: &str, p: &Percentiles) {
+    let _ = writeln!(
+        w,
+        "  {:<24} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        truncate(label, 24),
+        p.count,
+        format_ns(p.p50_ns),
+        format_ns(p.p90_ns),
+        format_ns(p.p99_ns),
+        format_ns(p.p999_ns),
+        format_ns(p.max_ns)
+    );
+}
+
+fn truncate(s: &str, width: usize) -> String {
+    if s.chars().count() <= width { s.to_string() } else { s.chars().take(width - 1).chain(['…']).collect() }
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 { 0.0 } else { part as f64 * 100.0 / whole as f64 }
+}
+
+/// Text histograms in the style of bcc's runqlat, one line per non-empty bucket (ours are 16
+/// times finer, so empty ranges between them are skipped rather than printed).
+pub fn histograms(recording: &Recording, top: usize) -> String {
+    let mut out = String::new();
+    if let Some(runq) = &recording.runq {
+        out.push_str("\nRun-queue latency, system-wide\n");
+        out.push_str(&histogram_text(&runq.system));
+    }
+    if let Some(syscalls) = &recording.syscalls {
+        let mut busiest: Vec<(&u32, &LatencyHistogram)> = syscalls.latency.iter().collect();
+        busiest.sort_by_key(|(_, h)| std::cmp::Reverse(h.count()));
+        for (&nr, histogram) in busiest.into_iter().take(top) {
+            let _ = write!(out, "\nSyscall latency: {}\n", syscall_name(nr));
+            out.push_str(&histogram_text(histogram));
+        }
+    }
+    out
+}
+
+pub fn histogram_text(histogram: &LatencyHistogram) -> String {
+    const BAR: usize = 40;
+    let mut out = String::new();
+    let max = histogram.buckets.iter().map(|&(_, c)| c).max().unwrap_or(0);
+    let _ = writeln!(out, "  {:>21} : {:<10} {}", "range", "count", "distribution");
+    for (lower, upper, count) in histogram.ranges() {
+        let stars = if max == 0 { 0 } else { ((count as u128 * BAR as u128).div_ceil(max as u128)) as usize };
+        let upper = if upper == u64::MAX { "inf".to_string() } else { format_ns(upper) };
+        let _ = writeln!(
+            out,
+            "  {:>9} -> {:<9} : {:<10} |{:<BAR$}|",
+            format_ns(lower),
+            upper,
+            count,
+            "*".repeat(stars)
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_lines_show_ranges_and_scaled_bars() {
+        let histogram = LatencyHistogram { buckets: vec![(5, 10), (100, 40)] };
+        let text = histogram_text(&histogram);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[1].contains("5ns -> 6ns") && lines[1].contains(&format!("|{:<40}|", "*".repeat(10))));
+        assert!(lines[2].contains(&format!("|{}|", "*".repeat(40))));
+    }
+}

@@ -1,0 +1,142 @@
+//! Offsets of the kernel struct fields the eBPF programs read, taken from the running kernel's BTF.
+//! This is what CO-RE relocations do for C programs; Rust eBPF has none, so the loader does it.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use btf_rs::{Btf, Type};
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Byte offsets of the fields the programs read; each becomes a global of the same name in the
+/// eBPF object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelLayout {
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_group_leader: u32,
+    pub task_comm: u32,
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+}
+
+impl KernelLayout {
+    pub fn from_btf(btf: &Btf) -> Result<Self> {
+        let offset = |strukt: &str, field: &str| field_offset(btf, strukt, field);
+        Ok(Self {
+            task_pid: offset("task_struct", "pid")?,
+            task_tgid: offset("task_struct", "tgid")?,
+            task_group_leader: offset("task_struct", "group_leader")?,
+            task_comm: offset("task_struct", "comm")?,
+            task_cgroups: offset("task_struct", "cgroups")?,
+            css_set_dfl_cgrp: offset("css_set", "dfl_cgrp")?,
+            cgroup_kn: offset("cgroup", "kn")?,
+            kernfs_node_id: offset("kernfs_node", "id")?,
+        })
+    }
+
+    /// (global name, value) pairs for the loader.
+    pub fn globals(&self) -> [(&'static str, u32); 8] {
+        [
+            ("TASK_PID_OFFSET", self.task_pid),
+            ("TASK_TGID_OFFSET", self.task_tgid),
+            ("TASK_GROUP_LEADER_OFFSET", self.task_group_leader),
+            ("TASK_COMM_OFFSET", self.task_comm),
+            ("TASK_CGROUPS_OFFSET", self.task_cgroups),
+            ("CSS_SET_DFL_CGRP_OFFSET", self.css_set_dfl_cgrp),
+            ("CGROUP_KN_OFFSET", self.cgroup_kn),
+            ("KERNFS_NODE_ID_OFFSET", self.kernfs_node_id),
+        ]
+    }
+}
+
+/// Byte offset of `field` in `struct name`, looking through anonymous structs and unions.
+fn field_offset(btf: &Btf, name: &str, field: &str) -> Result<u32> {
+    let strukt = btf
+        .resolve_types_by_name(name)
+        .with_context(|| format!("kernel BTF has no struct {name}"))?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Struct(s) if !s.members.is_empty() => Some(s),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow!("kernel BTF has no struct {name}"))?;
+    find_member(btf, &strukt, field)?
+        .map(|bits| bits / 8)
+        .ok_or_else(|| anyhow!("kernel BTF: struct {name} has no field {field}"))
+}
+
+fn find_member(btf: &Btf, strukt: &btf_rs::Struct, field: &str) -> Result<Option<u32>> {
+    for member in &strukt.members {
+        let member_name = btf.resolve_name(member).unwrap_or_default();
+        if member_name == field {
+            return Ok(Some(member.bit_offset()));
+        }
+        if member_name.is_empty() {
+            let inner = match btf.resolve_chained_type(member)? {
+                Type::Struct(s) | Type::Union(s) => s,
+                _ => continue,
+            };
+            if let Some(bits) = find_member(btf, &inner, field)? {
+                return Ok(Some(member.bit_offset() + bits));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Checks that BTF tracepoint `name` exists with `params` arguments (after the hidden context one),
+/// so a kernel whose tracepoint changed shape fails with a clear message instead of wrong data.
+pub fn check_tracepoint(btf: &Btf, category: &str, name: &str, params: usize) -> Result<()> {
+    let typedef = format!("btf_trace_{name}");
+    let missing = || anyhow!("this kernel has no tracepoint {category}:{name}");
+    let id = btf.resolve_ids_by_name(&typedef).map_err(|_| missing())?;
+    let mut ty = btf.resolve_type_by_id(*id.first().ok_or_else(missing)?)?;
+    // typedef -> pointer -> function prototype
+    loop {
+        ty = match ty {
+            Type::Typedef(t) => btf.resolve_chained_type(&t)?,
+            Type::Ptr(p) => btf.resolve_chained_type(&p)?,
+            Type::FuncProto(proto) => {
+                let found = proto.parameters.len().saturating_sub(1);
+                if found != params {
+                    bail!("tracepoint {category}:{name} takes {found} arguments on this kernel, expected {params}: this kernel is not supported");
+                }
+                return Ok(());
+            }
+            _ => return Err(missing()),
+        }
+    }
+}
+
+/// The running kernel's BTF, or a clear error on kernels built without it.
+pub fn load_vmlinux() -> Result<Btf> {
+    if !Path::new(VMLINUX_BTF).exists() {
+        bail!("this kernel exposes no BTF ({VMLINUX_BTF} is missing): a kernel built with CONFIG_DEBUG_INFO_BTF=y is required");
+    }
+    Btf::from_file(VMLINUX_BTF).with_context(|| format!("cannot parse {VMLINUX_BTF}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kernel this runs on has these fields; the check is that the offsets are plausible and
+    /// consistent with each other (tgid follows pid in task_struct).
+    #[test]
+    fn running_kernel_layout() {
+        if !Path::new(VMLINUX_BTF).exists() {
+            eprintln!("skipped: no {VMLINUX_BTF}");
+            return;
+        }
+        let btf = load_vmlinux().unwrap();
+        let layout = KernelLayout::from_btf(&btf).unwrap();
+        assert_eq!(layout.task_tgid, layout.task_pid + 4);
+        assert!(layout.task_comm > layout.task_pid);
+        check_tracepoint(&btf, "sched", "sched_switch", 4).unwrap();
+        check_tracepoint(&btf, "raw_syscalls", "sys_exit", 2).unwrap();
+        assert!(check_tracepoint(&btf, "sched", "no_such_tracepoint", 1).is_err());
+    }
+}

@@ -1,0 +1,209 @@
+//! Loading and attaching the eBPF programs, one module per probe (its programs and its drain).
+
+mod btf;
+mod privileges;
+pub mod sched;
+pub mod syscalls;
+
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, PerCpuArray},
+    programs::BtfTracePoint,
+};
+use profiler_common::{
+    counters::{Counter, NUM_COUNTERS},
+    process::ProcessName,
+};
+
+use crate::recording::{Counters, Drops};
+pub use btf::{KernelLayout, load_vmlinux};
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
+
+/// A probe the user can choose with `--probes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Probe {
+    /// Run-queue latency from sched_wakeup, sched_wakeup_new and sched_switch.
+    Sched,
+    /// Syscall counts, errors and latency from raw_syscalls sys_enter and sys_exit.
+    Syscalls,
+}
+
+impl Probe {
+    pub const ALL: [Probe; 2] = [Probe::Sched, Probe::Syscalls];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Probe::Sched => "sched",
+            Probe::Syscalls => "syscalls",
+        }
+    }
+
+    fn tracepoints(self) -> &'static [Tracepoint] {
+        match self {
+            Probe::Sched => sched::TRACEPOINTS,
+            Probe::Syscalls => syscalls::TRACEPOINTS,
+        }
+    }
+}
+
+/// A BTF tracepoint program: the eBPF function has the tracepoint's name.
+pub struct Tracepoint {
+    pub category: &'static str,
+    pub name: &'static str,
+    /// Arguments the program reads, checked against the kernel's prototype.
+    pub args: usize,
+}
+
+/// What to record: filters applied in the kernel.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Processes (tgids) to record; empty means all.
+    pub pids: Vec<u32>,
+    /// A cgroup v2 directory whose tasks to record.
+    pub cgroup: Option<PathBuf>,
+}
+
+/// The loaded eBPF object with the chosen probes attached. Dropping it detaches and unloads
+/// everything (the kernel also does so if the process dies).
+pub struct Probes {
+    ebpf: Ebpf,
+    probes: Vec<Probe>,
+}
+
+const CGROUP2_ROOT: &str = "/sys/fs/cgroup";
+
+/// The cgroup v2 id of a cgroup directory: its inode number on cgroupfs.
+fn cgroup_id(path: &Path) -> Result<u64> {
+    let path = if path.is_absolute() { path.to_path_buf() } else { Path::new(CGROUP2_ROOT).join(path) };
+    let stat = nix::sys::statfs::statfs(&path).with_context(|| format!("cgroup {}", path.display()))?;
+    if stat.filesystem_type() != nix::sys::statfs::CGROUP2_SUPER_MAGIC {
+        bail!("{} is not a cgroup v2 directory (cgroup v1 is not supported)", path.display());
+    }
+    Ok(std::fs::metadata(&path)?.ino())
+}
+
+impl Probes {
+    /// Loads the programs of `probes` and attaches them, with `filter` applied in the kernel.
+    pub fn attach(probes: &[Probe], filter: &Filter) -> Result<Self> {
+        privileges::check()?;
+        let kernel_btf = load_vmlinux()?;
+        let layout = KernelLayout::from_btf(&kernel_btf)?;
+        for probe in probes {
+            for tp in probe.tracepoints() {
+                btf::check_tracepoint(&kernel_btf, tp.category, tp.name, tp.args)?;
+            }
+        }
+        let cgroup_id = filter.cgroup.as_deref().map(cgroup_id).transpose()?.unwrap_or(0);
+        let filter_by_pid = u8::from(!filter.pids.is_empty());
+
+        let mut loader = EbpfLoader::new();
+        let offsets = layout.globals();
+        for (name, value) in &offsets {
+            loader.override_global(name, value, true);
+        }
+        loader.override_global("FILTER_BY_PID", &filter_by_pid, true);
+        loader.override_global("FILTER_CGROUP_ID", &cgroup_id, true);
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| load_error(e.into()))?;
+
+        let mut pids: HashMap<_, u32, u8> = HashMap::try_from(map(&mut ebpf, "FILTER_PIDS")?)?;
+        for &pid in &filter.pids {
+            pids.insert(pid, 1, 0).with_context(|| format!("cannot add pid {pid} to the filter"))?;
+        }
+
+        let aya_btf = aya::Btf::from_sys_fs().context("cannot read the kernel's BTF")?;
+        for probe in probes {
+            for tp in probe.tracepoints() {
+                let program: &mut BtfTracePoint = ebpf
+                    .program_mut(tp.name)
+                    .ok_or_else(|| anyhow!("program {} missing from the eBPF object", tp.name))?
+                    .try_into()?;
+                program
+                    .load(tp.name, &aya_btf)
+                    .map_err(|e| load_error(e.into()))
+                    .with_context(|| format!("cannot load the {}:{} program", tp.category, tp.name))?;
+                program
+                    .attach()
+                    .map_err(|e| load_error(e.into()))
+                    .with_context(|| format!("cannot attach to {}:{}", tp.category, tp.name))?;
+            }
+        }
+        Ok(Self { ebpf, probes: probes.to_vec() })
+    }
+
+    pub fn probes(&self) -> &[Probe] {
+        &self.probes
+    }
+
+    /// Detaches every program; maps stay readable until `self` is dropped.
+    pub fn detach(&mut self) -> Result<()> {
+        for probe in &self.probes {
+            for tp in probe.tracepoints() {
+                if let Some(program) = self.ebpf.program_mut(tp.name) {
+                    let program: &mut BtfTracePoint = program.try_into()?;
+                    program.unload()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Event and drop counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters> {
+        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map("COUNTERS")?)?;
+        let mut values = [0u64; NUM_COUNTERS as usize];
+        for (index, value) in values.iter_mut().enumerate() {
+            *value = array.get(&(index as u32), 0)?.iter().sum();
+        }
+        let get = |counter: Counter| values[counter as usize];
+        Ok(Counters {
+            sched_switches: get(Counter::SchedSwitches),
+            involuntary_switches: get(Counter::InvoluntarySwitches),
+            wakeups: get(Counter::Wakeups),
+            runq_latencies: get(Counter::RunqLatencies),
+            syscalls: get(Counter::Syscalls),
+            drops: Drops {
+                runq_process: get(Counter::RunqProcessDrops),
+                syscall_process: get(Counter::SyscallProcessDrops),
+                syscall_errno: get(Counter::SyscallErrnoDrops),
+                start: get(Counter::StartDrops),
+                process_names: get(Counter::ProcessDrops),
+            },
+        })
+    }
+
+    /// Takes the process names the kernel noted since the last call, emptying the map.
+    pub fn take_process_names(&mut self) -> Result<Vec<(u32, ProcessName)>> {
+        let mut map: HashMap<_, u32, ProcessName> = HashMap::try_from(map(&mut self.ebpf, "PROCESSES")?)?;
+        let entries: Vec<(u32, ProcessName)> = map.iter().filter_map(Result::ok).collect();
+        for (tgid, _) in &entries {
+            // The kernel re-adds a process only if it creates another entry for it; harmless.
+            let _ = map.remove(tgid);
+        }
+        Ok(entries)
+    }
+
+    pub(crate) fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+    }
+}
+
+fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+}
+
+/// Turns a permission error from the kernel into the one-line advice users need.
+fn load_error(error: anyhow::Error) -> anyhow::Error {
+    let text = format!("{error:#}");
+    if text.contains("EPERM") || text.contains("Operation not permitted") || text.contains("permission denied") {
+        anyhow!("the kernel refused to load eBPF programs ({text}): run as root with CAP_BPF and CAP_PERFMON, and check kernel.unprivileged_bpf_disabled and lockdown")
+    } else {
+        error
+    }
+}

@@ -1,0 +1,165 @@
+//! The recording file: a fixed header, then the recording as postcard, deflated.
+//!
+//! ```text
+//! offset  size  field
+//! 0       8     magic "\x89PRF\r\n\x1a\n" (catches text-mode mangling, like PNG's)
+//! 8       4     format version, little-endian
+//! 12      8     body length in bytes, little-endian
+//! 20      4     CRC-32 of the body
+//! 24      ...   body: deflate(postcard(Recording))
+//! ```
+
+use std::{
+    fs,
+    io::{Read, Write},
+    path::Path,
+};
+
+use flate2::{Compression, read::DeflateDecoder, write::DeflateEncoder};
+
+use super::Recording;
+
+pub const MAGIC: [u8; 8] = *b"\x89PRF\r\n\x1a\n";
+/// Bumped whenever the body's schema changes; older readers refuse newer files.
+pub const FORMAT_VERSION: u32 = 1;
+const HEADER_LEN: usize = 24;
+/// A recording holds aggregates; anything that inflates past this is not one of ours.
+const MAX_BODY_INFLATED: u64 = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordingError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a profiler recording (unknown file signature)")]
+    NotARecording,
+    #[error("recording format version {found} is newer than this profiler reads (up to {supported}): upgrade the profiler")]
+    NewerVersion { found: u32, supported: u32 },
+    #[error("truncated recording: {found} of {expected} bytes present")]
+    Truncated { expected: u64, found: u64 },
+    #[error("corrupt recording: {0}")]
+    Corrupt(String),
+}
+
+/// Serializes a recording into the file format.
+pub fn write(recording: &Recording) -> Vec<u8> {
+    let body = postcard::to_stdvec(recording).expect("serializing into memory cannot fail");
+    let mut encoder = DeflateEncoder::new(Vec::new(), Compression::default());
+    encoder.write_all(&body).expect("writing into memory cannot fail");
+    let body = encoder.finish().expect("writing into memory cannot fail");
+
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Parses a recording, rejecting anything that is not a complete file of a version we read.
+pub fn read(bytes: &[u8]) -> Result<Recording, RecordingError> {
+    if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
+        return Err(RecordingError::NotARecording);
+    }
+    if bytes.len() < HEADER_LEN {
+        return Err(RecordingError::Truncated { expected: HEADER_LEN as u64, found: bytes.len() as u64 });
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version > FORMAT_VERSION {
+        return Err(RecordingError::NewerVersion { found: version, supported: FORMAT_VERSION });
+    }
+    if version == 0 {
+        return Err(RecordingError::Corrupt("format version 0".into()));
+    }
+    let body_len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
+    let crc = u32::from_le_bytes(bytes[20..24].try_into().expect("4 bytes"));
+    let body = &bytes[HEADER_LEN..];
+    let expected = (HEADER_LEN as u64).saturating_add(body_len);
+    if (body.len() as u64) < body_len {
+        return Err(RecordingError::Truncated { expected, found: bytes.len() as u64 });
+    }
+    if body.len() as u64 > body_len {
+        return Err(RecordingError::Corrupt(format!("{} bytes of trailing data", body.len() as u64 - body_len)));
+    }
+    if crc32fast::hash(body) != crc {
+        return Err(RecordingError::Corrupt("checksum mismatch".into()));
+    }
+    let mut inflated = Vec::new();
+    DeflateDecoder::new(body)
+        .take(MAX_BODY_INFLATED)
+        .read_to_end(&mut inflated)
+        .map_err(|e| RecordingError::Corrupt(format!("cannot decompress: {e}")))?;
+    postcard::from_bytes(&inflated).map_err(|e| RecordingError::Corrupt(format!("cannot decode: {e}")))
+}
+
+pub fn read_file(path: &Path) -> Result<Recording, RecordingError> {
+    let bytes = fs::read(path)?;
+    read(&bytes)
+}
+
+/// Writes atomically: a temporary file in the same directory, renamed over `path` once complete,
+/// so an interrupted write never leaves a partial file under the final name.
+pub fn write_file(path: &Path, recording: &Recording) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut file = tempfile::Builder::new().prefix(".profiler-").suffix(".tmp").tempfile_in(dir)?;
+    file.write_all(&write(recording))?;
+    file.as_file().sync_all()?;
+    use std::os::unix::fs::PermissionsExt;
+    file.as_file().set_permissions(fs::Permissions::from_mode(0o644))?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recording::{LatencyHistogram, Metadata};
+
+    fn sample() -> Recording {
+        let mut recording = Recording {
+            meta: Metadata { hostname: "host".into(), cpus: 2, ..Default::default() },
+            ..Default::default()
+        };
+        recording.runq = Some(crate::recording::RunqLatency {
+            system: LatencyHistogram { buckets: vec![(10, 5), (300, 2)] },
+            ..Default::default()
+        });
+        recording
+    }
+
+    #[test]
+    fn round_trip() {
+        let recording = sample();
+        assert_eq!(read(&write(&recording)).unwrap(), recording);
+    }
+
+    #[test]
+    fn every_truncation_is_rejected() {
+        let bytes = write(&sample());
+        for len in 0..bytes.len() {
+            let error = read(&bytes[..len]).unwrap_err();
+            assert!(
+                matches!(error, RecordingError::Truncated { .. } | RecordingError::NotARecording),
+                "length {len}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn foreign_newer_and_corrupt_files_are_rejected() {
+        assert!(matches!(read(b"hello world, not a recording"), Err(RecordingError::NotARecording)));
+        let mut newer = write(&sample());
+        newer[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
+        assert!(matches!(read(&newer), Err(RecordingError::NewerVersion { .. })));
+        let mut flipped = write(&sample());
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x40;
+        assert!(matches!(read(&flipped), Err(RecordingError::Corrupt(_))));
+        let mut trailing = write(&sample());
+        trailing.push(0);
+        assert!(matches!(read(&trailing), Err(RecordingError::Corrupt(_))));
+    }
+}

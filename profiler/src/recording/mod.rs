@@ -1,0 +1,213 @@
+//! The recording: everything one `profiler record` captured, self-contained so that it can be
+//! analysed on another machine. `format` reads and writes it.
+
+mod format;
+
+pub use format::{FORMAT_VERSION, MAGIC, RecordingError, read, read_file, write, write_file};
+
+use std::collections::BTreeMap;
+
+use profiler_common::histogram::{NUM_BUCKETS, bucket_bounds};
+use serde::{Deserialize, Serialize};
+
+/// One recording, as stored in the file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Recording {
+    pub meta: Metadata,
+    pub counters: Counters,
+    /// Present when the `sched` probe ran.
+    pub runq: Option<RunqLatency>,
+    /// Present when the `syscalls` probe ran.
+    pub syscalls: Option<Syscalls>,
+    /// Names of every process that appears anywhere above, by tgid.
+    pub processes: BTreeMap<u32, Process>,
+}
+
+impl Recording {
+    /// Every process that appears in a probe's data.
+    pub fn tgids(&self) -> std::collections::BTreeSet<u32> {
+        let runq = self.runq.iter().flat_map(|r| r.per_process.keys().copied());
+        let syscalls = self.syscalls.iter().flat_map(|s| s.per_process.iter().map(|row| row.tgid));
+        runq.chain(syscalls).collect()
+    }
+
+    pub fn process_name(&self, tgid: u32) -> &str {
+        self.processes.get(&tgid).map_or("?", |p| p.comm.as_str())
+    }
+}
+
+/// Where, when and how the recording was made.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metadata {
+    pub hostname: String,
+    pub kernel_release: String,
+    pub cpus: u32,
+    /// Wall-clock start, nanoseconds since the Unix epoch.
+    pub start_unix_ns: u64,
+    pub duration_ns: u64,
+    pub profiler_version: String,
+    pub options: RecordOptions,
+}
+
+/// The `record` options that shape what the recording contains.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecordOptions {
+    pub probes: Vec<String>,
+    pub pids: Vec<u32>,
+    pub cgroup: Option<String>,
+    pub duration_limit_ns: Option<u64>,
+}
+
+/// Event and drop counts, summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    pub sched_switches: u64,
+    pub involuntary_switches: u64,
+    pub wakeups: u64,
+    pub runq_latencies: u64,
+    pub syscalls: u64,
+    pub drops: Drops,
+}
+
+impl Counters {
+    pub fn events(&self) -> u64 {
+        self.sched_switches + self.wakeups + self.syscalls
+    }
+}
+
+/// What the kernel side could not keep, by reason. Nothing is lost silently.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Drops {
+    /// Run-queue latencies missing from per-process histograms (map full).
+    pub runq_process: u64,
+    /// Syscalls missing from the per-process table (map full).
+    pub syscall_process: u64,
+    /// Failed syscalls whose errno was not kept (map full).
+    pub syscall_errno: u64,
+    /// Per-thread start timestamps that could not be stored.
+    pub start: u64,
+    /// Process names the kernel could not store.
+    pub process_names: u64,
+}
+
+impl Drops {
+    pub fn total(&self) -> u64 {
+        self.runq_process + self.syscall_process + self.syscall_errno + self.start + self.process_names
+    }
+}
+
+/// Run-queue latency histograms.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunqLatency {
+    pub system: LatencyHistogram,
+    /// Indexed by CPU number.
+    pub per_cpu: Vec<LatencyHistogram>,
+    /// By tgid.
+    pub per_process: BTreeMap<u32, LatencyHistogram>,
+}
+
+/// Syscall statistics.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Syscalls {
+    /// Latency of each syscall, all processes together, by syscall number.
+    pub latency: BTreeMap<u32, LatencyHistogram>,
+    /// Per (process, syscall) counts.
+    pub per_process: Vec<ProcessSyscall>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessSyscall {
+    pub tgid: u32,
+    pub nr: u32,
+    pub count: u64,
+    pub errors: u64,
+    pub total_ns: u64,
+    /// (errno, count), commonest first.
+    pub errnos: Vec<(u32, u64)>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Process {
+    pub comm: String,
+    /// The executable's path, when the process was alive long enough to read it.
+    pub exe: Option<String>,
+    pub cmdline: Option<String>,
+}
+
+/// A latency distribution in the kernel's log-linear buckets (nanoseconds), stored sparsely as
+/// (bucket index, count) pairs in ascending index order. This is exact: the bucket counts the
+/// kernel kept, nothing re-binned.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatencyHistogram {
+    pub buckets: Vec<(u16, u64)>,
+}
+
+impl LatencyHistogram {
+    pub fn from_dense(counts: &[u64]) -> Self {
+        let buckets = counts
+            .iter()
+            .enumerate()
+            .filter(|&(_, &count)| count > 0)
+            .map(|(index, &count)| (index as u16, count))
+            .collect();
+        Self { buckets }
+    }
+
+    pub fn to_dense(&self) -> Vec<u64> {
+        let mut dense = vec![0; NUM_BUCKETS];
+        for &(index, count) in &self.buckets {
+            if let Some(slot) = dense.get_mut(index as usize) {
+                *slot += count;
+            }
+        }
+        dense
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|&(_, count)| count).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+
+    /// Adds another histogram's counts into this one.
+    pub fn merge(&mut self, other: &LatencyHistogram) {
+        let mut dense = self.to_dense();
+        for &(index, count) in &other.buckets {
+            if let Some(slot) = dense.get_mut(index as usize) {
+                *slot += count;
+            }
+        }
+        *self = Self::from_dense(&dense);
+    }
+
+    /// Buckets with their value ranges `[lower, upper)` in nanoseconds, ascending.
+    pub fn ranges(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        self.buckets.iter().map(|&(index, count)| {
+            let (lower, upper) = bucket_bounds(index as u32);
+            (lower, upper, count)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dense_sparse_round_trip_and_merge() {
+        let mut dense = vec![0; NUM_BUCKETS];
+        dense[0] = 3;
+        dense[100] = 7;
+        dense[NUM_BUCKETS - 1] = 1;
+        let histogram = LatencyHistogram::from_dense(&dense);
+        assert_eq!(histogram.buckets, vec![(0, 3), (100, 7), ((NUM_BUCKETS - 1) as u16, 1)]);
+        assert_eq!(histogram.to_dense(), dense);
+        assert_eq!(histogram.count(), 11);
+        let mut merged = histogram.clone();
+        merged.merge(&histogram);
+        assert_eq!(merged.count(), 22);
+        assert_eq!(merged.buckets[1], (100, 14));
+    }
+}
