@@ -35,7 +35,7 @@ pub struct RecordArgs {
     /// Record only this process (repeatable); filtered in the kernel.
     #[arg(short, long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
-    /// Record only tasks of this cgroup v2 (a path, absolute or under /sys/fs/cgroup).
+    /// Record only tasks of this cgroup v2 (a path, absolute or relative to the cgroup v2 root).
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
     /// Probes to run, comma-separated; default: all.

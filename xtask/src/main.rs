@@ -1,1 +1,151 @@
-fn main(){}
+//! Project tasks: `cargo xtask setup | build | demo | test`. Each installs only what is missing, so
+//! every command works on a fresh machine and is quick on a prepared one.
+
+use std::{
+    path::PathBuf,
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Set up, build, demo and test the profiler")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building the eBPF side needs (rust-src, LLVM 22, bpf-linker), if missing.
+    Setup,
+    /// Set up, then build the profiler (release).
+    Build,
+    /// Set up, build, and record the whole machine for a few seconds, ending in a summary.
+    Demo {
+        /// Seconds to record.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+    },
+    /// Set up, then run every test (as root: the tests load eBPF programs).
+    Test {
+        /// Extra arguments for `cargo test`, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Versions that build on this kind of machine; see ../shared/TOOLCHAIN.md.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_MAJOR: u32 = 22;
+
+fn main() -> ExitCode {
+    match run(Cli::parse().task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    match task {
+        Task::Setup => setup(),
+        Task::Build => {
+            setup()?;
+            cargo(&["build", "--release", "-p", "profiler"])
+        }
+        Task::Demo { seconds } => {
+            setup()?;
+            cargo(&["build", "--release", "-p", "profiler"])?;
+            let profiler = workspace_root().join("target/release/profiler");
+            let output = workspace_root().join("demo.rec");
+            let mut command = as_root(profiler.to_str().unwrap());
+            command.args(["record", "-d", &seconds.to_string(), "-o", output.to_str().unwrap()]);
+            status(&mut command)
+        }
+        Task::Test { args } => {
+            setup()?;
+            if !is_root() {
+                bail!("the tests load eBPF programs: run them as root, e.g. `sudo -E cargo xtask test`");
+            }
+            cargo(&["build", "-p", "workload", "-p", "profiler"])?;
+            let mut test_args = vec!["test", "-p", "profiler-common", "-p", "profiler", "--", "--test-threads=1"];
+            test_args.extend(args.iter().map(String::as_str));
+            cargo(&test_args)
+        }
+    }
+}
+
+fn setup() -> Result<()> {
+    if !output_of("rustup", &["toolchain", "list"])?.lines().any(|l| l.starts_with("nightly")) {
+        bail!("no nightly Rust toolchain: the eBPF programs build with `rustup run nightly` (see ../shared/TOOLCHAIN.md)");
+    }
+    if !output_of("rustup", &["component", "list", "--installed", "--toolchain", "nightly"])?
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
+        eprintln!("xtask: installing rust-src for the nightly toolchain");
+        status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    let linker_ok = output_of("bpf-linker", &["--version"]).is_ok_and(|v| v.contains(BPF_LINKER_VERSION));
+    if !linker_ok {
+        let llvm = PathBuf::from(format!("/usr/lib/llvm-{LLVM_MAJOR}"));
+        if !llvm.join("bin/llvm-config").exists() {
+            eprintln!("xtask: installing llvm-{LLVM_MAJOR}-dev for bpf-linker");
+            status(as_root("apt-get").args(["update", "-qq"]))?;
+            status(as_root("apt-get").args(["install", "-y", "-qq", &format!("llvm-{LLVM_MAJOR}-dev")]))
+                .with_context(|| format!("cannot install llvm-{LLVM_MAJOR}-dev"))?;
+        }
+        eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION}");
+        status(
+            Command::new("cargo")
+                .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked", "--no-default-features"])
+                .args(["--features", &format!("llvm-{LLVM_MAJOR}")])
+                .env("LLVM_PREFIX", &llvm),
+        )
+        .context("cannot install bpf-linker")?;
+    }
+    Ok(())
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn is_root() -> bool {
+    output_of("id", &["-u"]).is_ok_and(|uid| uid.trim() == "0")
+}
+
+/// A command that runs as root: directly when we are root, through sudo otherwise.
+fn as_root(program: &str) -> Command {
+    if is_root() {
+        Command::new(program)
+    } else {
+        let mut command = Command::new("sudo");
+        command.arg(program);
+        command
+    }
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    status(Command::new(env!("CARGO")).args(args).current_dir(workspace_root()))
+}
+
+fn status(command: &mut Command) -> Result<()> {
+    let status = command.status().with_context(|| format!("cannot run {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn output_of(program: &str, args: &[&str]) -> Result<String> {
+    let output = Command::new(program).args(args).output().with_context(|| format!("cannot run {program}"))?;
+    if !output.status.success() {
+        bail!("{program} {} failed", args.join(" "));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}

@@ -77,11 +77,22 @@ pub struct Probes {
     probes: Vec<Probe>,
 }
 
-const CGROUP2_ROOT: &str = "/sys/fs/cgroup";
+/// Where the cgroup v2 hierarchy is mounted: /sys/fs/cgroup on unified systems,
+/// /sys/fs/cgroup/unified on hybrid ones.
+fn cgroup2_root() -> Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").context("cannot read /proc/self/mounts")?;
+    mounts
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|fields| fields.get(2) == Some(&"cgroup2"))
+        .and_then(|fields| fields.get(1).map(PathBuf::from))
+        .ok_or_else(|| anyhow!("no cgroup v2 hierarchy is mounted: --cgroup needs cgroup v2"))
+}
 
-/// The cgroup v2 id of a cgroup directory: its inode number on cgroupfs.
+/// The cgroup v2 id of a cgroup directory (absolute, or relative to the cgroup v2 root): its inode
+/// number on cgroupfs.
 fn cgroup_id(path: &Path) -> Result<u64> {
-    let path = if path.is_absolute() { path.to_path_buf() } else { Path::new(CGROUP2_ROOT).join(path) };
+    let path = if path.is_absolute() { path.to_path_buf() } else { cgroup2_root()?.join(path) };
     let stat = nix::sys::statfs::statfs(&path).with_context(|| format!("cgroup {}", path.display()))?;
     if stat.filesystem_type() != nix::sys::statfs::CGROUP2_SUPER_MAGIC {
         bail!("{} is not a cgroup v2 directory (cgroup v1 is not supported)", path.display());

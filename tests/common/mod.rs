@@ -1,0 +1,155 @@
+//! Helpers shared by the integration tests: run the real profiler binary against workloads whose
+//! truth is known. The tests need root (they load eBPF programs), as in CI.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use profiler::recording::{self, Recording};
+
+pub fn profiler_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_profiler"))
+}
+
+/// The `workload` binary, built next to the profiler (`cargo xtask test` builds it first).
+pub fn workload_bin() -> PathBuf {
+    let path = profiler_bin().with_file_name("workload");
+    assert!(path.exists(), "{} is missing: run `cargo build -p workload` first (`cargo xtask test` does)", path.display());
+    path
+}
+
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temporary directory")
+}
+
+/// A running `profiler record`, started and ready (its probes attached).
+pub struct Recorder {
+    child: KillOnDrop,
+    pub output: PathBuf,
+    stderr_lines: mpsc::Receiver<String>,
+}
+
+impl Recorder {
+    /// Starts `profiler record -o OUTPUT ARGS...` and waits until it reports that it is recording.
+    pub fn start(output: &Path, args: &[&str]) -> Recorder {
+        let mut child = Command::new(profiler_bin())
+            .arg("record")
+            .arg("-o")
+            .arg(output)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn profiler");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        loop {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) if line.starts_with("recording ") => break,
+                Ok(_) => continue,
+                Err(_) => {
+                    let _ = child.kill();
+                    let output = child.wait_with_output().unwrap();
+                    panic!("profiler did not start: {}", String::from_utf8_lossy(&output.stdout));
+                }
+            }
+        }
+        Recorder { child: KillOnDrop(Some(child)), output: output.to_path_buf(), stderr_lines: rx }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends `signal` and waits for the profiler to finish; returns its status and stdout.
+    pub fn stop_with(self, signal: i32) -> (ExitStatus, String, String) {
+        unsafe { libc::kill(self.pid(), signal) };
+        self.wait()
+    }
+
+    pub fn wait(mut self) -> (ExitStatus, String, String) {
+        let output = self.child.take().wait_with_output().expect("wait for profiler");
+        let stderr: Vec<String> = self.stderr_lines.try_iter().collect();
+        (output.status, String::from_utf8_lossy(&output.stdout).into_owned(), stderr.join("\n"))
+    }
+
+    /// Stops with SIGINT (Ctrl-C), checks that it succeeded, and reads the recording.
+    pub fn finish(self) -> Recording {
+        let output = self.output.clone();
+        let (status, stdout, stderr) = self.stop_with(libc::SIGINT);
+        assert!(status.success(), "profiler failed: {status}\n{stdout}\n{stderr}");
+        recording::read_file(&output).expect("valid recording")
+    }
+}
+
+/// A workload child that waits for `go()` before doing its work.
+pub struct Workload {
+    child: KillOnDrop,
+    stdin: Option<ChildStdin>,
+}
+
+impl Workload {
+    pub fn spawn(args: &[&str]) -> Workload {
+        let mut child = Command::new(workload_bin())
+            .args(args)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawn workload");
+        let stdin = child.stdin.take();
+        Workload { child: KillOnDrop(Some(child)), stdin }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn go(&mut self) {
+        let mut stdin = self.stdin.take().expect("go() once");
+        stdin.write_all(b"go\n").unwrap();
+    }
+
+    pub fn wait(mut self) {
+        let status = self.child.take().wait().unwrap();
+        assert!(status.success(), "workload failed: {status}");
+    }
+}
+
+/// Runs the profiler with `args` to completion.
+pub fn run_profiler(args: &[&str]) -> Output {
+    Command::new(profiler_bin()).args(args).output().expect("run profiler")
+}
+
+/// A child process that is killed if the test fails before waiting for it, so that a failed test
+/// leaves no profiler attached and no workload spinning.
+struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    fn id(&self) -> u32 {
+        self.0.as_ref().expect("child").id()
+    }
+
+    fn take(&mut self) -> Child {
+        self.0.take().expect("child")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
