@@ -142,11 +142,13 @@ fn syscall_summary(recording: &Recording, syscalls: &crate::recording::Syscalls,
     let mut errors_by_process = Vec::new();
     for row in &syscalls.per_process {
         let totals = by_nr.entry(row.nr).or_default();
-        totals.count += row.count;
-        totals.errors += row.errors;
-        totals.total_ns += row.total_ns;
+        // Saturating: a recording from elsewhere may hold any numbers.
+        totals.count = totals.count.saturating_add(row.count);
+        totals.errors = totals.errors.saturating_add(row.errors);
+        totals.total_ns = totals.total_ns.saturating_add(row.total_ns);
         for &(errno, count) in &row.errnos {
-            *totals.errnos.entry(errno).or_default() += count;
+            let slot = totals.errnos.entry(errno).or_default();
+            *slot = slot.saturating_add(count);
         }
         if row.errors > 0 {
             errors_by_process.push(ProcessSyscallErrors {
@@ -186,8 +188,8 @@ fn syscall_summary(recording: &Recording, syscalls: &crate::recording::Syscalls,
         sorted
     };
     SyscallSummary {
-        total: rows.iter().map(|r| r.count).sum(),
-        errors: rows.iter().map(|r| r.errors).sum(),
+        total: rows.iter().fold(0u64, |sum, r| sum.saturating_add(r.count)),
+        errors: rows.iter().fold(0u64, |sum, r| sum.saturating_add(r.errors)),
         by_count: ranked(|r| r.count),
         by_time: ranked(|r| r.total_ns),
         errors_by_process,

@@ -42,9 +42,13 @@ pub enum RecordingError {
 
 /// Serializes a recording into the file format.
 pub fn write(recording: &Recording) -> Vec<u8> {
-    let body = postcard::to_stdvec(recording).expect("serializing into memory cannot fail");
+    frame(&postcard::to_stdvec(recording).expect("serializing into memory cannot fail"))
+}
+
+/// Wraps an encoded (postcard) body into the file format: compression, header and checksum.
+pub fn frame(body: &[u8]) -> Vec<u8> {
     let mut encoder = DeflateEncoder::new(Vec::new(), Compression::default());
-    encoder.write_all(&body).expect("writing into memory cannot fail");
+    encoder.write_all(body).expect("writing into memory cannot fail");
     let body = encoder.finish().expect("writing into memory cannot fail");
 
     let mut out = Vec::with_capacity(HEADER_LEN + body.len());

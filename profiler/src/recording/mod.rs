@@ -3,7 +3,7 @@
 
 mod format;
 
-pub use format::{FORMAT_VERSION, MAGIC, RecordingError, read, read_file, write, write_file};
+pub use format::{FORMAT_VERSION, MAGIC, RecordingError, frame, read, read_file, write, write_file};
 
 use std::collections::BTreeMap;
 
@@ -71,7 +71,7 @@ pub struct Counters {
 
 impl Counters {
     pub fn events(&self) -> u64 {
-        self.sched_switches + self.wakeups + self.syscalls
+        self.sched_switches.saturating_add(self.wakeups).saturating_add(self.syscalls)
     }
 }
 
@@ -92,7 +92,9 @@ pub struct Drops {
 
 impl Drops {
     pub fn total(&self) -> u64 {
-        self.runq_process + self.syscall_process + self.syscall_errno + self.start + self.process_names
+        [self.runq_process, self.syscall_process, self.syscall_errno, self.start, self.process_names]
+            .into_iter()
+            .fold(0u64, u64::saturating_add)
     }
 }
 
@@ -157,14 +159,14 @@ impl LatencyHistogram {
         let mut dense = vec![0; NUM_BUCKETS];
         for &(index, count) in &self.buckets {
             if let Some(slot) = dense.get_mut(index as usize) {
-                *slot += count;
+                *slot = slot.saturating_add(count);
             }
         }
         dense
     }
 
     pub fn count(&self) -> u64 {
-        self.buckets.iter().map(|&(_, count)| count).sum()
+        self.buckets.iter().fold(0u64, |sum, &(_, count)| sum.saturating_add(count))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -176,7 +178,7 @@ impl LatencyHistogram {
         let mut dense = self.to_dense();
         for &(index, count) in &other.buckets {
             if let Some(slot) = dense.get_mut(index as usize) {
-                *slot += count;
+                *slot = slot.saturating_add(count);
             }
         }
         *self = Self::from_dense(&dense);
