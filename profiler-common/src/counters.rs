@@ -24,7 +24,19 @@ pub enum Counter {
     StartDrops,
     /// Processes whose name could not be stored in the process map.
     ProcessDrops,
+    /// CPU samples of non-idle tasks that passed the filters.
+    CpuSamples,
+    /// CPU samples that found the CPU idle (the idle task, pid 0).
+    IdleSamples,
+    /// Stacks lost to a hash collision in the stack-trace map (-EEXIST).
+    StackCollisions,
+    /// Stacks not stored for another reason than a collision (-ENOMEM: the stack-trace map is full).
+    StackErrors,
+    /// CPU samples not counted because the sample map was full.
+    SampleDrops,
+    /// New processes not announced to userspace because the ring buffer was full.
+    NewProcessDrops,
 }
 
 /// Number of slots in the `COUNTERS` array.
-pub const NUM_COUNTERS: u32 = 10;
+pub const NUM_COUNTERS: u32 = 16;

@@ -4,6 +4,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod oncpu;
 mod runqlat;
 mod shared;
 mod syscalls;

@@ -13,11 +13,14 @@ use profiler_common::{
     runqlat::{MAX_PROCESS_BUCKETS, MAX_RUNNABLE_THREADS, ProcessBucket, RunqStart},
 };
 
-use crate::shared::{BPF_NOEXIST, atomic_add, count, note_process, now_ns, task_ids, task_selected};
+use crate::shared::{
+    BPF_NOEXIST, atomic_add, count, note_process, now_ns, task_ids, task_selected,
+};
 
 /// When each runnable thread was enqueued. LRU: a thread that exits while runnable cannot leak.
 #[map]
-static RUNQ_START: LruHashMap<u32, RunqStart> = LruHashMap::with_max_entries(MAX_RUNNABLE_THREADS, 0);
+static RUNQ_START: LruHashMap<u32, RunqStart> =
+    LruHashMap::with_max_entries(MAX_RUNNABLE_THREADS, 0);
 
 /// Run-queue latency histogram, one per CPU (the CPU the thread ran on); their sum is system-wide.
 #[map]
@@ -25,18 +28,25 @@ static RUNQ_LATENCY: PerCpuArray<Histogram> = PerCpuArray::with_max_entries(1, 0
 
 /// Per-process run-queue latency, one entry per non-empty (tgid, bucket).
 #[map]
-static RUNQ_PROCESS_LATENCY: HashMap<ProcessBucket, u64> = HashMap::with_max_entries(MAX_PROCESS_BUCKETS, 0);
+static RUNQ_PROCESS_LATENCY: HashMap<ProcessBucket, u64> =
+    HashMap::with_max_entries(MAX_PROCESS_BUCKETS, 0);
 
 /// Linux's TASK_RUNNING.
 const TASK_RUNNING: u32 = 0;
 
 #[inline(always)]
 fn enqueue(task: *const u8) {
-    let Some((pid, tgid)) = task_ids(task) else { return };
+    let Some((pid, tgid)) = task_ids(task) else {
+        return;
+    };
     if pid == 0 || !task_selected(task, tgid) {
         return;
     }
-    let start = RunqStart { ts: now_ns(), tgid, _pad: 0 };
+    let start = RunqStart {
+        ts: now_ns(),
+        tgid,
+        _pad: 0,
+    };
     if RUNQ_START.insert(&pid, &start, 0).is_err() {
         count(Counter::StartDrops);
     }
@@ -71,8 +81,12 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn switch_in(next: *const u8) {
-    let Some((pid, _)) = task_ids(next) else { return };
-    let Some(start) = (unsafe { RUNQ_START.get(&pid) }) else { return };
+    let Some((pid, _)) = task_ids(next) else {
+        return;
+    };
+    let Some(start) = (unsafe { RUNQ_START.get(&pid) }) else {
+        return;
+    };
     let (ts, tgid) = (start.ts, start.tgid);
     let _ = RUNQ_START.remove(&pid);
     let now = now_ns();

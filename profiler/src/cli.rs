@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::probes::Probe;
 
 #[derive(Debug, Parser)]
-#[command(name = "profiler", version, about = "eBPF profiler: run-queue latency, syscalls and on-CPU stacks")]
+#[command(
+    name = "profiler",
+    version,
+    about = "eBPF profiler: run-queue latency, syscalls and on-CPU stacks"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -22,6 +26,8 @@ pub enum Command {
     Record(RecordArgs),
     /// Print the summary of a recording.
     Report(ReportArgs),
+    /// Render a recording's CPU stacks as a flamegraph SVG (or folded stacks).
+    Flamegraph(FlamegraphArgs),
 }
 
 #[derive(Debug, Args)]
@@ -41,6 +47,18 @@ pub struct RecordArgs {
     /// Probes to run, comma-separated; default: all.
     #[arg(long, value_delimiter = ',', value_name = "PROBE")]
     pub probes: Vec<Probe>,
+    /// Stack samples per second on each CPU.
+    #[arg(short = 'F', long, default_value_t = 99, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub frequency: u32,
+    /// Keep threads apart in stack samples.
+    #[arg(long)]
+    pub per_thread: bool,
+    /// Name inlined functions as frames of their own (needs DWARF debug info).
+    #[arg(long)]
+    pub inline: bool,
+    /// Also write a flamegraph of the recording's stacks.
+    #[arg(long, value_name = "OUT.svg")]
+    pub flamegraph: Option<PathBuf>,
     /// Print nothing but errors; no summary at the end.
     #[arg(short, long)]
     pub quiet: bool,
@@ -54,6 +72,30 @@ pub struct ReportArgs {
     pub file: PathBuf,
     #[command(flatten)]
     pub report: ReportOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct FlamegraphArgs {
+    /// A recording made by `profiler record`.
+    pub file: PathBuf,
+    /// Where to write the SVG; default: standard output.
+    #[arg(short, long, value_name = "OUT.svg")]
+    pub output: Option<PathBuf>,
+    /// Only these processes (repeatable).
+    #[arg(short, long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Kernel frames only.
+    #[arg(long, conflicts_with = "user_only")]
+    pub kernel_only: bool,
+    /// User frames only.
+    #[arg(long)]
+    pub user_only: bool,
+    /// The title above the graph.
+    #[arg(long, default_value = "CPU flamegraph")]
+    pub title: String,
+    /// Print folded stacks (`comm;root;...;leaf count`) instead of an SVG.
+    #[arg(long)]
+    pub folded: bool,
 }
 
 #[derive(Clone, Debug, Args)]

@@ -6,3 +6,4 @@ pub mod collector;
 pub mod output;
 pub mod probes;
 pub mod recording;
+pub mod symbolize;

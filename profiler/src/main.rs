@@ -1,13 +1,16 @@
-use std::{path::Path, process::ExitCode};
+use std::{io::Write as _, path::Path, process::ExitCode};
 
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
 use profiler::{
     analysis::summary::Summary,
-    cli::{Cli, Command, RecordArgs, ReportArgs, ReportOptions},
+    cli::{Cli, Command, FlamegraphArgs, RecordArgs, ReportArgs, ReportOptions},
     collector::{self, RecordConfig},
-    output::report,
-    probes::{Filter, Probe},
+    output::{
+        flamegraph::{self, Selection},
+        report,
+    },
+    probes::{Probe, ProbeOptions},
     recording::{self, Recording},
 };
 
@@ -31,34 +34,117 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Record(args) => record(args),
         Command::Report(args) => report(args),
+        Command::Flamegraph(args) => render_flamegraph(args),
     }
 }
 
 fn record(args: RecordArgs) -> Result<()> {
-    let mut probes = if args.probes.is_empty() { Probe::ALL.to_vec() } else { args.probes.clone() };
+    let mut probes = if args.probes.is_empty() {
+        Probe::ALL.to_vec()
+    } else {
+        args.probes.clone()
+    };
     probes.sort();
     probes.dedup();
     let config = RecordConfig {
         probes,
-        filter: Filter { pids: args.pids.clone(), cgroup: args.cgroup.clone() },
+        options: ProbeOptions {
+            pids: args.pids.clone(),
+            cgroup: args.cgroup.clone(),
+            frequency_hz: args.frequency,
+            per_thread: args.per_thread,
+        },
         duration: args.duration,
         quiet: args.quiet,
+        inline: args.inline,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let recording = runtime.block_on(collector::record(&config))?;
     recording::write_file(&args.output, &recording)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
+    if let Some(svg) = &args.flamegraph {
+        write_flamegraph(&recording, &Selection::default(), "CPU flamegraph", svg)?;
+    }
     if !args.quiet {
         print_report(&recording, &args.report)?;
         eprintln!("wrote {}", args.output.display());
+        if let Some(svg) = &args.flamegraph {
+            eprintln!("wrote {}", svg.display());
+        }
     }
+    Ok(())
+}
+
+fn render_flamegraph(args: FlamegraphArgs) -> Result<()> {
+    let recording = read_recording(&args.file)?;
+    let selection = Selection {
+        pids: args.pids,
+        kernel_only: args.kernel_only,
+        user_only: args.user_only,
+    };
+    if args.folded {
+        let stacks = recording_stacks(&recording)?;
+        let mut out = std::io::stdout().lock();
+        for line in flamegraph::folded(&recording, stacks, &selection) {
+            writeln!(out, "{line}")?;
+        }
+        return Ok(());
+    }
+    match &args.output {
+        Some(path) => write_flamegraph(&recording, &selection, &args.title, path),
+        None => {
+            let lines = flamegraph::folded(&recording, recording_stacks(&recording)?, &selection);
+            flamegraph::svg(&lines, &args.title, std::io::stdout().lock())
+        }
+    }
+}
+
+fn recording_stacks(recording: &Recording) -> Result<&profiler::recording::Stacks> {
+    recording
+        .stacks
+        .as_ref()
+        .context("the recording has no stacks: record with the cpu probe (--probes cpu)")
+}
+
+/// Renders to a temporary file renamed into place, so a failed render leaves no partial SVG.
+fn write_flamegraph(
+    recording: &Recording,
+    selection: &Selection,
+    title: &str,
+    path: &Path,
+) -> Result<()> {
+    let lines = flamegraph::folded(recording, recording_stacks(recording)?, selection);
+    if lines.is_empty() {
+        anyhow::bail!("no stacks to draw: no samples match");
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut file = tempfile::Builder::new()
+        .prefix(".profiler-")
+        .suffix(".svg")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    flamegraph::svg(&lines, title, std::io::BufWriter::new(file.as_file_mut()))?;
+    use std::os::unix::fs::PermissionsExt as _;
+    file.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    file.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 

@@ -19,7 +19,11 @@ pub fn profiler_bin() -> PathBuf {
 /// The `workload` binary, built next to the profiler (`cargo xtask test` builds it first).
 pub fn workload_bin() -> PathBuf {
     let path = profiler_bin().with_file_name("workload");
-    assert!(path.exists(), "{} is missing: run `cargo build -p workload` first (`cargo xtask test` does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build -p workload` first (`cargo xtask test` does)",
+        path.display()
+    );
     path
 }
 
@@ -62,11 +66,18 @@ impl Recorder {
                 Err(_) => {
                     let _ = child.kill();
                     let output = child.wait_with_output().unwrap();
-                    panic!("profiler did not start: {}", String::from_utf8_lossy(&output.stdout));
+                    panic!(
+                        "profiler did not start: {}",
+                        String::from_utf8_lossy(&output.stdout)
+                    );
                 }
             }
         }
-        Recorder { child: KillOnDrop(Some(child)), output: output.to_path_buf(), stderr_lines: rx }
+        Recorder {
+            child: KillOnDrop(Some(child)),
+            output: output.to_path_buf(),
+            stderr_lines: rx,
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -80,16 +91,27 @@ impl Recorder {
     }
 
     pub fn wait(mut self) -> (ExitStatus, String, String) {
-        let output = self.child.take().wait_with_output().expect("wait for profiler");
+        let output = self
+            .child
+            .take()
+            .wait_with_output()
+            .expect("wait for profiler");
         let stderr: Vec<String> = self.stderr_lines.try_iter().collect();
-        (output.status, String::from_utf8_lossy(&output.stdout).into_owned(), stderr.join("\n"))
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr.join("\n"),
+        )
     }
 
     /// Stops with SIGINT (Ctrl-C), checks that it succeeded, and reads the recording.
     pub fn finish(self) -> Recording {
         let output = self.output.clone();
         let (status, stdout, stderr) = self.stop_with(libc::SIGINT);
-        assert!(status.success(), "profiler failed: {status}\n{stdout}\n{stderr}");
+        assert!(
+            status.success(),
+            "profiler failed: {status}\n{stdout}\n{stderr}"
+        );
         recording::read_file(&output).expect("valid recording")
     }
 }
@@ -102,13 +124,21 @@ pub struct Workload {
 
 impl Workload {
     pub fn spawn(args: &[&str]) -> Workload {
-        let mut child = Command::new(workload_bin())
+        Workload::spawn_binary(&workload_bin(), args)
+    }
+
+    /// Runs a copy of the workload binary at `binary`.
+    pub fn spawn_binary(binary: &Path, args: &[&str]) -> Workload {
+        let mut child = Command::new(binary)
             .args(args)
             .stdin(Stdio::piped())
             .spawn()
             .expect("spawn workload");
         let stdin = child.stdin.take();
-        Workload { child: KillOnDrop(Some(child)), stdin }
+        Workload {
+            child: KillOnDrop(Some(child)),
+            stdin,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -128,7 +158,10 @@ impl Workload {
 
 /// Runs the profiler with `args` to completion.
 pub fn run_profiler(args: &[&str]) -> Output {
-    Command::new(profiler_bin()).args(args).output().expect("run profiler")
+    Command::new(profiler_bin())
+        .args(args)
+        .output()
+        .expect("run profiler")
 }
 
 /// A child process that is killed if the test fails before waiting for it, so that a failed test
@@ -151,5 +184,40 @@ impl Drop for KillOnDrop {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A cgroup v2 directory made for one test, removed when dropped.
+pub struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    pub fn new() -> TestCgroup {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let root = mounts
+            .lines()
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                (fields[2] == "cgroup2").then(|| fields[1].to_string())
+            })
+            .expect("a cgroup v2 mount");
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = Path::new(&root).join(format!("profiler-test-{}-{n}", std::process::id()));
+        std::fs::create_dir(&path).unwrap();
+        TestCgroup(path)
+    }
+
+    pub fn add(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
     }
 }

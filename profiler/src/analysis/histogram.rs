@@ -23,7 +23,11 @@ pub struct Percentiles {
 
 /// The value a bucket's samples are recorded at.
 pub fn representative_value(index: u16, lower: u64, upper: u64) -> u64 {
-    if index as u32 >= OVERFLOW_BUCKET { lower } else { lower + (upper - lower) / 2 }
+    if index as u32 >= OVERFLOW_BUCKET {
+        lower
+    } else {
+        lower + (upper - lower) / 2
+    }
 }
 
 pub fn to_hdr(histogram: &LatencyHistogram) -> hdrhistogram::Histogram<u64> {
@@ -90,7 +94,12 @@ mod tests {
         let values: Vec<u64> = (1..=100_000).collect();
         let p = percentiles(&histogram_of(&values));
         assert_eq!(p.count, 100_000);
-        for (got, truth) in [(p.p50_ns, 50_000f64), (p.p90_ns, 90_000.0), (p.p99_ns, 99_000.0), (p.max_ns, 100_000.0)] {
+        for (got, truth) in [
+            (p.p50_ns, 50_000f64),
+            (p.p90_ns, 90_000.0),
+            (p.p99_ns, 99_000.0),
+            (p.max_ns, 100_000.0),
+        ] {
             let error = (got as f64 - truth).abs() / truth;
             assert!(error <= 0.0625, "got {got}, truth {truth}");
         }
@@ -103,7 +112,10 @@ mod tests {
         assert_eq!((p.p50_ns, p.max_ns), (0, 7));
         let p = percentiles(&histogram_of(&[u64::MAX]));
         assert_eq!(p.max_ns, 1 << 34);
-        assert_eq!(percentiles(&LatencyHistogram::default()), Percentiles::default());
+        assert_eq!(
+            percentiles(&LatencyHistogram::default()),
+            Percentiles::default()
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
 //! Turning a recording into numbers people read: percentiles and the summary behind `report`.
 
 pub mod histogram;
+pub mod hotpaths;
 pub mod summary;

@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::histogram::{Percentiles, percentiles};
+use super::{
+    histogram::{Percentiles, percentiles},
+    hotpaths::HotPaths,
+};
 use crate::recording::{Drops, LatencyHistogram, Recording};
 
 /// Processes with fewer run-queue samples than this are left out of the worst-p99 list: a p99 of
@@ -26,6 +29,7 @@ pub struct Summary {
     pub dropped_total: u64,
     pub runq: Option<RunqSummary>,
     pub syscalls: Option<SyscallSummary>,
+    pub cpu: Option<HotPaths>,
 }
 
 #[derive(Debug, Serialize)]
@@ -79,7 +83,8 @@ pub struct ProcessSyscallErrors {
 }
 
 pub fn syscall_name(nr: u32) -> String {
-    syscalls::Sysno::new(nr as usize).map_or_else(|| format!("syscall_{nr}"), |s| s.name().to_string())
+    syscalls::Sysno::new(nr as usize)
+        .map_or_else(|| format!("syscall_{nr}"), |s| s.name().to_string())
 }
 
 pub fn errno_name(errno: u32) -> String {
@@ -114,7 +119,12 @@ impl Summary {
                     })
                     .filter(|p| p.latency.count >= MIN_SAMPLES_FOR_RANKING)
                     .collect();
-                worst.sort_by(|a, b| b.latency.p99_ns.cmp(&a.latency.p99_ns).then(a.tgid.cmp(&b.tgid)));
+                worst.sort_by(|a, b| {
+                    b.latency
+                        .p99_ns
+                        .cmp(&a.latency.p99_ns)
+                        .then(a.tgid.cmp(&b.tgid))
+                });
                 worst.truncate(top);
                 RunqSummary {
                     sched_switches: recording.counters.sched_switches,
@@ -125,12 +135,23 @@ impl Summary {
                     worst_processes: worst,
                 }
             }),
-            syscalls: recording.syscalls.as_ref().map(|s| syscall_summary(recording, s, top)),
+            syscalls: recording
+                .syscalls
+                .as_ref()
+                .map(|s| syscall_summary(recording, s, top)),
+            cpu: recording
+                .stacks
+                .as_ref()
+                .map(|stacks| HotPaths::new(recording, stacks, top)),
         }
     }
 }
 
-fn syscall_summary(recording: &Recording, syscalls: &crate::recording::Syscalls, top: usize) -> SyscallSummary {
+fn syscall_summary(
+    recording: &Recording,
+    syscalls: &crate::recording::Syscalls,
+    top: usize,
+) -> SyscallSummary {
     #[derive(Default)]
     struct Totals {
         count: u64,
@@ -157,7 +178,11 @@ fn syscall_summary(recording: &Recording, syscalls: &crate::recording::Syscalls,
                 syscall: syscall_name(row.nr),
                 count: row.count,
                 errors: row.errors,
-                errnos: row.errnos.iter().map(|&(errno, count)| (errno_name(errno), count)).collect(),
+                errnos: row
+                    .errnos
+                    .iter()
+                    .map(|&(errno, count)| (errno_name(errno), count))
+                    .collect(),
             });
         }
     }
@@ -189,7 +214,9 @@ fn syscall_summary(recording: &Recording, syscalls: &crate::recording::Syscalls,
     };
     SyscallSummary {
         total: rows.iter().fold(0u64, |sum, r| sum.saturating_add(r.count)),
-        errors: rows.iter().fold(0u64, |sum, r| sum.saturating_add(r.errors)),
+        errors: rows
+            .iter()
+            .fold(0u64, |sum, r| sum.saturating_add(r.errors)),
         by_count: ranked(|r| r.count),
         by_time: ranked(|r| r.total_ns),
         errors_by_process,
@@ -202,7 +229,10 @@ mod tests {
 
     #[test]
     fn names_syscalls_and_errnos() {
-        assert_eq!(syscall_name(syscalls::Sysno::getppid.id() as u32), "getppid");
+        assert_eq!(
+            syscall_name(syscalls::Sysno::getppid.id() as u32),
+            "getppid"
+        );
         assert_eq!(syscall_name(100_000), "syscall_100000");
         assert_eq!(errno_name(2), "ENOENT");
         assert_eq!(errno_name(512), "ERESTARTSYS");

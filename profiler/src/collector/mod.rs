@@ -9,23 +9,56 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
 use indicatif::{ProgressBar, ProgressStyle};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
 
 use crate::{
-    probes::{self, Filter, Probe, Probes},
+    probes::{self, Probe, ProbeOptions, Probes},
     recording::{Metadata, RecordOptions, Recording},
+    symbolize::{StackSymbolizer, maps::MapsCache},
 };
 use processes::ProcessTable;
 
 /// How often process names are collected and progress refreshed.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the memory maps of sampled processes are read again (they change: dlopen, JIT).
+const MAPS_REFRESH_INTERVAL: Duration = Duration::from_secs(2);
 
 pub struct RecordConfig {
     pub probes: Vec<Probe>,
-    pub filter: Filter,
+    pub options: ProbeOptions,
     pub duration: Option<Duration>,
     pub quiet: bool,
+    /// Name inlined functions as frames of their own (needs DWARF).
+    pub inline: bool,
+}
+
+/// Waits for the next announcements of newly sampled processes; never, without the `cpu` probe.
+async fn new_processes(ring: &mut Option<AsyncFd<RingBuf<MapData>>>) -> std::io::Result<Vec<u32>> {
+    let Some(ring) = ring else {
+        return std::future::pending().await;
+    };
+    let mut guard = ring.readable_mut().await?;
+    let mut tgids = Vec::new();
+    while let Some(item) = guard.get_inner_mut().next() {
+        if let Ok(bytes) = <[u8; 4]>::try_from(&item[..item.len().min(4)]) {
+            tgids.push(u32::from_ne_bytes(bytes));
+        }
+    }
+    guard.clear_ready();
+    Ok(tgids)
+}
+
+/// Symbolization keeps one open file per mapped executable; allow as many as the hard limit.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
 }
 
 pub async fn record(config: &RecordConfig) -> Result<Recording> {
@@ -33,9 +66,29 @@ pub async fn record(config: &RecordConfig) -> Result<Recording> {
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
 
-    let mut probes = Probes::attach(&config.probes, &config.filter)?;
+    raise_open_file_limit();
+    let mut probes = Probes::attach(&config.probes, &config.options)?;
+    let mut ring = match config.probes.contains(&Probe::Cpu) {
+        // SAFETY: the ring buffer owns its fd and AsyncFd owns the ring buffer, so the fd stays
+        // open and unchanged while registered.
+        true => Some(
+            unsafe {
+                AsyncFd::register_with_interest(
+                    probes::oncpu::take_new_processes(&mut probes)?,
+                    Interest::READABLE,
+                )
+            }
+            .map_err(std::io::Error::from)
+            .context("cannot watch the new-process ring buffer")?,
+        ),
+        false => None,
+    };
+    let mut maps = MapsCache::default();
     let started = Instant::now();
-    let start_unix_ns = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+    let start_unix_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
     if !config.quiet {
         let names: Vec<&str> = config.probes.iter().map(|p| p.name()).collect();
         let until = match config.duration {
@@ -48,6 +101,7 @@ pub async fn record(config: &RecordConfig) -> Result<Recording> {
     let progress = progress_bar(config.quiet);
     let mut table = ProcessTable::default();
     let mut ticker = tokio::time::interval(POLL_INTERVAL);
+    let mut maps_ticker = tokio::time::interval(MAPS_REFRESH_INTERVAL);
     let deadline = tokio::time::sleep(config.duration.unwrap_or(Duration::MAX / 4));
     tokio::pin!(deadline);
     loop {
@@ -55,6 +109,13 @@ pub async fn record(config: &RecordConfig) -> Result<Recording> {
             _ = &mut deadline => break,
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
+            tgids = new_processes(&mut ring) => {
+                for tgid in tgids.context("cannot read the new-process ring buffer")? {
+                    // The process may already be gone; its samples then keep module+offset frames.
+                    let _ = maps.snapshot(tgid);
+                }
+            }
+            _ = maps_ticker.tick() => maps.refresh(),
             _ = ticker.tick() => {
                 table.add_from_kernel(probes.take_process_names()?);
                 if !progress.is_hidden() {
@@ -76,6 +137,7 @@ pub async fn record(config: &RecordConfig) -> Result<Recording> {
         counters: probes.counters()?,
         runq: None,
         syscalls: None,
+        stacks: None,
         processes: Default::default(),
     };
     table.add_from_kernel(probes.take_process_names()?);
@@ -83,6 +145,19 @@ pub async fn record(config: &RecordConfig) -> Result<Recording> {
         match probe {
             Probe::Sched => recording.runq = Some(probes::sched::drain(&probes)?),
             Probe::Syscalls => recording.syscalls = Some(probes::syscalls::drain(&probes)?),
+            Probe::Cpu => {
+                let raw = probes::oncpu::drain(&probes)?;
+                maps.refresh();
+                let unknown: std::collections::BTreeSet<u32> = raw
+                    .iter()
+                    .map(|s| s.tgid)
+                    .filter(|&tgid| !maps.knows(tgid))
+                    .collect();
+                for tgid in unknown {
+                    let _ = maps.snapshot(tgid);
+                }
+                recording.stacks = Some(StackSymbolizer::new(config.inline).symbolize(&raw, &maps));
+            }
         }
     }
     recording.processes = table.finish(recording.tgids());
@@ -94,7 +169,9 @@ fn progress_bar(quiet: bool) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new_spinner();
-    bar.set_style(ProgressStyle::with_template("{spinner} recording {msg}").expect("valid template"));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} recording {msg}").expect("valid template"),
+    );
     bar.enable_steady_tick(Duration::from_millis(100));
     bar
 }
@@ -102,17 +179,28 @@ fn progress_bar(quiet: bool) -> ProgressBar {
 fn metadata(config: &RecordConfig, start_unix_ns: u64, duration: Duration) -> Metadata {
     let uname = nix::sys::utsname::uname().ok();
     Metadata {
-        hostname: nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default(),
-        kernel_release: uname.map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
+        hostname: nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default(),
+        kernel_release: uname
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
         cpus: aya::util::online_cpus().map_or(0, |cpus| cpus.len() as u32),
         start_unix_ns,
         duration_ns: duration.as_nanos() as u64,
         profiler_version: env!("CARGO_PKG_VERSION").into(),
         options: RecordOptions {
             probes: config.probes.iter().map(|p| p.name().to_string()).collect(),
-            pids: config.filter.pids.clone(),
-            cgroup: config.filter.cgroup.as_ref().map(|p| p.display().to_string()),
+            pids: config.options.pids.clone(),
+            cgroup: config
+                .options
+                .cgroup
+                .as_ref()
+                .map(|p| p.display().to_string()),
             duration_limit_ns: config.duration.map(|d| d.as_nanos() as u64),
+            frequency_hz: config.options.frequency_hz,
+            per_thread: config.options.per_thread,
         },
     }
 }

@@ -1,3 +1,4 @@
 //! Renderings of an analysed recording.
 
+pub mod flamegraph;
 pub mod report;

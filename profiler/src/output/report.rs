@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use crate::{
     analysis::{
         histogram::{Percentiles, format_ns},
+        hotpaths::HotPaths,
         summary::{Summary, syscall_name},
     },
     recording::{LatencyHistogram, Recording},
@@ -29,13 +30,25 @@ pub fn text(summary: &Summary) -> String {
     if let Some(cgroup) = &summary.cgroup {
         let _ = writeln!(w, "Filter: cgroup {cgroup}");
     }
-    let _ = writeln!(w, "Events: {}   Dropped: {}", summary.events, summary.dropped_total);
+    let _ = writeln!(
+        w,
+        "Events: {}   Dropped: {}",
+        summary.events, summary.dropped_total
+    );
     if summary.dropped_total > 0 {
         let d = &summary.drops;
         let _ = writeln!(
             w,
-            "  drops: run-queue per-process {}, syscall per-process {}, errno {}, start times {}, process names {}",
-            d.runq_process, d.syscall_process, d.syscall_errno, d.start, d.process_names
+            "  drops: run-queue per-process {}, syscall per-process {}, errno {}, start times {}, process names {}, stack collisions {}, stack errors {}, samples {}, new processes {}",
+            d.runq_process,
+            d.syscall_process,
+            d.syscall_errno,
+            d.start,
+            d.process_names,
+            d.stack_collisions,
+            d.stack_errors,
+            d.samples,
+            d.new_processes
         );
     }
 
@@ -49,7 +62,11 @@ pub fn text(summary: &Summary) -> String {
             percent(runq.involuntary_switches, runq.sched_switches),
             runq.wakeups
         );
-        let _ = writeln!(w, "  {:<24} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}", "", "count", "p50", "p90", "p99", "p99.9", "max");
+        let _ = writeln!(
+            w,
+            "  {:<24} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "", "count", "p50", "p90", "p99", "p99.9", "max"
+        );
         latency_row(w, "system-wide", &runq.system);
         for (cpu, p) in runq.per_cpu.iter().enumerate().filter(|(_, p)| p.count > 0) {
             latency_row(w, &format!("cpu {cpu}"), p);
@@ -62,6 +79,10 @@ pub fn text(summary: &Summary) -> String {
         }
     }
 
+    if let Some(cpu) = &summary.cpu {
+        hot_paths(w, cpu);
+    }
+
     if let Some(syscalls) = &summary.syscalls {
         let _ = writeln!(
             w,
@@ -70,15 +91,21 @@ pub fn text(summary: &Summary) -> String {
             syscalls.errors,
             percent(syscalls.errors, syscalls.total)
         );
-        for (title, rows) in [("by count", &syscalls.by_count), ("by total time", &syscalls.by_time)] {
+        for (title, rows) in [
+            ("by count", &syscalls.by_count),
+            ("by total time", &syscalls.by_time),
+        ] {
             let _ = writeln!(w, "  top {title}:");
             let _ = writeln!(
                 w,
-                "  {:<20} {:>10} {:>10} {:>9} {:>9} {:>9} {:>8}  {}",
-                "syscall", "count", "total", "mean", "p50", "p99", "errors", "commonest errno"
+                "  {:<20} {:>10} {:>10} {:>9} {:>9} {:>9} {:>8}  commonest errno",
+                "syscall", "count", "total", "mean", "p50", "p99", "errors"
             );
             for row in rows.iter() {
-                let errno = row.top_errno.as_ref().map_or(String::new(), |(name, n)| format!("{name} ({n})"));
+                let errno = row
+                    .top_errno
+                    .as_ref()
+                    .map_or(String::new(), |(name, n)| format!("{name} ({n})"));
                 let _ = writeln!(
                     w,
                     "  {:<20} {:>10} {:>10} {:>9} {:>9} {:>9} {:>8}  {}",
@@ -96,7 +123,11 @@ pub fn text(summary: &Summary) -> String {
         if !syscalls.errors_by_process.is_empty() {
             let _ = writeln!(w, "  errors by process:");
             for row in &syscalls.errors_by_process {
-                let errnos: Vec<String> = row.errnos.iter().map(|(name, n)| format!("{name} {n}")).collect();
+                let errnos: Vec<String> = row
+                    .errnos
+                    .iter()
+                    .map(|(name, n)| format!("{name} {n}"))
+                    .collect();
                 let _ = writeln!(
                     w,
                     "  {:<24} {:<16} {:>8} of {:<10} {}",
@@ -110,6 +141,66 @@ pub fn text(summary: &Summary) -> String {
         }
     }
     out
+}
+
+fn hot_paths(w: &mut String, cpu: &HotPaths) {
+    let idle = cpu
+        .idle_percent
+        .map_or(String::new(), |idle| format!(", machine idle {idle:.1}%"));
+    let _ = writeln!(
+        w,
+        "\nOn-CPU samples: {} at {} Hz per CPU{idle}",
+        cpu.samples, cpu.frequency_hz
+    );
+    if !cpu.processes.is_empty() {
+        let _ = writeln!(w, "  busiest processes:");
+        for p in &cpu.processes {
+            let _ = writeln!(
+                w,
+                "  {:>6.1}%  {:>8}  {} [{}]",
+                p.percent, p.samples, p.comm, p.tgid
+            );
+        }
+    }
+    for (title, rows) in [("self", &cpu.by_self), ("total", &cpu.by_total)] {
+        if rows.is_empty() {
+            continue;
+        }
+        let _ = writeln!(w, "  hottest functions by {title} samples:");
+        let _ = writeln!(w, "  {:>7} {:>7}  function", "self", "total");
+        for f in rows.iter() {
+            let module = f
+                .module
+                .as_deref()
+                .map(|m| m.rsplit('/').next().unwrap_or(m))
+                .unwrap_or("?");
+            let _ = writeln!(
+                w,
+                "  {:>6.1}% {:>6.1}%  {}{} ({module})",
+                f.self_percent,
+                f.total_percent,
+                f.function,
+                if f.kernel { " [k]" } else { "" }
+            );
+        }
+    }
+    if !cpu.heaviest_paths.is_empty() {
+        let _ = writeln!(w, "  heaviest call paths (leafmost frames):");
+        for path in &cpu.heaviest_paths {
+            const SHOWN: usize = 6;
+            let skip = path.frames.len().saturating_sub(SHOWN);
+            let tail: Vec<&str> = path.frames[skip..].iter().map(String::as_str).collect();
+            let ellipsis = if skip > 0 { "… ← " } else { "" };
+            let _ = writeln!(
+                w,
+                "  {:>6.1}%  {} [{}]: {ellipsis}{}",
+                path.percent,
+                path.comm,
+                path.tgid,
+                tail.join(" → ")
+            );
+        }
+    }
 }
 
 fn latency_row(w: &mut String, label: &str, p: &Percentiles) {
@@ -127,11 +218,19 @@ fn latency_row(w: &mut String, label: &str, p: &Percentiles) {
 }
 
 fn truncate(s: &str, width: usize) -> String {
-    if s.chars().count() <= width { s.to_string() } else { s.chars().take(width - 1).chain(['…']).collect() }
+    if s.chars().count() <= width {
+        s.to_string()
+    } else {
+        s.chars().take(width - 1).chain(['…']).collect()
+    }
 }
 
 fn percent(part: u64, whole: u64) -> f64 {
-    if whole == 0 { 0.0 } else { part as f64 * 100.0 / whole as f64 }
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
 }
 
 /// Text histograms in the style of bcc's runqlat, one line per non-empty bucket (ours are 16
@@ -157,10 +256,18 @@ pub fn histogram_text(histogram: &LatencyHistogram) -> String {
     const BAR: usize = 40;
     let mut out = String::new();
     let max = histogram.buckets.iter().map(|&(_, c)| c).max().unwrap_or(0);
-    let _ = writeln!(out, "  {:>21} : {:<10} {}", "range", "count", "distribution");
+    let _ = writeln!(out, "  {:>21} : {:<10} distribution", "range", "count");
     for (lower, upper, count) in histogram.ranges() {
-        let stars = if max == 0 { 0 } else { ((count as u128 * BAR as u128).div_ceil(max as u128)) as usize };
-        let upper = if upper == u64::MAX { "inf".to_string() } else { format_ns(upper) };
+        let stars = if max == 0 {
+            0
+        } else {
+            ((count as u128 * BAR as u128).div_ceil(max as u128)) as usize
+        };
+        let upper = if upper == u64::MAX {
+            "inf".to_string()
+        } else {
+            format_ns(upper)
+        };
         let _ = writeln!(
             out,
             "  {:>9} -> {:<9} : {:<10} |{:<BAR$}|",
@@ -179,11 +286,16 @@ mod tests {
 
     #[test]
     fn histogram_lines_show_ranges_and_scaled_bars() {
-        let histogram = LatencyHistogram { buckets: vec![(5, 10), (100, 40)] };
+        let histogram = LatencyHistogram {
+            buckets: vec![(5, 10), (100, 40)],
+        };
         let text = histogram_text(&histogram);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3);
-        assert!(lines[1].contains("5ns -> 6ns") && lines[1].contains(&format!("|{:<40}|", "*".repeat(10))));
+        assert!(
+            lines[1].contains("5ns -> 6ns")
+                && lines[1].contains(&format!("|{:<40}|", "*".repeat(10)))
+        );
         assert!(lines[2].contains(&format!("|{}|", "*".repeat(40))));
     }
 }

@@ -102,7 +102,9 @@ pub fn check_tracepoint(btf: &Btf, category: &str, name: &str, params: usize) ->
             Type::FuncProto(proto) => {
                 let found = proto.parameters.len().saturating_sub(1);
                 if found != params {
-                    bail!("tracepoint {category}:{name} takes {found} arguments on this kernel, expected {params}: this kernel is not supported");
+                    bail!(
+                        "tracepoint {category}:{name} takes {found} arguments on this kernel, expected {params}: this kernel is not supported"
+                    );
                 }
                 return Ok(());
             }
@@ -114,7 +116,9 @@ pub fn check_tracepoint(btf: &Btf, category: &str, name: &str, params: usize) ->
 /// The running kernel's BTF, or a clear error on kernels built without it.
 pub fn load_vmlinux() -> Result<Btf> {
     if !Path::new(VMLINUX_BTF).exists() {
-        bail!("this kernel exposes no BTF ({VMLINUX_BTF} is missing): a kernel built with CONFIG_DEBUG_INFO_BTF=y is required");
+        bail!(
+            "this kernel exposes no BTF ({VMLINUX_BTF} is missing): a kernel built with CONFIG_DEBUG_INFO_BTF=y is required"
+        );
     }
     Btf::from_file(VMLINUX_BTF).with_context(|| format!("cannot parse {VMLINUX_BTF}"))
 }

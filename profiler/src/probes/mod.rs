@@ -1,6 +1,7 @@
 //! Loading and attaching the eBPF programs, one module per probe (its programs and its drain).
 
 mod btf;
+pub mod oncpu;
 mod privileges;
 pub mod sched;
 pub mod syscalls;
@@ -33,15 +34,18 @@ pub enum Probe {
     Sched,
     /// Syscall counts, errors and latency from raw_syscalls sys_enter and sys_exit.
     Syscalls,
+    /// Kernel and user stacks sampled on the CPU clock of every CPU.
+    Cpu,
 }
 
 impl Probe {
-    pub const ALL: [Probe; 2] = [Probe::Sched, Probe::Syscalls];
+    pub const ALL: [Probe; 3] = [Probe::Sched, Probe::Syscalls, Probe::Cpu];
 
     pub fn name(self) -> &'static str {
         match self {
             Probe::Sched => "sched",
             Probe::Syscalls => "syscalls",
+            Probe::Cpu => "cpu",
         }
     }
 
@@ -49,6 +53,7 @@ impl Probe {
         match self {
             Probe::Sched => sched::TRACEPOINTS,
             Probe::Syscalls => syscalls::TRACEPOINTS,
+            Probe::Cpu => oncpu::TRACEPOINTS,
         }
     }
 }
@@ -61,26 +66,31 @@ pub struct Tracepoint {
     pub args: usize,
 }
 
-/// What to record: filters applied in the kernel.
-#[derive(Clone, Debug, Default)]
-pub struct Filter {
+/// What to record: filters applied in the kernel, and how to sample.
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
     /// Processes (tgids) to record; empty means all.
     pub pids: Vec<u32>,
     /// A cgroup v2 directory whose tasks to record.
     pub cgroup: Option<PathBuf>,
+    /// Samples per second on each CPU, for the `cpu` probe.
+    pub frequency_hz: u32,
+    /// Keep threads apart in stack samples.
+    pub per_thread: bool,
 }
 
 /// The loaded eBPF object with the chosen probes attached. Dropping it detaches and unloads
 /// everything (the kernel also does so if the process dies).
 pub struct Probes {
-    ebpf: Ebpf,
+    pub(crate) ebpf: Ebpf,
     probes: Vec<Probe>,
 }
 
 /// Where the cgroup v2 hierarchy is mounted: /sys/fs/cgroup on unified systems,
 /// /sys/fs/cgroup/unified on hybrid ones.
 fn cgroup2_root() -> Result<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").context("cannot read /proc/self/mounts")?;
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").context("cannot read /proc/self/mounts")?;
     mounts
         .lines()
         .map(|line| line.split_whitespace().collect::<Vec<_>>())
@@ -92,17 +102,25 @@ fn cgroup2_root() -> Result<PathBuf> {
 /// The cgroup v2 id of a cgroup directory (absolute, or relative to the cgroup v2 root): its inode
 /// number on cgroupfs.
 fn cgroup_id(path: &Path) -> Result<u64> {
-    let path = if path.is_absolute() { path.to_path_buf() } else { cgroup2_root()?.join(path) };
-    let stat = nix::sys::statfs::statfs(&path).with_context(|| format!("cgroup {}", path.display()))?;
+    let path = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        cgroup2_root()?.join(path)
+    };
+    let stat =
+        nix::sys::statfs::statfs(&path).with_context(|| format!("cgroup {}", path.display()))?;
     if stat.filesystem_type() != nix::sys::statfs::CGROUP2_SUPER_MAGIC {
-        bail!("{} is not a cgroup v2 directory (cgroup v1 is not supported)", path.display());
+        bail!(
+            "{} is not a cgroup v2 directory (cgroup v1 is not supported)",
+            path.display()
+        );
     }
     Ok(std::fs::metadata(&path)?.ino())
 }
 
 impl Probes {
     /// Loads the programs of `probes` and attaches them, with `filter` applied in the kernel.
-    pub fn attach(probes: &[Probe], filter: &Filter) -> Result<Self> {
+    pub fn attach(probes: &[Probe], options: &ProbeOptions) -> Result<Self> {
         privileges::check()?;
         let kernel_btf = load_vmlinux()?;
         let layout = KernelLayout::from_btf(&kernel_btf)?;
@@ -111,8 +129,14 @@ impl Probes {
                 btf::check_tracepoint(&kernel_btf, tp.category, tp.name, tp.args)?;
             }
         }
-        let cgroup_id = filter.cgroup.as_deref().map(cgroup_id).transpose()?.unwrap_or(0);
-        let filter_by_pid = u8::from(!filter.pids.is_empty());
+        let cgroup_id = options
+            .cgroup
+            .as_deref()
+            .map(cgroup_id)
+            .transpose()?
+            .unwrap_or(0);
+        let filter_by_pid = u8::from(!options.pids.is_empty());
+        let per_thread = u8::from(options.per_thread);
 
         let mut loader = EbpfLoader::new();
         let offsets = layout.globals();
@@ -121,11 +145,13 @@ impl Probes {
         }
         loader.override_global("FILTER_BY_PID", &filter_by_pid, true);
         loader.override_global("FILTER_CGROUP_ID", &cgroup_id, true);
+        loader.override_global("SAMPLE_PER_THREAD", &per_thread, true);
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| load_error(e.into()))?;
 
         let mut pids: HashMap<_, u32, u8> = HashMap::try_from(map(&mut ebpf, "FILTER_PIDS")?)?;
-        for &pid in &filter.pids {
-            pids.insert(pid, 1, 0).with_context(|| format!("cannot add pid {pid} to the filter"))?;
+        for &pid in &options.pids {
+            pids.insert(pid, 1, 0)
+                .with_context(|| format!("cannot add pid {pid} to the filter"))?;
         }
 
         let aya_btf = aya::Btf::from_sys_fs().context("cannot read the kernel's BTF")?;
@@ -138,14 +164,23 @@ impl Probes {
                 program
                     .load(tp.name, &aya_btf)
                     .map_err(|e| load_error(e.into()))
-                    .with_context(|| format!("cannot load the {}:{} program", tp.category, tp.name))?;
+                    .with_context(|| {
+                        format!("cannot load the {}:{} program", tp.category, tp.name)
+                    })?;
                 program
                     .attach()
                     .map_err(|e| load_error(e.into()))
                     .with_context(|| format!("cannot attach to {}:{}", tp.category, tp.name))?;
             }
+            if *probe == Probe::Cpu {
+                oncpu::attach_sampler(&mut ebpf, options.frequency_hz.into())
+                    .map_err(load_error)?;
+            }
         }
-        Ok(Self { ebpf, probes: probes.to_vec() })
+        Ok(Self {
+            ebpf,
+            probes: probes.to_vec(),
+        })
     }
 
     pub fn probes(&self) -> &[Probe] {
@@ -160,6 +195,12 @@ impl Probes {
                     let program: &mut BtfTracePoint = program.try_into()?;
                     program.unload()?;
                 }
+            }
+            if *probe == Probe::Cpu
+                && let Some(program) = self.ebpf.program_mut(oncpu::SAMPLER)
+            {
+                let program: &mut aya::programs::PerfEvent = program.try_into()?;
+                program.unload()?;
             }
         }
         Ok(())
@@ -179,19 +220,26 @@ impl Probes {
             wakeups: get(Counter::Wakeups),
             runq_latencies: get(Counter::RunqLatencies),
             syscalls: get(Counter::Syscalls),
+            cpu_samples: get(Counter::CpuSamples),
+            idle_samples: get(Counter::IdleSamples),
             drops: Drops {
                 runq_process: get(Counter::RunqProcessDrops),
                 syscall_process: get(Counter::SyscallProcessDrops),
                 syscall_errno: get(Counter::SyscallErrnoDrops),
                 start: get(Counter::StartDrops),
                 process_names: get(Counter::ProcessDrops),
+                stack_collisions: get(Counter::StackCollisions),
+                stack_errors: get(Counter::StackErrors),
+                samples: get(Counter::SampleDrops),
+                new_processes: get(Counter::NewProcessDrops),
             },
         })
     }
 
     /// Takes the process names the kernel noted since the last call, emptying the map.
     pub fn take_process_names(&mut self) -> Result<Vec<(u32, ProcessName)>> {
-        let mut map: HashMap<_, u32, ProcessName> = HashMap::try_from(map(&mut self.ebpf, "PROCESSES")?)?;
+        let mut map: HashMap<_, u32, ProcessName> =
+            HashMap::try_from(map(&mut self.ebpf, "PROCESSES")?)?;
         let entries: Vec<(u32, ProcessName)> = map.iter().filter_map(Result::ok).collect();
         for (tgid, _) in &entries {
             // The kernel re-adds a process only if it creates another entry for it; harmless.
@@ -201,19 +249,27 @@ impl Probes {
     }
 
     pub(crate) fn map(&self, name: &str) -> Result<&aya::maps::Map> {
-        self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
     }
 }
 
 fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
-    ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+    ebpf.map_mut(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
 }
 
 /// Turns a permission error from the kernel into the one-line advice users need.
 fn load_error(error: anyhow::Error) -> anyhow::Error {
     let text = format!("{error:#}");
-    if text.contains("EPERM") || text.contains("Operation not permitted") || text.contains("permission denied") {
-        anyhow!("the kernel refused to load eBPF programs ({text}): run as root with CAP_BPF and CAP_PERFMON, and check kernel.unprivileged_bpf_disabled and lockdown")
+    if text.contains("EPERM")
+        || text.contains("Operation not permitted")
+        || text.contains("permission denied")
+    {
+        anyhow!(
+            "the kernel refused to load eBPF programs ({text}): run as root with CAP_BPF and CAP_PERFMON, and check kernel.unprivileged_bpf_disabled and lockdown"
+        )
     } else {
         error
     }

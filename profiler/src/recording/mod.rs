@@ -3,7 +3,9 @@
 
 mod format;
 
-pub use format::{FORMAT_VERSION, MAGIC, RecordingError, frame, read, read_file, write, write_file};
+pub use format::{
+    FORMAT_VERSION, MAGIC, RecordingError, frame, read, read_file, write, write_file,
+};
 
 use std::collections::BTreeMap;
 
@@ -19,6 +21,8 @@ pub struct Recording {
     pub runq: Option<RunqLatency>,
     /// Present when the `syscalls` probe ran.
     pub syscalls: Option<Syscalls>,
+    /// Present when the `cpu` probe ran.
+    pub stacks: Option<Stacks>,
     /// Names of every process that appears anywhere above, by tgid.
     pub processes: BTreeMap<u32, Process>,
 }
@@ -27,8 +31,15 @@ impl Recording {
     /// Every process that appears in a probe's data.
     pub fn tgids(&self) -> std::collections::BTreeSet<u32> {
         let runq = self.runq.iter().flat_map(|r| r.per_process.keys().copied());
-        let syscalls = self.syscalls.iter().flat_map(|s| s.per_process.iter().map(|row| row.tgid));
-        runq.chain(syscalls).collect()
+        let syscalls = self
+            .syscalls
+            .iter()
+            .flat_map(|s| s.per_process.iter().map(|row| row.tgid));
+        let stacks = self
+            .stacks
+            .iter()
+            .flat_map(|s| s.stacks.iter().map(|stack| stack.tgid));
+        runq.chain(syscalls).chain(stacks).collect()
     }
 
     pub fn process_name(&self, tgid: u32) -> &str {
@@ -56,6 +67,9 @@ pub struct RecordOptions {
     pub pids: Vec<u32>,
     pub cgroup: Option<String>,
     pub duration_limit_ns: Option<u64>,
+    /// Sampling frequency of the `cpu` probe, per CPU.
+    pub frequency_hz: u32,
+    pub per_thread: bool,
 }
 
 /// Event and drop counts, summed over CPUs.
@@ -66,12 +80,24 @@ pub struct Counters {
     pub wakeups: u64,
     pub runq_latencies: u64,
     pub syscalls: u64,
+    /// CPU samples of non-idle tasks (after filtering).
+    pub cpu_samples: u64,
+    /// CPU samples that found a CPU idle.
+    pub idle_samples: u64,
     pub drops: Drops,
 }
 
 impl Counters {
     pub fn events(&self) -> u64 {
-        self.sched_switches.saturating_add(self.wakeups).saturating_add(self.syscalls)
+        [
+            self.sched_switches,
+            self.wakeups,
+            self.syscalls,
+            self.cpu_samples,
+            self.idle_samples,
+        ]
+        .into_iter()
+        .fold(0u64, u64::saturating_add)
     }
 }
 
@@ -88,13 +114,31 @@ pub struct Drops {
     pub start: u64,
     /// Process names the kernel could not store.
     pub process_names: u64,
+    /// Stacks lost to hash collisions in the kernel's stack map.
+    pub stack_collisions: u64,
+    /// Stacks the kernel could not store (stack map full).
+    pub stack_errors: u64,
+    /// CPU samples not counted (sample map full).
+    pub samples: u64,
+    /// New processes not announced to userspace in time (ring buffer full).
+    pub new_processes: u64,
 }
 
 impl Drops {
     pub fn total(&self) -> u64 {
-        [self.runq_process, self.syscall_process, self.syscall_errno, self.start, self.process_names]
-            .into_iter()
-            .fold(0u64, u64::saturating_add)
+        [
+            self.runq_process,
+            self.syscall_process,
+            self.syscall_errno,
+            self.start,
+            self.process_names,
+            self.stack_collisions,
+            self.stack_errors,
+            self.samples,
+            self.new_processes,
+        ]
+        .into_iter()
+        .fold(0u64, u64::saturating_add)
     }
 }
 
@@ -128,6 +172,53 @@ pub struct ProcessSyscall {
     pub errnos: Vec<(u32, u64)>,
 }
 
+/// On-CPU stacks, symbolized while the processes lived, with frames interned.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stacks {
+    pub frames: Vec<Frame>,
+    pub modules: Vec<Module>,
+    pub stacks: Vec<Stack>,
+}
+
+impl Stacks {
+    pub fn frame(&self, index: u32) -> Option<&Frame> {
+        self.frames.get(index as usize)
+    }
+
+    pub fn module(&self, frame: &Frame) -> Option<&Module> {
+        frame.module.and_then(|m| self.modules.get(m as usize))
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Frame {
+    /// The function, demangled; for a frame that could not be named, `module+0xoffset`.
+    pub function: String,
+    /// Index into `Stacks::modules`.
+    pub module: Option<u32>,
+    pub kernel: bool,
+    /// Inlined into the frame below it (only with `--inline`).
+    pub inlined: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Module {
+    pub path: String,
+    /// GNU build-id, hex, for offline symbolization elsewhere.
+    pub build_id: Option<String>,
+}
+
+/// One distinct stack of one process (or thread) and how often it was sampled.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stack {
+    pub tgid: u32,
+    /// Thread id when recorded with `--per-thread`, else 0.
+    pub tid: u32,
+    /// Indices into `Stacks::frames`, leaf first: kernel frames, then user frames.
+    pub frames: Vec<u32>,
+    pub count: u64,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Process {
     pub comm: String,
@@ -156,7 +247,7 @@ impl LatencyHistogram {
     }
 
     pub fn to_dense(&self) -> Vec<u64> {
-        let mut dense = vec![0; NUM_BUCKETS];
+        let mut dense = vec![0u64; NUM_BUCKETS];
         for &(index, count) in &self.buckets {
             if let Some(slot) = dense.get_mut(index as usize) {
                 *slot = slot.saturating_add(count);
@@ -166,7 +257,9 @@ impl LatencyHistogram {
     }
 
     pub fn count(&self) -> u64 {
-        self.buckets.iter().fold(0u64, |sum, &(_, count)| sum.saturating_add(count))
+        self.buckets
+            .iter()
+            .fold(0u64, |sum, &(_, count)| sum.saturating_add(count))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -204,7 +297,10 @@ mod tests {
         dense[100] = 7;
         dense[NUM_BUCKETS - 1] = 1;
         let histogram = LatencyHistogram::from_dense(&dense);
-        assert_eq!(histogram.buckets, vec![(0, 3), (100, 7), ((NUM_BUCKETS - 1) as u16, 1)]);
+        assert_eq!(
+            histogram.buckets,
+            vec![(0, 3), (100, 7), ((NUM_BUCKETS - 1) as u16, 1)]
+        );
         assert_eq!(histogram.to_dense(), dense);
         assert_eq!(histogram.count(), 11);
         let mut merged = histogram.clone();

@@ -38,6 +38,31 @@ enum Workload {
         #[arg(long)]
         seconds: f64,
     },
+    /// Burns CPU for SECONDS in two named functions, `hot_seventy` and `hot_thirty`, which get 70 %
+    /// and 30 % of the time, alternating every 2.1 and 0.9 ms: a cycle that no common sampling
+    /// period is a multiple of, so samples cannot alias with it.
+    Hot {
+        #[arg(long)]
+        seconds: f64,
+    },
+    /// Starts CHILDREN processes one after another, each spinning MILLIS ms in `short_lived_spin`
+    /// and exiting.
+    ShortLived {
+        #[arg(long)]
+        children: u32,
+        #[arg(long)]
+        millis: u64,
+    },
+    /// One short-lived child's work (what `short-lived` runs).
+    ShortLivedChild {
+        #[arg(long)]
+        millis: u64,
+    },
+    /// Reads /dev/zero in 1 MiB chunks for SECONDS: most time is spent in the kernel.
+    ReadZero {
+        #[arg(long)]
+        seconds: f64,
+    },
     /// Sleeps INTERVAL_US microseconds COUNT times, pinned to CPU: each wakeup finds the CPU idle.
     Sleep {
         #[arg(long)]
@@ -57,8 +82,84 @@ fn main() {
     }
     match cli.workload {
         Workload::Syscalls { getppid, fail_open } => syscalls(getppid, fail_open),
-        Workload::Spin { threads, cpu, seconds } => spin(threads, cpu, Duration::from_secs_f64(seconds)),
-        Workload::Sleep { cpu, count, interval_us } => sleep(cpu, count, Duration::from_micros(interval_us)),
+        Workload::Spin {
+            threads,
+            cpu,
+            seconds,
+        } => spin(threads, cpu, Duration::from_secs_f64(seconds)),
+        Workload::Sleep {
+            cpu,
+            count,
+            interval_us,
+        } => sleep(cpu, count, Duration::from_micros(interval_us)),
+        Workload::Hot { seconds } => hot(Duration::from_secs_f64(seconds)),
+        Workload::ShortLived { children, millis } => short_lived(children, millis),
+        Workload::ShortLivedChild { millis } => short_lived_spin(Duration::from_millis(millis)),
+        Workload::ReadZero { seconds } => read_zero(Duration::from_secs_f64(seconds)),
+    }
+}
+
+/// Spins until `end`, checking the clock rarely so that nearly every sample lands in the caller.
+#[inline(always)]
+fn burn_until(end: Instant) -> u64 {
+    let mut x = 0u64;
+    while Instant::now() < end {
+        for i in 0..500 {
+            x = black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+    }
+    x
+}
+
+#[inline(never)]
+fn hot_seventy(slice: Duration) -> u64 {
+    burn_until(Instant::now() + slice)
+}
+
+#[inline(never)]
+fn hot_thirty(slice: Duration) -> u64 {
+    burn_until(Instant::now() + slice)
+}
+
+fn hot(duration: Duration) {
+    let end = Instant::now() + duration;
+    let mut x = 0;
+    while Instant::now() < end {
+        x ^= hot_seventy(Duration::from_micros(2100));
+        x ^= hot_thirty(Duration::from_micros(900));
+    }
+    black_box(x);
+}
+
+fn short_lived(children: u32, millis: u64) {
+    let me = std::env::current_exe().unwrap();
+    for _ in 0..children {
+        let status = std::process::Command::new(&me)
+            .args([
+                "--no-wait",
+                "short-lived-child",
+                "--millis",
+                &millis.to_string(),
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+#[inline(never)]
+fn short_lived_spin(duration: Duration) {
+    black_box(burn_until(Instant::now() + duration));
+}
+
+#[inline(never)]
+fn read_zero(duration: Duration) {
+    use std::io::Read as _;
+    let mut zero = std::fs::File::open("/dev/zero").unwrap();
+    let mut buffer = vec![0u8; 1 << 20];
+    let end = Instant::now() + duration;
+    while Instant::now() < end {
+        zero.read_exact(&mut buffer).unwrap();
     }
 }
 
@@ -69,7 +170,14 @@ fn syscalls(getppid: u64, fail_open: u64) {
     }
     let missing = CString::new("/nonexistent-profiler-test/file").unwrap();
     for _ in 0..fail_open {
-        let fd = unsafe { libc::syscall(libc::SYS_openat, libc::AT_FDCWD, missing.as_ptr(), libc::O_RDONLY) };
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat,
+                libc::AT_FDCWD,
+                missing.as_ptr(),
+                libc::O_RDONLY,
+            )
+        };
         assert_eq!(fd, -1);
     }
 }

@@ -1,0 +1,239 @@
+//! Where the CPU time went: functions by self and total samples, the heaviest call paths, the
+//! busiest processes and the idle share.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+
+use crate::recording::{Frame, Recording, Stacks};
+
+#[derive(Debug, Serialize)]
+pub struct HotPaths {
+    /// Non-idle samples.
+    pub samples: u64,
+    /// Share of the machine's CPU time spent idle, in percent; only for unfiltered recordings.
+    pub idle_percent: Option<f64>,
+    pub frequency_hz: u32,
+    pub by_self: Vec<FunctionShare>,
+    pub by_total: Vec<FunctionShare>,
+    pub heaviest_paths: Vec<PathShare>,
+    pub processes: Vec<ProcessShare>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FunctionShare {
+    pub function: String,
+    pub module: Option<String>,
+    pub kernel: bool,
+    /// Samples with this function as the leaf.
+    pub self_samples: u64,
+    pub self_percent: f64,
+    /// Samples with this function anywhere on the stack.
+    pub total_samples: u64,
+    pub total_percent: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PathShare {
+    pub comm: String,
+    pub tgid: u32,
+    /// Root first.
+    pub frames: Vec<String>,
+    pub samples: u64,
+    pub percent: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProcessShare {
+    pub tgid: u32,
+    pub comm: String,
+    pub samples: u64,
+    pub percent: f64,
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+/// A function's identity across stacks: its name and module.
+fn function_key(stacks: &Stacks, frame: &Frame) -> (String, Option<String>, bool) {
+    (
+        frame.function.clone(),
+        stacks.module(frame).map(|m| m.path.clone()),
+        frame.kernel,
+    )
+}
+
+impl HotPaths {
+    pub fn new(recording: &Recording, stacks: &Stacks, top: usize) -> Self {
+        let samples = stacks
+            .stacks
+            .iter()
+            .fold(0u64, |sum, s| sum.saturating_add(s.count));
+        let mut self_counts: HashMap<u32, u64> = HashMap::new();
+        let mut total_counts: HashMap<u32, u64> = HashMap::new();
+        let mut per_process: HashMap<u32, u64> = HashMap::new();
+        for stack in &stacks.stacks {
+            if let Some(&leaf) = stack.frames.first() {
+                *self_counts.entry(leaf).or_default() += stack.count;
+            }
+            let mut seen = HashSet::new();
+            for &frame in &stack.frames {
+                // Recursion must not count a stack twice for one function.
+                if seen.insert(frame) {
+                    *total_counts.entry(frame).or_default() += stack.count;
+                }
+            }
+            *per_process.entry(stack.tgid).or_default() += stack.count;
+        }
+
+        // Frames are interned per (function, module, kernel, inlined); merge to functions.
+        let mut functions: HashMap<(String, Option<String>, bool), (u64, u64)> = HashMap::new();
+        for (&frame, &count) in &self_counts {
+            if let Some(f) = stacks.frame(frame) {
+                functions.entry(function_key(stacks, f)).or_default().0 += count;
+            }
+        }
+        for (&frame, &count) in &total_counts {
+            if let Some(f) = stacks.frame(frame) {
+                functions.entry(function_key(stacks, f)).or_default().1 += count;
+            }
+        }
+        let shares: Vec<FunctionShare> = functions
+            .into_iter()
+            .map(
+                |((function, module, kernel), (self_samples, total_samples))| FunctionShare {
+                    function,
+                    module,
+                    kernel,
+                    self_samples,
+                    self_percent: percent(self_samples, samples),
+                    // A function inlined at several depths may be counted under two frames.
+                    total_samples: total_samples.min(samples),
+                    total_percent: percent(total_samples.min(samples), samples),
+                },
+            )
+            .collect();
+        let ranked = |key: fn(&FunctionShare) -> u64| {
+            let mut sorted: Vec<FunctionShare> =
+                shares.iter().filter(|f| key(f) > 0).cloned().collect();
+            sorted.sort_by(|a, b| {
+                key(b)
+                    .cmp(&key(a))
+                    .then_with(|| a.function.cmp(&b.function))
+            });
+            sorted.truncate(top);
+            sorted
+        };
+
+        let mut heaviest: Vec<&crate::recording::Stack> = stacks.stacks.iter().collect();
+        heaviest.sort_by_key(|stack| std::cmp::Reverse(stack.count));
+        let heaviest_paths = heaviest
+            .into_iter()
+            .take(top)
+            .map(|stack| PathShare {
+                comm: recording.process_name(stack.tgid).to_string(),
+                tgid: stack.tgid,
+                frames: stack
+                    .frames
+                    .iter()
+                    .rev()
+                    .filter_map(|&f| stacks.frame(f))
+                    .map(|f| f.function.clone())
+                    .collect(),
+                samples: stack.count,
+                percent: percent(stack.count, samples),
+            })
+            .collect();
+        let mut processes: Vec<ProcessShare> = per_process
+            .into_iter()
+            .map(|(tgid, count)| ProcessShare {
+                tgid,
+                comm: recording.process_name(tgid).to_string(),
+                samples: count,
+                percent: percent(count, samples),
+            })
+            .collect();
+        processes.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.tgid.cmp(&b.tgid)));
+        processes.truncate(top);
+
+        // A tickless idle CPU takes fewer clock samples than a busy one, so the idle share comes
+        // from the samples a fully busy machine would have given, not from idle samples taken.
+        let meta = &recording.meta;
+        let unfiltered = meta.options.pids.is_empty() && meta.options.cgroup.is_none();
+        let expected = meta.duration_ns as f64 / 1e9
+            * f64::from(meta.options.frequency_hz)
+            * f64::from(meta.cpus);
+        let idle_percent = (unfiltered && expected > 0.0)
+            .then(|| (100.0 * (1.0 - samples as f64 / expected)).clamp(0.0, 100.0));
+        HotPaths {
+            samples,
+            idle_percent,
+            frequency_hz: recording.meta.options.frequency_hz,
+            by_self: ranked(|f| f.self_samples),
+            by_total: ranked(|f| f.total_samples),
+            heaviest_paths,
+            processes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recording::{Module, Stack};
+
+    #[test]
+    fn self_and_total_shares_with_recursion() {
+        let frame = |name: &str| Frame {
+            function: name.into(),
+            module: Some(0),
+            kernel: false,
+            inlined: false,
+        };
+        let stacks = Stacks {
+            frames: vec![frame("main"), frame("work"), frame("leaf")],
+            modules: vec![Module {
+                path: "/bin/app".into(),
+                build_id: None,
+            }],
+            stacks: vec![
+                // leaf <- work <- work <- main (recursive work)
+                Stack {
+                    tgid: 1,
+                    tid: 0,
+                    frames: vec![2, 1, 1, 0],
+                    count: 30,
+                },
+                Stack {
+                    tgid: 1,
+                    tid: 0,
+                    frames: vec![1, 0],
+                    count: 70,
+                },
+            ],
+        };
+        let mut recording = Recording::default();
+        // 1 s at 50 Hz on 4 CPUs: 200 samples if never idle; 100 taken.
+        recording.meta.duration_ns = 1_000_000_000;
+        recording.meta.options.frequency_hz = 50;
+        recording.meta.cpus = 4;
+        let hot = HotPaths::new(&recording, &stacks, 10);
+        assert_eq!(hot.samples, 100);
+        assert_eq!(hot.idle_percent, Some(50.0));
+        let work = hot.by_total.iter().find(|f| f.function == "work").unwrap();
+        assert_eq!(
+            (work.self_samples, work.total_samples),
+            (70, 100),
+            "recursion counted once"
+        );
+        assert_eq!(hot.by_self[0].function, "work");
+        assert_eq!(hot.by_self[1].function, "leaf");
+        assert_eq!(hot.heaviest_paths[0].frames, ["main", "work"]);
+        assert_eq!(hot.processes[0].percent, 100.0);
+    }
+}

@@ -1,0 +1,181 @@
+//! Flamegraphs with inferno: folded stacks (Brendan Gregg's format), then an SVG. The process name
+//! is the root frame; kernel frames carry inferno's `_[k]` annotation and inlined ones `_[i]`, so
+//! the `java` palette colours them apart from user code.
+
+use std::{collections::BTreeMap, io::Write};
+
+use anyhow::{Context as _, Result};
+use inferno::flamegraph::{self, Options, Palette, color::MultiPalette};
+
+use crate::recording::{Recording, Stacks};
+
+/// Which stacks and frames go into a flamegraph.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    /// Only these processes; empty means all.
+    pub pids: Vec<u32>,
+    pub kernel_only: bool,
+    pub user_only: bool,
+}
+
+/// Folded stacks, one line per distinct path: `comm;root;...;leaf count`, sorted.
+pub fn folded(recording: &Recording, stacks: &Stacks, selection: &Selection) -> Vec<String> {
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for stack in &stacks.stacks {
+        if !selection.pids.is_empty() && !selection.pids.contains(&stack.tgid) {
+            continue;
+        }
+        let mut line = sanitize(recording.process_name(stack.tgid));
+        for frame in stack.frames.iter().rev().filter_map(|&f| stacks.frame(f)) {
+            if (selection.kernel_only && !frame.kernel) || (selection.user_only && frame.kernel) {
+                continue;
+            }
+            line.push(';');
+            line.push_str(&sanitize(&frame.function));
+            if frame.kernel {
+                line.push_str("_[k]");
+            } else if frame.inlined {
+                line.push_str("_[i]");
+            }
+        }
+        *counts.entry(line).or_default() += stack.count;
+    }
+    counts
+        .into_iter()
+        .map(|(line, count)| format!("{line} {count}"))
+        .collect()
+}
+
+/// Frame names must not contain the separators of the folded format.
+fn sanitize(name: &str) -> String {
+    name.replace(';', ":").replace(['\n', '\r'], " ")
+}
+
+pub fn svg(lines: &[String], title: &str, out: impl Write) -> Result<()> {
+    let mut options = Options::default();
+    options.title = title.to_string();
+    options.count_name = "samples".to_string();
+    options.colors = Palette::Multi(MultiPalette::Java);
+    flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), out)
+        .context("cannot render the flamegraph")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recording::{Frame, Module, Process, Stack};
+
+    fn recording() -> (Recording, Stacks) {
+        let user = |name: &str| Frame {
+            function: name.into(),
+            module: Some(0),
+            kernel: false,
+            inlined: false,
+        };
+        let kernel = |name: &str| Frame {
+            function: name.into(),
+            module: Some(1),
+            kernel: true,
+            inlined: false,
+        };
+        let stacks = Stacks {
+            frames: vec![
+                user("main"),
+                user("read_file"),
+                kernel("entry_SYSCALL_64"),
+                kernel("vfs_read"),
+            ],
+            modules: vec![
+                Module {
+                    path: "/bin/app".into(),
+                    build_id: None,
+                },
+                Module {
+                    path: "[kernel.kallsyms]".into(),
+                    build_id: None,
+                },
+            ],
+            stacks: vec![
+                Stack {
+                    tgid: 7,
+                    tid: 0,
+                    frames: vec![3, 2, 1, 0],
+                    count: 5,
+                },
+                Stack {
+                    tgid: 7,
+                    tid: 0,
+                    frames: vec![1, 0],
+                    count: 2,
+                },
+            ],
+        };
+        let mut recording = Recording::default();
+        recording.processes.insert(
+            7,
+            Process {
+                comm: "app".into(),
+                ..Default::default()
+            },
+        );
+        (recording, stacks)
+    }
+
+    #[test]
+    fn folded_lines_root_first_with_kernel_annotations() {
+        let (recording, stacks) = recording();
+        let lines = folded(&recording, &stacks, &Selection::default());
+        assert_eq!(
+            lines,
+            [
+                "app;main;read_file 2",
+                "app;main;read_file;entry_SYSCALL_64_[k];vfs_read_[k] 5"
+            ]
+        );
+        let user = folded(
+            &recording,
+            &stacks,
+            &Selection {
+                user_only: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(user, ["app;main;read_file 7"]);
+        let kernel = folded(
+            &recording,
+            &stacks,
+            &Selection {
+                kernel_only: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(kernel, ["app 2", "app;entry_SYSCALL_64_[k];vfs_read_[k] 5"]);
+        assert!(
+            folded(
+                &recording,
+                &stacks,
+                &Selection {
+                    pids: vec![8],
+                    ..Default::default()
+                }
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn svg_names_the_frames() {
+        let (recording, stacks) = recording();
+        let mut out = Vec::new();
+        svg(
+            &folded(&recording, &stacks, &Selection::default()),
+            "test",
+            &mut out,
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("<?xml") && text.contains("read_file") && text.contains("vfs_read")
+        );
+    }
+}

@@ -1,0 +1,177 @@
+//! Snapshots of processes' executable mappings, taken while they live, so that their user
+//! addresses can be turned into (file, file offset) after they exit. The files themselves are
+//! opened through /proc/PID/map_files at snapshot time and kept open: that reaches files in other
+//! mount namespaces (containers) and files deleted since, for as long as we symbolize.
+
+use std::{collections::HashMap, fs::File, io, os::fd::AsRawFd as _, path::PathBuf};
+
+/// One executable mapping of a process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    /// Offset in the file of `start`.
+    pub file_offset: u64,
+    /// The path /proc/PID/maps shows; empty for anonymous memory, `[vdso]` and the like in brackets.
+    pub path: String,
+    /// Key into the open files, for file-backed mappings we could open.
+    pub file: Option<FileKey>,
+}
+
+/// Identity of a mapped file: device and inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    pub device: u64,
+    pub inode: u64,
+}
+
+/// Parses one line of /proc/PID/maps, keeping executable mappings only.
+pub fn parse_line(line: &str) -> Option<(Mapping, Option<FileKey>)> {
+    let mut fields = line.split_ascii_whitespace();
+    let range = fields.next()?;
+    let perms = fields.next()?;
+    let offset = fields.next()?;
+    let device = fields.next()?;
+    let inode: u64 = fields.next()?.parse().ok()?;
+    // The path may contain spaces; it is the rest of the line.
+    let path = fields.collect::<Vec<_>>().join(" ");
+    if !perms.contains('x') {
+        return None;
+    }
+    let (start, end) = range.split_once('-')?;
+    let (major, minor) = device.split_once(':')?;
+    let device =
+        (u64::from_str_radix(major, 16).ok()? << 20) | u64::from_str_radix(minor, 16).ok()?;
+    let key = (inode != 0).then_some(FileKey { device, inode });
+    let mapping = Mapping {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        file_offset: u64::from_str_radix(offset, 16).ok()?,
+        path,
+        file: key,
+    };
+    Some((mapping, key))
+}
+
+/// A file kept open for symbolization.
+pub struct OpenFile {
+    file: File,
+    pub path: String,
+}
+
+impl OpenFile {
+    /// A path through which blazesym can open the file, whatever namespace it lives in.
+    pub fn fd_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
+}
+
+/// Every process's snapshots (newest last) and the files they map.
+#[derive(Default)]
+pub struct MapsCache {
+    snapshots: HashMap<u32, Vec<Vec<Mapping>>>,
+    files: HashMap<FileKey, OpenFile>,
+}
+
+impl MapsCache {
+    /// Reads the process's maps now, if it still exists, and opens files not yet open. A new
+    /// snapshot is kept only if the maps changed.
+    pub fn snapshot(&mut self, tgid: u32) -> io::Result<()> {
+        let text = std::fs::read_to_string(format!("/proc/{tgid}/maps"))?;
+        let mut mappings = Vec::new();
+        for (mapping, key) in text.lines().filter_map(parse_line) {
+            if let Some(key) = key
+                && !self.files.contains_key(&key)
+            {
+                let map_file = format!(
+                    "/proc/{tgid}/map_files/{:x}-{:x}",
+                    mapping.start, mapping.end
+                );
+                let root_path = format!("/proc/{tgid}/root{}", mapping.path);
+                if let Ok(file) = File::open(&map_file).or_else(|_| File::open(&root_path)) {
+                    self.files.insert(
+                        key,
+                        OpenFile {
+                            file,
+                            path: mapping.path.clone(),
+                        },
+                    );
+                }
+            }
+            mappings.push(mapping);
+        }
+        let history = self.snapshots.entry(tgid).or_default();
+        if history.last() != Some(&mappings) {
+            history.push(mappings);
+        }
+        Ok(())
+    }
+
+    /// Takes a new snapshot of every known process that still lives (mappings change: dlopen, JIT).
+    pub fn refresh(&mut self) {
+        let tgids: Vec<u32> = self.snapshots.keys().copied().collect();
+        for tgid in tgids {
+            let _ = self.snapshot(tgid);
+        }
+    }
+
+    pub fn knows(&self, tgid: u32) -> bool {
+        self.snapshots.contains_key(&tgid)
+    }
+
+    /// The mapping that held `addr` in process `tgid`, newest snapshot first.
+    pub fn find(&self, tgid: u32, addr: u64) -> Option<&Mapping> {
+        self.snapshots
+            .get(&tgid)?
+            .iter()
+            .rev()
+            .find_map(|mappings| mappings.iter().find(|m| (m.start..m.end).contains(&addr)))
+    }
+
+    pub fn file(&self, key: &FileKey) -> Option<&OpenFile> {
+        self.files.get(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_executable_mappings_only() {
+        let (m, key) =
+            parse_line("55d4c8a00000-55d4c8a9a000 r-xp 00028000 fd:01 1837 /usr/bin/my prog")
+                .unwrap();
+        assert_eq!(
+            (m.start, m.end, m.file_offset),
+            (0x55d4c8a00000, 0x55d4c8a9a000, 0x28000)
+        );
+        assert_eq!(m.path, "/usr/bin/my prog");
+        assert_eq!(
+            key,
+            Some(FileKey {
+                device: (0xfd << 20) | 1,
+                inode: 1837
+            })
+        );
+        assert!(parse_line("7ffd1000-7ffd2000 rw-p 00000000 00:00 0 [stack]").is_none());
+        let (vdso, key) =
+            parse_line("7ffd3000-7ffd5000 r-xp 00000000 00:00 0                  [vdso]").unwrap();
+        assert_eq!((vdso.path.as_str(), key), ("[vdso]", None));
+        let (anon, _) = parse_line("7f0000000000-7f0000100000 r-xp 00000000 00:00 0").unwrap();
+        assert_eq!(anon.path, "");
+    }
+
+    #[test]
+    fn snapshots_this_process_and_finds_its_code() {
+        let mut cache = MapsCache::default();
+        cache.snapshot(std::process::id()).unwrap();
+        let addr = parses_executable_mappings_only as fn() as usize as u64;
+        let mapping = cache
+            .find(std::process::id(), addr)
+            .expect("our own code is mapped");
+        assert!(mapping.path.starts_with('/'));
+        let file = cache.file(mapping.file.as_ref().unwrap()).expect("opened");
+        assert!(std::fs::metadata(file.fd_path()).unwrap().len() > 0);
+    }
+}
