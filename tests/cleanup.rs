@@ -7,24 +7,14 @@ use std::time::Duration;
 
 use common::{Recorder, temp_dir};
 
-const OUR_PROGRAMS: [&str; 5] = [
-    "sched_wakeup",
-    "sched_wakeup_new",
-    "sched_switch",
-    "sys_enter",
-    "sys_exit",
-];
+const OUR_PROGRAMS: [&str; 5] = ["sched_wakeup", "sched_wakeup_new", "sched_switch", "sys_enter", "sys_exit"];
 
 fn our_programs_loaded() -> usize {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         // The kernel keeps the first 15 bytes of a program's name.
         .filter(|p| {
-            p.name_as_str().is_some_and(|name| {
-                OUR_PROGRAMS
-                    .iter()
-                    .any(|ours| &ours[..ours.len().min(15)] == name)
-            })
+            p.name_as_str().is_some_and(|name| OUR_PROGRAMS.iter().any(|ours| &ours[..ours.len().min(15)] == name))
         })
         .count()
 }
@@ -40,11 +30,7 @@ fn programs_are_gone_after_every_kind_of_exit() {
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGKILL] {
         let dir = temp_dir();
         let recorder = Recorder::start(&dir.path().join("x.rec"), &[]);
-        assert_eq!(
-            our_programs_loaded(),
-            OUR_PROGRAMS.len(),
-            "the check sees our programs while recording"
-        );
+        assert_eq!(our_programs_loaded(), OUR_PROGRAMS.len(), "the check sees our programs while recording");
         std::thread::sleep(Duration::from_millis(200));
         let _ = recorder.stop_with(signal);
         // The kernel frees programs asynchronously (RCU) after the last reference goes.
@@ -52,11 +38,7 @@ fn programs_are_gone_after_every_kind_of_exit() {
         while our_programs_loaded() > 0 && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert_eq!(
-            our_programs_loaded(),
-            0,
-            "programs left after signal {signal}"
-        );
+        assert_eq!(our_programs_loaded(), 0, "programs left after signal {signal}");
     }
     assert_eq!(all_programs_loaded(), before);
 }

@@ -8,11 +8,7 @@ use common::{profiler_bin, run_profiler, temp_dir};
 
 fn single_error_line(output: &std::process::Output) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert_eq!(
-        stderr.trim_end().lines().count(),
-        1,
-        "one line expected: {stderr}"
-    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line expected: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     stderr
 }
@@ -21,28 +17,16 @@ fn single_error_line(output: &std::process::Output) -> String {
 fn unprivileged_record_names_the_missing_capabilities() {
     let dir = temp_dir();
     let output = dir.path().join("never.rec");
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let result = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
         .arg(profiler_bin())
         .args(["record", "-d", "1", "-o", output.to_str().unwrap()])
         .output()
         .expect("setpriv (util-linux)");
     assert_eq!(result.status.code(), Some(1));
     let stderr = single_error_line(&result);
-    assert!(
-        stderr.contains("CAP_BPF") && stderr.contains("sudo"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("CAP_BPF") && stderr.contains("sudo"), "{stderr}");
     assert!(!output.exists(), "no file on failure");
 }
 
@@ -60,11 +44,9 @@ fn truncated_garbage_and_missing_files_are_refused() {
     std::fs::write(&garbage, b"#!/bin/sh\necho this is not a recording\n").unwrap();
     let missing = dir.path().join("missing.rec");
 
-    for (path, expected) in [
-        (&truncated, "truncated recording"),
-        (&garbage, "not a profiler recording"),
-        (&missing, "No such file"),
-    ] {
+    for (path, expected) in
+        [(&truncated, "truncated recording"), (&garbage, "not a profiler recording"), (&missing, "No such file")]
+    {
         let result = run_profiler(&["report", path.to_str().unwrap()]);
         assert_eq!(result.status.code(), Some(1));
         let stderr = single_error_line(&result);
@@ -78,33 +60,19 @@ fn truncated_garbage_and_missing_files_are_refused() {
 
 #[test]
 fn unknown_options_and_bad_values_are_usage_errors() {
-    for args in [
-        &["record", "--frobnicate"][..],
-        &["record", "-d", "soon"],
-        &["record", "--probes", "gpu"],
-        &["nope"],
-    ] {
+    for args in [&["record", "--frobnicate"][..], &["record", "-d", "soon"], &["record", "--probes", "gpu"], &["nope"]]
+    {
         let result = run_profiler(args);
         assert_eq!(result.status.code(), Some(2), "{args:?}");
         let stderr = String::from_utf8_lossy(&result.stderr);
-        assert!(
-            stderr.starts_with("error:") && !stderr.contains("panicked"),
-            "{stderr}"
-        );
+        assert!(stderr.starts_with("error:") && !stderr.contains("panicked"), "{stderr}");
     }
 }
 
 #[test]
 fn missing_cgroup_is_one_line() {
-    let result = run_profiler(&[
-        "record",
-        "-d",
-        "1",
-        "--cgroup",
-        "/sys/fs/cgroup/no-such-group",
-        "-o",
-        "/tmp/never.rec",
-    ]);
+    let result =
+        run_profiler(&["record", "-d", "1", "--cgroup", "/sys/fs/cgroup/no-such-group", "-o", "/tmp/never.rec"]);
     assert_eq!(result.status.code(), Some(1));
     let stderr = single_error_line(&result);
     assert!(stderr.contains("no-such-group"), "{stderr}");

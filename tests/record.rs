@@ -7,21 +7,10 @@ use profiler::{analysis::histogram::percentiles, recording::Recording};
 
 const ENOENT: u32 = 2;
 
-fn syscall_row(
-    recording: &Recording,
-    tgid: u32,
-    name: &str,
-) -> profiler::recording::ProcessSyscall {
+fn syscall_row(recording: &Recording, tgid: u32, name: &str) -> profiler::recording::ProcessSyscall {
     let nr = name.parse::<syscalls::Sysno>().unwrap().id() as u32;
-    let rows = &recording
-        .syscalls
-        .as_ref()
-        .expect("syscall data")
-        .per_process;
-    rows.iter()
-        .find(|r| r.tgid == tgid && r.nr == nr)
-        .cloned()
-        .unwrap_or_default()
+    let rows = &recording.syscalls.as_ref().expect("syscall data").per_process;
+    rows.iter().find(|r| r.tgid == tgid && r.nr == nr).cloned().unwrap_or_default()
 }
 
 #[test]
@@ -29,18 +18,10 @@ fn counts_exactly_the_syscalls_a_process_makes() {
     const GETPPID: u64 = 5_000;
     const FAILED_OPENS: u64 = 37;
     let dir = temp_dir();
-    let mut workload = Workload::spawn(&[
-        "syscalls",
-        "--getppid",
-        &GETPPID.to_string(),
-        "--fail-open",
-        &FAILED_OPENS.to_string(),
-    ]);
+    let mut workload =
+        Workload::spawn(&["syscalls", "--getppid", &GETPPID.to_string(), "--fail-open", &FAILED_OPENS.to_string()]);
     let pid = workload.pid();
-    let recorder = Recorder::start(
-        &dir.path().join("syscalls.rec"),
-        &["-p", &pid.to_string(), "--probes", "syscalls"],
-    );
+    let recorder = Recorder::start(&dir.path().join("syscalls.rec"), &["-p", &pid.to_string(), "--probes", "syscalls"]);
     workload.go();
     workload.wait();
     let recording = recorder.finish();
@@ -68,25 +49,10 @@ fn counts_exactly_the_syscalls_a_process_makes() {
 fn contended_cpu_shows_millisecond_run_queue_waits_and_idle_cpu_does_not() {
     let dir = temp_dir();
     let mut spinners = Workload::spawn(&["spin", "--threads", "4", "--cpu", "1", "--seconds", "2"]);
-    let mut sleeper = Workload::spawn(&[
-        "sleep",
-        "--cpu",
-        "0",
-        "--count",
-        "300",
-        "--interval-us",
-        "1000",
-    ]);
+    let mut sleeper = Workload::spawn(&["sleep", "--cpu", "0", "--count", "300", "--interval-us", "1000"]);
     let recorder = Recorder::start(
         &dir.path().join("runq.rec"),
-        &[
-            "-p",
-            &spinners.pid().to_string(),
-            "-p",
-            &sleeper.pid().to_string(),
-            "--probes",
-            "sched",
-        ],
+        &["-p", &spinners.pid().to_string(), "-p", &sleeper.pid().to_string(), "--probes", "sched"],
     );
     spinners.go();
     sleeper.go();
@@ -99,27 +65,10 @@ fn contended_cpu_shows_millisecond_run_queue_waits_and_idle_cpu_does_not() {
     let spin = percentiles(&runq.per_process[&spin_pid]);
     let sleep = percentiles(&runq.per_process[&sleep_pid]);
     eprintln!("spinners: {spin:?}\nsleeper: {sleep:?}");
-    assert!(
-        spin.count >= 100,
-        "spinners were preempted only {} times",
-        spin.count
-    );
-    assert!(
-        spin.p50_ns >= 1_000_000,
-        "spinners' p50 {} ns is not in the milliseconds",
-        spin.p50_ns
-    );
-    assert!(
-        sleep.count >= 250,
-        "sleeper woke only {} times",
-        sleep.count
-    );
-    assert!(
-        sleep.p50_ns * 10 <= spin.p50_ns,
-        "sleeper p50 {} ns is not far below {} ns",
-        sleep.p50_ns,
-        spin.p50_ns
-    );
+    assert!(spin.count >= 100, "spinners were preempted only {} times", spin.count);
+    assert!(spin.p50_ns >= 1_000_000, "spinners' p50 {} ns is not in the milliseconds", spin.p50_ns);
+    assert!(sleep.count >= 250, "sleeper woke only {} times", sleep.count);
+    assert!(sleep.p50_ns * 10 <= spin.p50_ns, "sleeper p50 {} ns is not far below {} ns", sleep.p50_ns, spin.p50_ns);
     // The contended CPU's histogram holds the long waits.
     assert!(percentiles(&runq.per_cpu[1]).p50_ns >= 1_000_000);
     assert!(recording.counters.involuntary_switches >= spin.count / 2);
@@ -139,28 +88,13 @@ fn sigint_and_sigterm_give_complete_recordings() {
         std::thread::sleep(std::time::Duration::from_millis(500));
         let (status, stdout, stderr) = recorder.stop_with(signal);
         assert!(status.success(), "signal {signal}: {status} {stderr}");
-        assert!(
-            stdout.contains("Run-queue latency") && stdout.contains("Syscalls:"),
-            "summary printed: {stdout}"
-        );
+        assert!(stdout.contains("Run-queue latency") && stdout.contains("Syscalls:"), "summary printed: {stdout}");
         let recording = profiler::recording::read_file(&output).expect("valid recording");
         assert!(recording.meta.duration_ns >= 400_000_000);
         assert!(recording.counters.sched_switches > 0 && recording.counters.syscalls > 0);
-        assert!(
-            recording
-                .runq
-                .as_ref()
-                .is_some_and(|r| r.system.count() > 0)
-        );
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(
-            leftovers,
-            vec![std::ffi::OsString::from("signal.rec")],
-            "no temporary files left"
-        );
+        assert!(recording.runq.as_ref().is_some_and(|r| r.system.count() > 0));
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from("signal.rec")], "no temporary files left");
     }
 }
 
@@ -169,11 +103,7 @@ fn duration_limit_ends_the_recording() {
     let dir = temp_dir();
     let output = dir.path().join("timed.rec");
     let result = common::run_profiler(&["record", "-d", "1", "-q", "-o", output.to_str().unwrap()]);
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
     assert!(result.stdout.is_empty(), "--quiet prints nothing");
     let recording = profiler::recording::read_file(&output).unwrap();
     let seconds = recording.meta.duration_ns as f64 / 1e9;

@@ -19,10 +19,7 @@ fn stacks(recording: &Recording) -> &Stacks {
 /// Share (percent of the recording's samples) of stacks that contain `function` anywhere.
 fn total_percent(recording: &Recording, function: &str) -> f64 {
     let hot = HotPaths::new(recording, stacks(recording), usize::MAX);
-    hot.by_total
-        .iter()
-        .find(|f| f.function == function)
-        .map_or(0.0, |f| f.total_percent)
+    hot.by_total.iter().find(|f| f.function == function).map_or(0.0, |f| f.total_percent)
 }
 
 fn assert_well_formed_xml(svg: &str) {
@@ -44,45 +41,27 @@ fn hot_functions_get_their_share_and_appear_in_the_flamegraph() {
     let dir = temp_dir();
     let mut workload = Workload::spawn(&["hot", "--seconds", "4"]);
     let pid = workload.pid();
-    let recorder = Recorder::start(
-        &dir.path().join("hot.rec"),
-        &["-p", &pid.to_string(), "--probes", "cpu"],
-    );
+    let recorder = Recorder::start(&dir.path().join("hot.rec"), &["-p", &pid.to_string(), "--probes", "cpu"]);
     workload.go();
     workload.wait();
     let recording = recorder.finish();
 
     let samples: u64 = stacks(&recording).stacks.iter().map(|s| s.count).sum();
-    assert!(
-        samples >= 250,
-        "4 s at 99 Hz should give about 400 samples, got {samples}"
-    );
+    assert!(samples >= 250, "4 s at 99 Hz should give about 400 samples, got {samples}");
     let seventy = total_percent(&recording, "workload::hot_seventy");
     let thirty = total_percent(&recording, "workload::hot_thirty");
     eprintln!("hot_seventy {seventy:.1}%, hot_thirty {thirty:.1}%");
     assert!((seventy - 70.0).abs() <= 5.0, "hot_seventy {seventy:.1}%");
     assert!((thirty - 30.0).abs() <= 5.0, "hot_thirty {thirty:.1}%");
     let hot = HotPaths::new(&recording, stacks(&recording), 10);
-    assert_eq!(
-        hot.idle_percent, None,
-        "no machine idle share in a filtered recording"
-    );
+    assert_eq!(hot.idle_percent, None, "no machine idle share in a filtered recording");
     assert_eq!(hot.processes[0].tgid, pid);
 
     // The SVG is well-formed and names both functions.
     let svg_path = dir.path().join("hot.svg");
     let rec_path = dir.path().join("hot.rec");
-    let result = run_profiler(&[
-        "flamegraph",
-        rec_path.to_str().unwrap(),
-        "-o",
-        svg_path.to_str().unwrap(),
-    ]);
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
+    let result = run_profiler(&["flamegraph", rec_path.to_str().unwrap(), "-o", svg_path.to_str().unwrap()]);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
     let svg = std::fs::read_to_string(&svg_path).unwrap();
     assert_well_formed_xml(&svg);
     assert!(svg.contains("workload::hot_seventy") && svg.contains("workload::hot_thirty"));
@@ -93,17 +72,11 @@ fn hot_functions_get_their_share_and_appear_in_the_flamegraph() {
     let mut total = 0;
     for line in text.lines() {
         let (path, count) = line.rsplit_once(' ').expect("`path count`");
-        assert!(
-            path.starts_with("workload;"),
-            "root frame is the process name: {line}"
-        );
+        assert!(path.starts_with("workload;"), "root frame is the process name: {line}");
         total += count.parse::<u64>().expect("a count");
     }
     assert_eq!(total, samples);
-    assert_eq!(
-        text.lines().collect::<Vec<_>>(),
-        folded(&recording, stacks(&recording), &Selection::default())
-    );
+    assert_eq!(text.lines().collect::<Vec<_>>(), folded(&recording, stacks(&recording), &Selection::default()));
 }
 
 #[test]
@@ -111,31 +84,17 @@ fn syscall_heavy_workload_shows_the_syscall_entry_path() {
     let dir = temp_dir();
     let mut workload = Workload::spawn(&["read-zero", "--seconds", "2"]);
     let pid = workload.pid();
-    let recorder = Recorder::start(
-        &dir.path().join("zero.rec"),
-        &["-p", &pid.to_string(), "--probes", "cpu"],
-    );
+    let recorder = Recorder::start(&dir.path().join("zero.rec"), &["-p", &pid.to_string(), "--probes", "cpu"]);
     workload.go();
     workload.wait();
     let recording = recorder.finish();
-    let entry = total_percent(&recording, "entry_SYSCALL_64")
-        .max(total_percent(&recording, "do_syscall_64"));
-    assert!(
-        entry >= 50.0,
-        "only {entry:.1}% of samples under the syscall entry path"
-    );
+    let entry = total_percent(&recording, "entry_SYSCALL_64").max(total_percent(&recording, "do_syscall_64"));
+    assert!(entry >= 50.0, "only {entry:.1}% of samples under the syscall entry path");
     let stacks = stacks(&recording);
-    let kernel_frames: BTreeSet<&str> = stacks
-        .frames
-        .iter()
-        .filter(|f| f.kernel)
-        .map(|f| f.function.as_str())
-        .collect();
+    let kernel_frames: BTreeSet<&str> =
+        stacks.frames.iter().filter(|f| f.kernel).map(|f| f.function.as_str()).collect();
     assert!(kernel_frames.contains("do_syscall_64"), "{kernel_frames:?}");
-    assert!(
-        kernel_frames.iter().any(|f| f.contains("read")),
-        "a read path: {kernel_frames:?}"
-    );
+    assert!(kernel_frames.iter().any(|f| f.contains("read")), "a read path: {kernel_frames:?}");
 }
 
 #[test]
@@ -146,42 +105,23 @@ fn short_lived_processes_are_symbolized() {
     // Children are new processes: follow them through a cgroup, which they inherit.
     let cgroup = common::TestCgroup::new();
     cgroup.add(parent_pid);
-    let recorder = Recorder::start(
-        &dir.path().join("short.rec"),
-        &["--cgroup", cgroup.path(), "--probes", "cpu"],
-    );
+    let recorder = Recorder::start(&dir.path().join("short.rec"), &["--cgroup", cgroup.path(), "--probes", "cpu"]);
     parent.go();
     parent.wait();
     let recording = recorder.finish();
     let stacks = stacks(&recording);
-    let children: BTreeSet<u32> = stacks
-        .stacks
-        .iter()
-        .map(|s| s.tgid)
-        .filter(|&t| t != parent_pid)
-        .collect();
-    assert!(
-        children.len() >= 18,
-        "samples from only {} children",
-        children.len()
-    );
+    let children: BTreeSet<u32> = stacks.stacks.iter().map(|s| s.tgid).filter(|&t| t != parent_pid).collect();
+    assert!(children.len() >= 18, "samples from only {} children", children.len());
     let (mut named, mut total) = (0, 0);
     for stack in stacks.stacks.iter().filter(|s| children.contains(&s.tgid)) {
         total += stack.count;
-        if stack.frames.iter().any(|&f| {
-            stacks
-                .frame(f)
-                .is_some_and(|f| f.function == "workload::short_lived_spin")
-        }) {
+        if stack.frames.iter().any(|&f| stacks.frame(f).is_some_and(|f| f.function == "workload::short_lived_spin")) {
             named += stack.count;
         }
     }
     let rate = named as f64 / total as f64;
     eprintln!("{named} of {total} child samples in short_lived_spin");
-    assert!(
-        total >= 100 && rate >= 0.9,
-        "{named} of {total} child samples symbolized to short_lived_spin"
-    );
+    assert!(total >= 100 && rate >= 0.9, "{named} of {total} child samples symbolized to short_lived_spin");
 }
 
 #[test]
@@ -199,30 +139,13 @@ fn a_recording_renders_after_its_binary_is_gone() {
     std::fs::remove_file(&binary).unwrap();
     let recording = recorder.finish();
     assert!(total_percent(&recording, "workload::hot_seventy") > 50.0);
-    let module = stacks(&recording)
-        .modules
-        .iter()
-        .find(|m| m.path.ends_with("vanishing-workload"))
-        .expect("module");
-    assert!(
-        module.build_id.as_ref().is_some_and(|id| id.len() >= 16),
-        "build-id kept: {module:?}"
-    );
+    let module = stacks(&recording).modules.iter().find(|m| m.path.ends_with("vanishing-workload")).expect("module");
+    assert!(module.build_id.as_ref().is_some_and(|id| id.len() >= 16), "build-id kept: {module:?}");
 
     let svg = dir.path().join("gone.svg");
-    let result = run_profiler(&[
-        "flamegraph",
-        rec_path.to_str().unwrap(),
-        "-o",
-        svg.to_str().unwrap(),
-        "--user-only",
-    ]);
+    let result = run_profiler(&["flamegraph", rec_path.to_str().unwrap(), "-o", svg.to_str().unwrap(), "--user-only"]);
     assert!(result.status.success());
-    assert!(
-        std::fs::read_to_string(&svg)
-            .unwrap()
-            .contains("workload::hot_seventy")
-    );
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("workload::hot_seventy"));
 }
 
 /// The fill colours of the frames named `function` in an SVG, as (r, g, b).
@@ -231,10 +154,7 @@ fn fills(svg: &str, function: &str) -> Vec<(u8, u8, u8)> {
         .skip(1)
         .filter_map(|rest| {
             let fill = rest.split("fill=\"rgb(").nth(1)?.split(')').next()?;
-            let rgb: Vec<u8> = fill
-                .split(',')
-                .filter_map(|c| c.trim().parse().ok())
-                .collect();
+            let rgb: Vec<u8> = fill.split(',').filter_map(|c| c.trim().parse().ok()).collect();
             (rgb.len() == 3).then(|| (rgb[0], rgb[1], rgb[2]))
         })
         .collect()
@@ -246,21 +166,9 @@ fn record_writes_a_flamegraph_when_asked() {
     let svg = dir.path().join("all.svg");
     let rec = dir.path().join("all.rec");
     let workload = Workload::spawn(&["--no-wait", "read-zero", "--seconds", "3"]);
-    let result = run_profiler(&[
-        "record",
-        "-d",
-        "2",
-        "-q",
-        "-o",
-        rec.to_str().unwrap(),
-        "--flamegraph",
-        svg.to_str().unwrap(),
-    ]);
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
+    let result =
+        run_profiler(&["record", "-d", "2", "-q", "-o", rec.to_str().unwrap(), "--flamegraph", svg.to_str().unwrap()]);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
     let text = std::fs::read_to_string(&svg).unwrap();
     assert_well_formed_xml(&text);
     // Kernel frames are coloured apart: inferno's palette draws them orange (no blue), user
@@ -268,13 +176,7 @@ fn record_writes_a_flamegraph_when_asked() {
     let kernel = fills(&text, "do_syscall_64");
     let user = fills(&text, "workload::read_zero");
     assert!(!kernel.is_empty() && !user.is_empty(), "both frames drawn");
-    assert!(
-        kernel.iter().all(|&(r, g, b)| b == 0 && r > g),
-        "kernel frames orange: {kernel:?}"
-    );
-    assert!(
-        user.iter().all(|&(_, _, b)| b > 0),
-        "user frames not orange: {user:?}"
-    );
+    assert!(kernel.iter().all(|&(r, g, b)| b == 0 && r > g), "kernel frames orange: {kernel:?}");
+    assert!(user.iter().all(|&(_, _, b)| b > 0), "user frames not orange: {user:?}");
     workload.wait();
 }

@@ -83,12 +83,7 @@ mod tests {
     #[test]
     fn log2_matches_leading_zeros() {
         for shift in 0..64 {
-            for v in [
-                1u64 << shift,
-                (1u64 << shift) | 1,
-                (1u64 << shift).wrapping_mul(3) >> 1,
-                u64::MAX >> shift,
-            ] {
+            for v in [1u64 << shift, (1u64 << shift) | 1, (1u64 << shift).wrapping_mul(3) >> 1, u64::MAX >> shift] {
                 if v != 0 {
                     assert_eq!(log2(v), 63 - v.leading_zeros(), "v = {v}");
                 }
@@ -110,16 +105,8 @@ mod tests {
         for k in SUB_BITS..MAX_LOG2 {
             let v = 1u64 << k;
             let i = bucket_index(v);
-            assert_eq!(
-                bucket_bounds(i).0,
-                v,
-                "2^{k} must be the lower edge of its bucket"
-            );
-            assert_eq!(
-                bucket_index(v - 1),
-                i - 1,
-                "2^{k} - 1 belongs to the previous bucket"
-            );
+            assert_eq!(bucket_bounds(i).0, v, "2^{k} must be the lower edge of its bucket");
+            assert_eq!(bucket_index(v - 1), i - 1, "2^{k} - 1 belongs to the previous bucket");
         }
     }
 
@@ -128,18 +115,12 @@ mod tests {
         let mut expected_lower = 0;
         for i in 0..OVERFLOW_BUCKET {
             let (lower, upper) = bucket_bounds(i);
-            assert_eq!(
-                lower, expected_lower,
-                "buckets must tile the range without gaps"
-            );
+            assert_eq!(lower, expected_lower, "buckets must tile the range without gaps");
             assert!(upper > lower);
             assert_eq!(bucket_index(lower), i);
             assert_eq!(bucket_index(upper - 1), i);
             if lower >= 32 {
-                assert!(
-                    (upper - lower) * 16 <= lower,
-                    "bucket {i} is wider than 6.25 %"
-                );
+                assert!((upper - lower) * 16 <= lower, "bucket {i} is wider than 6.25 %");
             }
             expected_lower = upper;
         }

@@ -30,8 +30,7 @@ static STACK_SAMPLES: HashMap<StackKey, u64> = HashMap::with_max_entries(MAX_STA
 
 /// Processes announced on `NEW_PROCESSES`; removed on exec, so an exec is announced again.
 #[map]
-static SAMPLED_PROCESSES: LruHashMap<u32, u8> =
-    LruHashMap::with_max_entries(MAX_SAMPLED_PROCESSES, 0);
+static SAMPLED_PROCESSES: LruHashMap<u32, u8> = LruHashMap::with_max_entries(MAX_SAMPLED_PROCESSES, 0);
 
 #[map]
 static NEW_PROCESSES: RingBuf = RingBuf::with_byte_size(NEW_PROCESSES_BYTES, 0);
@@ -53,11 +52,7 @@ pub fn on_cpu_sample(ctx: PerfEventContext) -> u32 {
     count(Counter::CpuSamples);
     let key = StackKey {
         tgid,
-        tid: if SAMPLE_PER_THREAD.load() != 0 {
-            tid
-        } else {
-            0
-        },
+        tid: if SAMPLE_PER_THREAD.load() != 0 { tid } else { 0 },
         kernel_stack_id: stack_id(&ctx, 0),
         user_stack_id: stack_id(&ctx, BPF_F_USER_STACK as u64),
     };

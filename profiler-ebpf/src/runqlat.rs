@@ -13,14 +13,11 @@ use profiler_common::{
     runqlat::{MAX_PROCESS_BUCKETS, MAX_RUNNABLE_THREADS, ProcessBucket, RunqStart},
 };
 
-use crate::shared::{
-    BPF_NOEXIST, atomic_add, count, note_process, now_ns, task_ids, task_selected,
-};
+use crate::shared::{BPF_NOEXIST, atomic_add, count, note_process, now_ns, task_ids, task_selected};
 
 /// When each runnable thread was enqueued. LRU: a thread that exits while runnable cannot leak.
 #[map]
-static RUNQ_START: LruHashMap<u32, RunqStart> =
-    LruHashMap::with_max_entries(MAX_RUNNABLE_THREADS, 0);
+static RUNQ_START: LruHashMap<u32, RunqStart> = LruHashMap::with_max_entries(MAX_RUNNABLE_THREADS, 0);
 
 /// Run-queue latency histogram, one per CPU (the CPU the thread ran on); their sum is system-wide.
 #[map]
@@ -28,8 +25,7 @@ static RUNQ_LATENCY: PerCpuArray<Histogram> = PerCpuArray::with_max_entries(1, 0
 
 /// Per-process run-queue latency, one entry per non-empty (tgid, bucket).
 #[map]
-static RUNQ_PROCESS_LATENCY: HashMap<ProcessBucket, u64> =
-    HashMap::with_max_entries(MAX_PROCESS_BUCKETS, 0);
+static RUNQ_PROCESS_LATENCY: HashMap<ProcessBucket, u64> = HashMap::with_max_entries(MAX_PROCESS_BUCKETS, 0);
 
 /// Linux's TASK_RUNNING.
 const TASK_RUNNING: u32 = 0;
@@ -42,11 +38,7 @@ fn enqueue(task: *const u8) {
     if pid == 0 || !task_selected(task, tgid) {
         return;
     }
-    let start = RunqStart {
-        ts: now_ns(),
-        tgid,
-        _pad: 0,
-    };
+    let start = RunqStart { ts: now_ns(), tgid, _pad: 0 };
     if RUNQ_START.insert(&pid, &start, 0).is_err() {
         count(Counter::StartDrops);
     }

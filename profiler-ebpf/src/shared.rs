@@ -121,18 +121,13 @@ pub fn current_selected(tgid: u32) -> bool {
 /// creates a new per-process entry, so it stays off the common path.
 #[inline(always)]
 pub fn note_process(task: *const u8, tgid: u32) {
-    let Some(leader) = (unsafe { read_field::<*const u8>(task, TASK_GROUP_LEADER_OFFSET.load()) })
-    else {
+    let Some(leader) = (unsafe { read_field::<*const u8>(task, TASK_GROUP_LEADER_OFFSET.load()) }) else {
         return;
     };
-    let Some(comm) = (unsafe { read_field::<[u8; COMM_LEN]>(leader, TASK_COMM_OFFSET.load()) })
-    else {
+    let Some(comm) = (unsafe { read_field::<[u8; COMM_LEN]>(leader, TASK_COMM_OFFSET.load()) }) else {
         return;
     };
-    if PROCESSES
-        .insert(&tgid, &ProcessName { comm }, BPF_NOEXIST)
-        .is_err()
-        && unsafe { PROCESSES.get(&tgid) }.is_none()
+    if PROCESSES.insert(&tgid, &ProcessName { comm }, BPF_NOEXIST).is_err() && unsafe { PROCESSES.get(&tgid) }.is_none()
     {
         count(Counter::ProcessDrops);
     }

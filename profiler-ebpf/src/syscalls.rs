@@ -12,8 +12,8 @@ use profiler_common::{
     counters::Counter,
     histogram::{Histogram, NUM_BUCKETS, bucket_index},
     syscalls::{
-        MAX_PROCESS_SYSCALLS, MAX_SYSCALL_ERRNOS, MAX_SYSCALL_NR, MAX_THREADS_IN_SYSCALL,
-        ProcessSyscall, SyscallErrno, SyscallStart, SyscallStats,
+        MAX_PROCESS_SYSCALLS, MAX_SYSCALL_ERRNOS, MAX_SYSCALL_NR, MAX_THREADS_IN_SYSCALL, ProcessSyscall, SyscallErrno,
+        SyscallStart, SyscallStats,
     },
 };
 
@@ -21,16 +21,13 @@ use crate::shared::{BPF_NOEXIST, atomic_add, count, current_selected, note_proce
 
 /// Threads inside a syscall. LRU: exit() and exit_group() never return, so their entries go stale.
 #[map]
-static SYSCALL_START: LruHashMap<u32, SyscallStart> =
-    LruHashMap::with_max_entries(MAX_THREADS_IN_SYSCALL, 0);
+static SYSCALL_START: LruHashMap<u32, SyscallStart> = LruHashMap::with_max_entries(MAX_THREADS_IN_SYSCALL, 0);
 
 #[map]
-static SYSCALL_STATS: HashMap<ProcessSyscall, SyscallStats> =
-    HashMap::with_max_entries(MAX_PROCESS_SYSCALLS, 0);
+static SYSCALL_STATS: HashMap<ProcessSyscall, SyscallStats> = HashMap::with_max_entries(MAX_PROCESS_SYSCALLS, 0);
 
 #[map]
-static SYSCALL_ERRNOS: HashMap<SyscallErrno, u64> =
-    HashMap::with_max_entries(MAX_SYSCALL_ERRNOS, 0);
+static SYSCALL_ERRNOS: HashMap<SyscallErrno, u64> = HashMap::with_max_entries(MAX_SYSCALL_ERRNOS, 0);
 
 /// Latency histogram per syscall number, all processes together.
 #[map]
@@ -50,11 +47,7 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
     if !current_selected((pid_tgid >> 32) as u32) {
         return 0;
     }
-    let start = SyscallStart {
-        ts: now_ns(),
-        nr: nr as u32,
-        _pad: 0,
-    };
+    let start = SyscallStart { ts: now_ns(), nr: nr as u32, _pad: 0 };
     if SYSCALL_START.insert(&(pid_tgid as u32), &start, 0).is_err() {
         count(Counter::StartDrops);
     }
@@ -74,11 +67,7 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
     let now = now_ns();
     let latency = now.saturating_sub(ts);
     let ret: i64 = ctx.arg(1);
-    let errno = if (-MAX_ERRNO..0).contains(&ret) {
-        (-ret) as u32
-    } else {
-        0
-    };
+    let errno = if (-MAX_ERRNO..0).contains(&ret) { (-ret) as u32 } else { 0 };
     let tgid = (pid_tgid >> 32) as u32;
     count(Counter::Syscalls);
 
@@ -108,12 +97,7 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
     }
     if errno != 0 {
         unsafe { atomic_add(&raw mut (*stats).errors, 1) };
-        count_errno(SyscallErrno {
-            tgid,
-            nr,
-            errno,
-            _pad: 0,
-        });
+        count_errno(SyscallErrno { tgid, nr, errno, _pad: 0 });
     }
     0
 }

@@ -7,11 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::probes::Probe;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "profiler",
-    version,
-    about = "eBPF profiler: run-queue latency, syscalls and on-CPU stacks"
-)]
+#[command(name = "profiler", version, about = "eBPF profiler: run-queue latency, syscalls and on-CPU stacks")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -28,6 +24,43 @@ pub enum Command {
     Report(ReportArgs),
     /// Render a recording's CPU stacks as a flamegraph SVG (or folded stacks).
     Flamegraph(FlamegraphArgs),
+    /// Compare two recordings and flag significant regressions (exit 1 with --fail-on-regression,
+    /// 2 on error).
+    #[command(after_help = crate::analysis::diff::METHOD)]
+    Diff(DiffArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The baseline recording.
+    pub base: PathBuf,
+    /// The recording to judge.
+    pub new: PathBuf,
+    /// Smallest relative change, in percent, that is flagged.
+    #[arg(long, default_value_t = 10.0)]
+    pub threshold: f64,
+    /// Confidence a change must reach to be flagged (0.5 to 0.9999).
+    #[arg(long, default_value_t = 0.99, value_parser = parse_confidence)]
+    pub confidence: f64,
+    /// Exit with status 1 when any regression is flagged.
+    #[arg(long)]
+    pub fail_on_regression: bool,
+    /// Print the comparison as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Rows per table.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// Also write a differential flamegraph (red: grew, blue: shrank).
+    #[arg(long, value_name = "OUT.svg")]
+    pub flamegraph: Option<PathBuf>,
+}
+
+fn parse_confidence(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(c) if (0.5..=0.9999).contains(&c) => Ok(c),
+        _ => Err("the confidence is a number from 0.5 to 0.9999, e.g. 0.99".into()),
+    }
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,7 @@
 //! The profiler's pipeline: probes → collector → recording → analysis → output.
 
 pub mod analysis;
+pub mod atomic_file;
 pub mod cli;
 pub mod collector;
 pub mod output;

@@ -3,10 +3,15 @@ use std::{io::Write as _, path::Path, process::ExitCode};
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
 use profiler::{
-    analysis::summary::Summary,
-    cli::{Cli, Command, FlamegraphArgs, RecordArgs, ReportArgs, ReportOptions},
+    analysis::{
+        diff::{self, DiffOptions},
+        summary::Summary,
+    },
+    atomic_file,
+    cli::{Cli, Command, DiffArgs, FlamegraphArgs, RecordArgs, ReportArgs, ReportOptions},
     collector::{self, RecordConfig},
     output::{
+        self,
         flamegraph::{self, Selection},
         report,
     },
@@ -17,11 +22,13 @@ use profiler::{
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    // `diff` keeps 1 for "regression found", so its errors exit with 2.
+    let error_code = if matches!(cli.command, Command::Diff(_)) { 2 } else { 1 };
     match run(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("profiler: error: {error:#}");
-            ExitCode::FAILURE
+            ExitCode::from(error_code)
         }
     }
 }
@@ -34,26 +41,40 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
-fn run(command: Command) -> Result<()> {
+fn run(command: Command) -> Result<ExitCode> {
     match command {
-        Command::Record(args) => record(args),
-        Command::Report(args) => report(args),
-        Command::Flamegraph(args) => render_flamegraph(args),
+        Command::Record(args) => record(args).map(|()| ExitCode::SUCCESS),
+        Command::Report(args) => report(args).map(|()| ExitCode::SUCCESS),
+        Command::Flamegraph(args) => render_flamegraph(args).map(|()| ExitCode::SUCCESS),
+        Command::Diff(args) => compare(args),
     }
 }
 
-fn record(args: RecordArgs) -> Result<()> {
-    let mut probes = if args.probes.is_empty() {
-        Probe::ALL.to_vec()
+fn compare(args: DiffArgs) -> Result<ExitCode> {
+    let base = read_recording(&args.base)?;
+    let new = read_recording(&args.new)?;
+    let options = DiffOptions { threshold_percent: args.threshold, confidence: args.confidence, top: args.top };
+    let result = diff::diff(&base, &new, &options);
+    if let Some(path) = &args.flamegraph {
+        let stacks = |r: &Recording| recording_stacks(r).map(|s| flamegraph::folded(r, s, &Selection::default()));
+        let (before, after) = (stacks(&base)?, stacks(&new)?);
+        atomic_file::write(path, |out| {
+            flamegraph::differential_svg(&before, &after, "Differential CPU flamegraph", out)
+        })?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
-        args.probes.clone()
-    };
+        print!("{}", output::diff::text(&result));
+    }
+    Ok(if args.fail_on_regression && !result.regressions.is_empty() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn record(args: RecordArgs) -> Result<()> {
+    let mut probes = if args.probes.is_empty() { Probe::ALL.to_vec() } else { args.probes.clone() };
     probes.sort();
     probes.dedup();
     let config = RecordConfig {
@@ -68,9 +89,7 @@ fn record(args: RecordArgs) -> Result<()> {
         quiet: args.quiet,
         inline: args.inline,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let recording = runtime.block_on(collector::record(&config))?;
     recording::write_file(&args.output, &recording)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
@@ -89,11 +108,7 @@ fn record(args: RecordArgs) -> Result<()> {
 
 fn render_flamegraph(args: FlamegraphArgs) -> Result<()> {
     let recording = read_recording(&args.file)?;
-    let selection = Selection {
-        pids: args.pids,
-        kernel_only: args.kernel_only,
-        user_only: args.user_only,
-    };
+    let selection = Selection { pids: args.pids, kernel_only: args.kernel_only, user_only: args.user_only };
     if args.folded {
         let stacks = recording_stacks(&recording)?;
         let mut out = std::io::stdout().lock();
@@ -112,40 +127,16 @@ fn render_flamegraph(args: FlamegraphArgs) -> Result<()> {
 }
 
 fn recording_stacks(recording: &Recording) -> Result<&profiler::recording::Stacks> {
-    recording
-        .stacks
-        .as_ref()
-        .context("the recording has no stacks: record with the cpu probe (--probes cpu)")
+    recording.stacks.as_ref().context("the recording has no stacks: record with the cpu probe (--probes cpu)")
 }
 
 /// Renders to a temporary file renamed into place, so a failed render leaves no partial SVG.
-fn write_flamegraph(
-    recording: &Recording,
-    selection: &Selection,
-    title: &str,
-    path: &Path,
-) -> Result<()> {
+fn write_flamegraph(recording: &Recording, selection: &Selection, title: &str, path: &Path) -> Result<()> {
     let lines = flamegraph::folded(recording, recording_stacks(recording)?, selection);
     if lines.is_empty() {
         anyhow::bail!("no stacks to draw: no samples match");
     }
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut file = tempfile::Builder::new()
-        .prefix(".profiler-")
-        .suffix(".svg")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    flamegraph::svg(&lines, title, std::io::BufWriter::new(file.as_file_mut()))?;
-    use std::os::unix::fs::PermissionsExt as _;
-    file.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    file.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    atomic_file::write(path, |out| flamegraph::svg(&lines, title, out))
 }
 
 fn report(args: ReportArgs) -> Result<()> {

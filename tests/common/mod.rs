@@ -66,18 +66,11 @@ impl Recorder {
                 Err(_) => {
                     let _ = child.kill();
                     let output = child.wait_with_output().unwrap();
-                    panic!(
-                        "profiler did not start: {}",
-                        String::from_utf8_lossy(&output.stdout)
-                    );
+                    panic!("profiler did not start: {}", String::from_utf8_lossy(&output.stdout));
                 }
             }
         }
-        Recorder {
-            child: KillOnDrop(Some(child)),
-            output: output.to_path_buf(),
-            stderr_lines: rx,
-        }
+        Recorder { child: KillOnDrop(Some(child)), output: output.to_path_buf(), stderr_lines: rx }
     }
 
     pub fn pid(&self) -> i32 {
@@ -91,27 +84,16 @@ impl Recorder {
     }
 
     pub fn wait(mut self) -> (ExitStatus, String, String) {
-        let output = self
-            .child
-            .take()
-            .wait_with_output()
-            .expect("wait for profiler");
+        let output = self.child.take().wait_with_output().expect("wait for profiler");
         let stderr: Vec<String> = self.stderr_lines.try_iter().collect();
-        (
-            output.status,
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr.join("\n"),
-        )
+        (output.status, String::from_utf8_lossy(&output.stdout).into_owned(), stderr.join("\n"))
     }
 
     /// Stops with SIGINT (Ctrl-C), checks that it succeeded, and reads the recording.
     pub fn finish(self) -> Recording {
         let output = self.output.clone();
         let (status, stdout, stderr) = self.stop_with(libc::SIGINT);
-        assert!(
-            status.success(),
-            "profiler failed: {status}\n{stdout}\n{stderr}"
-        );
+        assert!(status.success(), "profiler failed: {status}\n{stdout}\n{stderr}");
         recording::read_file(&output).expect("valid recording")
     }
 }
@@ -129,16 +111,9 @@ impl Workload {
 
     /// Runs a copy of the workload binary at `binary`.
     pub fn spawn_binary(binary: &Path, args: &[&str]) -> Workload {
-        let mut child = Command::new(binary)
-            .args(args)
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("spawn workload");
+        let mut child = Command::new(binary).args(args).stdin(Stdio::piped()).spawn().expect("spawn workload");
         let stdin = child.stdin.take();
-        Workload {
-            child: KillOnDrop(Some(child)),
-            stdin,
-        }
+        Workload { child: KillOnDrop(Some(child)), stdin }
     }
 
     pub fn pid(&self) -> u32 {
@@ -158,10 +133,7 @@ impl Workload {
 
 /// Runs the profiler with `args` to completion.
 pub fn run_profiler(args: &[&str]) -> Output {
-    Command::new(profiler_bin())
-        .args(args)
-        .output()
-        .expect("run profiler")
+    Command::new(profiler_bin()).args(args).output().expect("run profiler")
 }
 
 /// A child process that is killed if the test fails before waiting for it, so that a failed test

@@ -22,7 +22,8 @@ enum Task {
     Setup,
     /// Set up, then build the profiler (release).
     Build,
-    /// Set up, build, and record the whole machine for a few seconds, ending in a summary.
+    /// Set up, build, and record the whole machine for a few seconds, ending in a summary and a
+    /// flamegraph (demo.rec, demo.svg).
     Demo {
         /// Seconds to record.
         #[arg(long, default_value_t = 10)]
@@ -63,32 +64,16 @@ fn run(task: Task) -> Result<()> {
             let profiler = workspace_root().join("target/release/profiler");
             let output = workspace_root().join("demo.rec");
             let mut command = as_root(profiler.to_str().unwrap());
-            command.args([
-                "record",
-                "-d",
-                &seconds.to_string(),
-                "-o",
-                output.to_str().unwrap(),
-            ]);
+            command.args(["record", "-d", &seconds.to_string(), "-o", output.to_str().unwrap()]);
             status(&mut command)
         }
         Task::Test { args } => {
             setup()?;
             if !is_root() {
-                bail!(
-                    "the tests load eBPF programs: run them as root, e.g. `sudo -E cargo xtask test`"
-                );
+                bail!("the tests load eBPF programs: run them as root, e.g. `sudo -E cargo xtask test`");
             }
             cargo(&["build", "-p", "workload", "-p", "profiler"])?;
-            let mut test_args = vec![
-                "test",
-                "-p",
-                "profiler-common",
-                "-p",
-                "profiler",
-                "--",
-                "--test-threads=1",
-            ];
+            let mut test_args = vec!["test", "-p", "profiler-common", "-p", "profiler", "--", "--test-threads=1"];
             test_args.extend(args.iter().map(String::as_str));
             cargo(&test_args)
         }
@@ -96,54 +81,31 @@ fn run(task: Task) -> Result<()> {
 }
 
 fn setup() -> Result<()> {
-    if !output_of("rustup", &["toolchain", "list"])?
-        .lines()
-        .any(|l| l.starts_with("nightly"))
-    {
+    if !output_of("rustup", &["toolchain", "list"])?.lines().any(|l| l.starts_with("nightly")) {
         bail!(
             "no nightly Rust toolchain: the eBPF programs build with `rustup run nightly` (see ../shared/TOOLCHAIN.md)"
         );
     }
-    if !output_of(
-        "rustup",
-        &["component", "list", "--installed", "--toolchain", "nightly"],
-    )?
-    .lines()
-    .any(|l| l.starts_with("rust-src"))
+    if !output_of("rustup", &["component", "list", "--installed", "--toolchain", "nightly"])?
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
     {
         eprintln!("xtask: installing rust-src for the nightly toolchain");
-        status(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
+        status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
     }
-    let linker_ok =
-        output_of("bpf-linker", &["--version"]).is_ok_and(|v| v.contains(BPF_LINKER_VERSION));
+    let linker_ok = output_of("bpf-linker", &["--version"]).is_ok_and(|v| v.contains(BPF_LINKER_VERSION));
     if !linker_ok {
         let llvm = PathBuf::from(format!("/usr/lib/llvm-{LLVM_MAJOR}"));
         if !llvm.join("bin/llvm-config").exists() {
             eprintln!("xtask: installing llvm-{LLVM_MAJOR}-dev for bpf-linker");
             status(as_root("apt-get").args(["update", "-qq"]))?;
-            status(as_root("apt-get").args([
-                "install",
-                "-y",
-                "-qq",
-                &format!("llvm-{LLVM_MAJOR}-dev"),
-            ]))
-            .with_context(|| format!("cannot install llvm-{LLVM_MAJOR}-dev"))?;
+            status(as_root("apt-get").args(["install", "-y", "-qq", &format!("llvm-{LLVM_MAJOR}-dev")]))
+                .with_context(|| format!("cannot install llvm-{LLVM_MAJOR}-dev"))?;
         }
         eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION}");
         status(
             Command::new("cargo")
-                .args([
-                    "install",
-                    &format!("bpf-linker@{BPF_LINKER_VERSION}"),
-                    "--locked",
-                    "--no-default-features",
-                ])
+                .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked", "--no-default-features"])
                 .args(["--features", &format!("llvm-{LLVM_MAJOR}")])
                 .env("LLVM_PREFIX", &llvm),
         )
@@ -153,10 +115,7 @@ fn setup() -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
 fn is_root() -> bool {
@@ -175,17 +134,11 @@ fn as_root(program: &str) -> Command {
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
-    status(
-        Command::new(env!("CARGO"))
-            .args(args)
-            .current_dir(workspace_root()),
-    )
+    status(Command::new(env!("CARGO")).args(args).current_dir(workspace_root()))
 }
 
 fn status(command: &mut Command) -> Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("cannot run {command:?}"))?;
+    let status = command.status().with_context(|| format!("cannot run {command:?}"))?;
     if !status.success() {
         bail!("{command:?} failed: {status}");
     }
@@ -193,10 +146,7 @@ fn status(command: &mut Command) -> Result<()> {
 }
 
 fn output_of(program: &str, args: &[&str]) -> Result<String> {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("cannot run {program}"))?;
+    let output = Command::new(program).args(args).output().with_context(|| format!("cannot run {program}"))?;
     if !output.status.success() {
         bail!("{program} {} failed", args.join(" "));
     }

@@ -23,18 +23,14 @@ pub struct Percentiles {
 
 /// The value a bucket's samples are recorded at.
 pub fn representative_value(index: u16, lower: u64, upper: u64) -> u64 {
-    if index as u32 >= OVERFLOW_BUCKET {
-        lower
-    } else {
-        lower + (upper - lower) / 2
-    }
+    if index as u32 >= OVERFLOW_BUCKET { lower } else { lower + (upper - lower) / 2 }
 }
 
 pub fn to_hdr(histogram: &LatencyHistogram) -> hdrhistogram::Histogram<u64> {
     // 3 significant digits: far finer than our buckets, so hdrhistogram adds no error of its own.
     // The range covers every representative value, overflow included.
-    let mut hdr = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 1 << (MAX_LOG2 + 1), 3)
-        .expect("valid hdrhistogram bounds");
+    let mut hdr =
+        hdrhistogram::Histogram::<u64>::new_with_bounds(1, 1 << (MAX_LOG2 + 1), 3).expect("valid hdrhistogram bounds");
     for (&(index, _), (lower, upper, count)) in histogram.buckets.iter().zip(histogram.ranges()) {
         hdr.saturating_record_n(representative_value(index, lower, upper), count);
     }
@@ -94,12 +90,7 @@ mod tests {
         let values: Vec<u64> = (1..=100_000).collect();
         let p = percentiles(&histogram_of(&values));
         assert_eq!(p.count, 100_000);
-        for (got, truth) in [
-            (p.p50_ns, 50_000f64),
-            (p.p90_ns, 90_000.0),
-            (p.p99_ns, 99_000.0),
-            (p.max_ns, 100_000.0),
-        ] {
+        for (got, truth) in [(p.p50_ns, 50_000f64), (p.p90_ns, 90_000.0), (p.p99_ns, 99_000.0), (p.max_ns, 100_000.0)] {
             let error = (got as f64 - truth).abs() / truth;
             assert!(error <= 0.0625, "got {got}, truth {truth}");
         }
@@ -112,10 +103,7 @@ mod tests {
         assert_eq!((p.p50_ns, p.max_ns), (0, 7));
         let p = percentiles(&histogram_of(&[u64::MAX]));
         assert_eq!(p.max_ns, 1 << 34);
-        assert_eq!(
-            percentiles(&LatencyHistogram::default()),
-            Percentiles::default()
-        );
+        assert_eq!(percentiles(&LatencyHistogram::default()), Percentiles::default());
     }
 
     #[test]

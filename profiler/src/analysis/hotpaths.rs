@@ -52,28 +52,17 @@ pub struct ProcessShare {
 }
 
 fn percent(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        part as f64 * 100.0 / whole as f64
-    }
+    if whole == 0 { 0.0 } else { part as f64 * 100.0 / whole as f64 }
 }
 
 /// A function's identity across stacks: its name and module.
 fn function_key(stacks: &Stacks, frame: &Frame) -> (String, Option<String>, bool) {
-    (
-        frame.function.clone(),
-        stacks.module(frame).map(|m| m.path.clone()),
-        frame.kernel,
-    )
+    (frame.function.clone(), stacks.module(frame).map(|m| m.path.clone()), frame.kernel)
 }
 
 impl HotPaths {
     pub fn new(recording: &Recording, stacks: &Stacks, top: usize) -> Self {
-        let samples = stacks
-            .stacks
-            .iter()
-            .fold(0u64, |sum, s| sum.saturating_add(s.count));
+        let samples = stacks.stacks.iter().fold(0u64, |sum, s| sum.saturating_add(s.count));
         let mut self_counts: HashMap<u32, u64> = HashMap::new();
         let mut total_counts: HashMap<u32, u64> = HashMap::new();
         let mut per_process: HashMap<u32, u64> = HashMap::new();
@@ -105,27 +94,20 @@ impl HotPaths {
         }
         let shares: Vec<FunctionShare> = functions
             .into_iter()
-            .map(
-                |((function, module, kernel), (self_samples, total_samples))| FunctionShare {
-                    function,
-                    module,
-                    kernel,
-                    self_samples,
-                    self_percent: percent(self_samples, samples),
-                    // A function inlined at several depths may be counted under two frames.
-                    total_samples: total_samples.min(samples),
-                    total_percent: percent(total_samples.min(samples), samples),
-                },
-            )
+            .map(|((function, module, kernel), (self_samples, total_samples))| FunctionShare {
+                function,
+                module,
+                kernel,
+                self_samples,
+                self_percent: percent(self_samples, samples),
+                // A function inlined at several depths may be counted under two frames.
+                total_samples: total_samples.min(samples),
+                total_percent: percent(total_samples.min(samples), samples),
+            })
             .collect();
         let ranked = |key: fn(&FunctionShare) -> u64| {
-            let mut sorted: Vec<FunctionShare> =
-                shares.iter().filter(|f| key(f) > 0).cloned().collect();
-            sorted.sort_by(|a, b| {
-                key(b)
-                    .cmp(&key(a))
-                    .then_with(|| a.function.cmp(&b.function))
-            });
+            let mut sorted: Vec<FunctionShare> = shares.iter().filter(|f| key(f) > 0).cloned().collect();
+            sorted.sort_by(|a, b| key(b).cmp(&key(a)).then_with(|| a.function.cmp(&b.function)));
             sorted.truncate(top);
             sorted
         };
@@ -165,11 +147,9 @@ impl HotPaths {
         // from the samples a fully busy machine would have given, not from idle samples taken.
         let meta = &recording.meta;
         let unfiltered = meta.options.pids.is_empty() && meta.options.cgroup.is_none();
-        let expected = meta.duration_ns as f64 / 1e9
-            * f64::from(meta.options.frequency_hz)
-            * f64::from(meta.cpus);
-        let idle_percent = (unfiltered && expected > 0.0)
-            .then(|| (100.0 * (1.0 - samples as f64 / expected)).clamp(0.0, 100.0));
+        let expected = meta.duration_ns as f64 / 1e9 * f64::from(meta.options.frequency_hz) * f64::from(meta.cpus);
+        let idle_percent =
+            (unfiltered && expected > 0.0).then(|| (100.0 * (1.0 - samples as f64 / expected)).clamp(0.0, 100.0));
         HotPaths {
             samples,
             idle_percent,
@@ -189,32 +169,14 @@ mod tests {
 
     #[test]
     fn self_and_total_shares_with_recursion() {
-        let frame = |name: &str| Frame {
-            function: name.into(),
-            module: Some(0),
-            kernel: false,
-            inlined: false,
-        };
+        let frame = |name: &str| Frame { function: name.into(), module: Some(0), kernel: false, inlined: false };
         let stacks = Stacks {
             frames: vec![frame("main"), frame("work"), frame("leaf")],
-            modules: vec![Module {
-                path: "/bin/app".into(),
-                build_id: None,
-            }],
+            modules: vec![Module { path: "/bin/app".into(), build_id: None }],
             stacks: vec![
                 // leaf <- work <- work <- main (recursive work)
-                Stack {
-                    tgid: 1,
-                    tid: 0,
-                    frames: vec![2, 1, 1, 0],
-                    count: 30,
-                },
-                Stack {
-                    tgid: 1,
-                    tid: 0,
-                    frames: vec![1, 0],
-                    count: 70,
-                },
+                Stack { tgid: 1, tid: 0, frames: vec![2, 1, 1, 0], count: 30 },
+                Stack { tgid: 1, tid: 0, frames: vec![1, 0], count: 70 },
             ],
         };
         let mut recording = Recording::default();
@@ -226,11 +188,7 @@ mod tests {
         assert_eq!(hot.samples, 100);
         assert_eq!(hot.idle_percent, Some(50.0));
         let work = hot.by_total.iter().find(|f| f.function == "work").unwrap();
-        assert_eq!(
-            (work.self_samples, work.total_samples),
-            (70, 100),
-            "recursion counted once"
-        );
+        assert_eq!((work.self_samples, work.total_samples), (70, 100), "recursion counted once");
         assert_eq!(hot.by_self[0].function, "work");
         assert_eq!(hot.by_self[1].function, "leaf");
         assert_eq!(hot.heaviest_paths[0].frames, ["main", "work"]);

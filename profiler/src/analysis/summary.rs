@@ -30,6 +30,91 @@ pub struct Summary {
     pub runq: Option<RunqSummary>,
     pub syscalls: Option<SyscallSummary>,
     pub cpu: Option<HotPaths>,
+    pub outliers: Outliers,
+}
+
+/// What stands out inside one recording.
+#[derive(Debug, Default, Serialize)]
+pub struct Outliers {
+    /// Processes whose run-queue p99 stands far above the others': a robust (median/MAD) z-score
+    /// of log p99 above `OUTLIER_Z`.
+    pub runq_processes: Vec<ProcessOutlier>,
+    /// Syscalls that fail at least `HIGH_ERROR_PERCENT` of the time (at least `MIN_ERRORS` errors).
+    pub failing_syscalls: Vec<FailingSyscall>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProcessOutlier {
+    pub tgid: u32,
+    pub comm: String,
+    pub p99_ns: u64,
+    pub median_p99_ns: u64,
+    pub z: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FailingSyscall {
+    pub name: String,
+    pub count: u64,
+    pub errors: u64,
+    pub error_percent: f64,
+    pub top_errno: Option<String>,
+}
+
+/// Iglewicz and Hoaglin's cut-off for the modified z-score.
+const OUTLIER_Z: f64 = 3.5;
+/// Fewer processes than this: no notion of "the rest" to stand out from.
+const MIN_PROCESSES_FOR_OUTLIERS: usize = 5;
+const HIGH_ERROR_PERCENT: f64 = 25.0;
+const MIN_ERRORS: u64 = 10;
+
+/// Modified z-scores, 0.6745·(x − median)/MAD; None when the spread is zero.
+pub fn robust_z(values: &[f64]) -> Option<Vec<f64>> {
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    };
+    if values.is_empty() {
+        return None;
+    }
+    let m = median(&mut values.to_vec());
+    let mad = median(&mut values.iter().map(|v| (v - m).abs()).collect());
+    (mad > 0.0).then(|| values.iter().map(|v| 0.6745 * (v - m) / mad).collect())
+}
+
+fn runq_outliers(recording: &Recording) -> Vec<ProcessOutlier> {
+    let Some(runq) = &recording.runq else { return Vec::new() };
+    let ranked: Vec<(u32, u64)> = runq
+        .per_process
+        .iter()
+        .map(|(&tgid, h)| (tgid, percentiles(h)))
+        .filter(|(_, p)| p.count >= MIN_SAMPLES_FOR_RANKING && p.p99_ns > 0)
+        .map(|(tgid, p)| (tgid, p.p99_ns))
+        .collect();
+    if ranked.len() < MIN_PROCESSES_FOR_OUTLIERS {
+        return Vec::new();
+    }
+    // Latencies spread over orders of magnitude: compare them on a log scale.
+    let logs: Vec<f64> = ranked.iter().map(|&(_, p99)| (p99 as f64).ln()).collect();
+    let Some(z) = robust_z(&logs) else { return Vec::new() };
+    let mut sorted: Vec<u64> = ranked.iter().map(|&(_, p99)| p99).collect();
+    sorted.sort_unstable();
+    let median_p99_ns = sorted[sorted.len() / 2];
+    let mut outliers: Vec<ProcessOutlier> = ranked
+        .iter()
+        .zip(z)
+        .filter(|(_, z)| *z > OUTLIER_Z)
+        .map(|(&(tgid, p99_ns), z)| ProcessOutlier {
+            tgid,
+            comm: recording.process_name(tgid).to_string(),
+            p99_ns,
+            median_p99_ns,
+            z,
+        })
+        .collect();
+    outliers.sort_by(|a, b| b.z.total_cmp(&a.z));
+    outliers
 }
 
 #[derive(Debug, Serialize)]
@@ -83,8 +168,7 @@ pub struct ProcessSyscallErrors {
 }
 
 pub fn syscall_name(nr: u32) -> String {
-    syscalls::Sysno::new(nr as usize)
-        .map_or_else(|| format!("syscall_{nr}"), |s| s.name().to_string())
+    syscalls::Sysno::new(nr as usize).map_or_else(|| format!("syscall_{nr}"), |s| s.name().to_string())
 }
 
 pub fn errno_name(errno: u32) -> String {
@@ -96,7 +180,7 @@ pub fn errno_name(errno: u32) -> String {
 impl Summary {
     pub fn new(recording: &Recording, top: usize) -> Self {
         let meta = &recording.meta;
-        Summary {
+        let mut summary = Summary {
             hostname: meta.hostname.clone(),
             kernel_release: meta.kernel_release.clone(),
             cpus: meta.cpus,
@@ -119,12 +203,7 @@ impl Summary {
                     })
                     .filter(|p| p.latency.count >= MIN_SAMPLES_FOR_RANKING)
                     .collect();
-                worst.sort_by(|a, b| {
-                    b.latency
-                        .p99_ns
-                        .cmp(&a.latency.p99_ns)
-                        .then(a.tgid.cmp(&b.tgid))
-                });
+                worst.sort_by(|a, b| b.latency.p99_ns.cmp(&a.latency.p99_ns).then(a.tgid.cmp(&b.tgid)));
                 worst.truncate(top);
                 RunqSummary {
                     sched_switches: recording.counters.sched_switches,
@@ -135,15 +214,16 @@ impl Summary {
                     worst_processes: worst,
                 }
             }),
-            syscalls: recording
-                .syscalls
-                .as_ref()
-                .map(|s| syscall_summary(recording, s, top)),
-            cpu: recording
-                .stacks
-                .as_ref()
-                .map(|stacks| HotPaths::new(recording, stacks, top)),
+            syscalls: None,
+            cpu: recording.stacks.as_ref().map(|stacks| HotPaths::new(recording, stacks, top)),
+            outliers: Outliers { runq_processes: runq_outliers(recording), failing_syscalls: Vec::new() },
+        };
+        if let Some(syscalls) = &recording.syscalls {
+            let (syscalls, failing) = syscall_summary(recording, syscalls, top);
+            summary.syscalls = Some(syscalls);
+            summary.outliers.failing_syscalls = failing;
         }
+        summary
     }
 }
 
@@ -151,7 +231,7 @@ fn syscall_summary(
     recording: &Recording,
     syscalls: &crate::recording::Syscalls,
     top: usize,
-) -> SyscallSummary {
+) -> (SyscallSummary, Vec<FailingSyscall>) {
     #[derive(Default)]
     struct Totals {
         count: u64,
@@ -178,11 +258,7 @@ fn syscall_summary(
                 syscall: syscall_name(row.nr),
                 count: row.count,
                 errors: row.errors,
-                errnos: row
-                    .errnos
-                    .iter()
-                    .map(|&(errno, count)| (errno_name(errno), count))
-                    .collect(),
+                errnos: row.errnos.iter().map(|&(errno, count)| (errno_name(errno), count)).collect(),
             });
         }
     }
@@ -212,15 +288,25 @@ fn syscall_summary(
         sorted.truncate(top);
         sorted
     };
-    SyscallSummary {
+    let failing = rows
+        .iter()
+        .filter(|row| row.errors >= MIN_ERRORS && row.errors as f64 * 100.0 >= HIGH_ERROR_PERCENT * row.count as f64)
+        .map(|row| FailingSyscall {
+            name: row.name.clone(),
+            count: row.count,
+            errors: row.errors,
+            error_percent: row.errors as f64 * 100.0 / row.count as f64,
+            top_errno: row.top_errno.as_ref().map(|(name, _)| name.clone()),
+        })
+        .collect();
+    let summary = SyscallSummary {
         total: rows.iter().fold(0u64, |sum, r| sum.saturating_add(r.count)),
-        errors: rows
-            .iter()
-            .fold(0u64, |sum, r| sum.saturating_add(r.errors)),
+        errors: rows.iter().fold(0u64, |sum, r| sum.saturating_add(r.errors)),
         by_count: ranked(|r| r.count),
         by_time: ranked(|r| r.total_ns),
         errors_by_process,
-    }
+    };
+    (summary, failing)
 }
 
 #[cfg(test)]
@@ -229,12 +315,17 @@ mod tests {
 
     #[test]
     fn names_syscalls_and_errnos() {
-        assert_eq!(
-            syscall_name(syscalls::Sysno::getppid.id() as u32),
-            "getppid"
-        );
+        assert_eq!(syscall_name(syscalls::Sysno::getppid.id() as u32), "getppid");
         assert_eq!(syscall_name(100_000), "syscall_100000");
         assert_eq!(errno_name(2), "ENOENT");
         assert_eq!(errno_name(512), "ERESTARTSYS");
+    }
+
+    #[test]
+    fn robust_z_finds_the_one_that_stands_out() {
+        let z = robust_z(&[10.0, 11.0, 9.0, 10.5, 9.5, 30.0]).unwrap();
+        assert!(z[5] > OUTLIER_Z);
+        assert!(z[..5].iter().all(|z| z.abs() < OUTLIER_Z));
+        assert_eq!(robust_z(&[1.0, 1.0, 1.0]), None);
     }
 }

@@ -73,10 +73,7 @@ pub async fn record(config: &RecordConfig) -> Result<Recording> {
         // open and unchanged while registered.
         true => Some(
             unsafe {
-                AsyncFd::register_with_interest(
-                    probes::oncpu::take_new_processes(&mut probes)?,
-                    Interest::READABLE,
-                )
+                AsyncFd::register_with_interest(probes::oncpu::take_new_processes(&mut probes)?, Interest::READABLE)
             }
             .map_err(std::io::Error::from)
             .context("cannot watch the new-process ring buffer")?,
@@ -85,10 +82,7 @@ pub async fn record(config: &RecordConfig) -> Result<Recording> {
     };
     let mut maps = MapsCache::default();
     let started = Instant::now();
-    let start_unix_ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos() as u64;
+    let start_unix_ns = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
     if !config.quiet {
         let names: Vec<&str> = config.probes.iter().map(|p| p.name()).collect();
         let until = match config.duration {
@@ -148,11 +142,8 @@ pub async fn record(config: &RecordConfig) -> Result<Recording> {
             Probe::Cpu => {
                 let raw = probes::oncpu::drain(&probes)?;
                 maps.refresh();
-                let unknown: std::collections::BTreeSet<u32> = raw
-                    .iter()
-                    .map(|s| s.tgid)
-                    .filter(|&tgid| !maps.knows(tgid))
-                    .collect();
+                let unknown: std::collections::BTreeSet<u32> =
+                    raw.iter().map(|s| s.tgid).filter(|&tgid| !maps.knows(tgid)).collect();
                 for tgid in unknown {
                     let _ = maps.snapshot(tgid);
                 }
@@ -169,9 +160,7 @@ fn progress_bar(quiet: bool) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new_spinner();
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} recording {msg}").expect("valid template"),
-    );
+    bar.set_style(ProgressStyle::with_template("{spinner} recording {msg}").expect("valid template"));
     bar.enable_steady_tick(Duration::from_millis(100));
     bar
 }
@@ -179,13 +168,8 @@ fn progress_bar(quiet: bool) -> ProgressBar {
 fn metadata(config: &RecordConfig, start_unix_ns: u64, duration: Duration) -> Metadata {
     let uname = nix::sys::utsname::uname().ok();
     Metadata {
-        hostname: nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_default(),
-        kernel_release: uname
-            .map(|u| u.release().to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        hostname: nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default(),
+        kernel_release: uname.map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
         cpus: aya::util::online_cpus().map_or(0, |cpus| cpus.len() as u32),
         start_unix_ns,
         duration_ns: duration.as_nanos() as u64,
@@ -193,11 +177,7 @@ fn metadata(config: &RecordConfig, start_unix_ns: u64, duration: Duration) -> Me
         options: RecordOptions {
             probes: config.probes.iter().map(|p| p.name().to_string()).collect(),
             pids: config.options.pids.clone(),
-            cgroup: config
-                .options
-                .cgroup
-                .as_ref()
-                .map(|p| p.display().to_string()),
+            cgroup: config.options.cgroup.as_ref().map(|p| p.display().to_string()),
             duration_limit_ns: config.duration.map(|d| d.as_nanos() as u64),
             frequency_hz: config.options.frequency_hz,
             per_thread: config.options.per_thread,

@@ -35,10 +35,7 @@ impl ProcessTable {
                 .processes
                 .remove(&tgid)
                 .or_else(|| read_proc(tgid))
-                .unwrap_or_else(|| Process {
-                    comm: "?".into(),
-                    ..Default::default()
-                });
+                .unwrap_or_else(|| Process { comm: "?".into(), ..Default::default() });
             result.insert(tgid, process);
         }
         result
@@ -52,27 +49,15 @@ fn comm_to_string(comm: &[u8]) -> String {
 
 fn read_proc(tgid: u32) -> Option<Process> {
     if tgid == 0 {
-        return Some(Process {
-            comm: "swapper".into(),
-            ..Default::default()
-        });
+        return Some(Process { comm: "swapper".into(), ..Default::default() });
     }
     let dir = format!("/proc/{tgid}");
-    let comm = fs::read_to_string(format!("{dir}/comm"))
-        .ok()?
-        .trim_end()
-        .to_string();
-    let exe = fs::read_link(format!("{dir}/exe"))
-        .ok()
-        .map(|p| p.display().to_string());
+    let comm = fs::read_to_string(format!("{dir}/comm")).ok()?.trim_end().to_string();
+    let exe = fs::read_link(format!("{dir}/exe")).ok().map(|p| p.display().to_string());
     let cmdline = fs::read(format!("{dir}/cmdline"))
         .ok()
         .filter(|raw| !raw.is_empty())
-        .map(|raw| {
-            String::from_utf8_lossy(&raw)
-                .trim_end_matches('\0')
-                .replace('\0', " ")
-        });
+        .map(|raw| String::from_utf8_lossy(&raw).trim_end_matches('\0').replace('\0', " "));
     Some(Process { comm, exe, cmdline })
 }
 
@@ -84,18 +69,10 @@ mod tests {
     fn names_this_process_from_proc() {
         let me = std::process::id();
         let mut table = ProcessTable::default();
-        table.add_from_kernel(vec![(
-            me,
-            ProcessName {
-                comm: *b"kernel-name\0\0\0\0\0",
-            },
-        )]);
+        table.add_from_kernel(vec![(me, ProcessName { comm: *b"kernel-name\0\0\0\0\0" })]);
         let processes = table.finish([me, u32::MAX]);
         let this = &processes[&me];
-        assert!(
-            !this.comm.is_empty() && this.comm != "kernel-name",
-            "/proc wins while the process lives"
-        );
+        assert!(!this.comm.is_empty() && this.comm != "kernel-name", "/proc wins while the process lives");
         assert!(this.exe.as_deref().is_some_and(|exe| exe.starts_with('/')));
         assert_eq!(processes[&u32::MAX].comm, "?");
     }

@@ -40,10 +40,7 @@ pub fn folded(recording: &Recording, stacks: &Stacks, selection: &Selection) -> 
         }
         *counts.entry(line).or_default() += stack.count;
     }
-    counts
-        .into_iter()
-        .map(|(line, count)| format!("{line} {count}"))
-        .collect()
+    counts.into_iter().map(|(line, count)| format!("{line} {count}")).collect()
 }
 
 /// Frame names must not contain the separators of the folded format.
@@ -51,13 +48,31 @@ fn sanitize(name: &str) -> String {
     name.replace(';', ":").replace(['\n', '\r'], " ")
 }
 
+/// A differential flamegraph: NEW's stacks, coloured red where they grew against BASE and blue
+/// where they shrank, with BASE scaled to NEW's total (inferno's normalized differential mode).
+pub fn differential_svg(base: &[String], new: &[String], title: &str, out: impl Write) -> Result<()> {
+    let mut merged = Vec::new();
+    let diff_options = inferno::differential::Options { normalize: true, ..Default::default() };
+    inferno::differential::from_readers(
+        diff_options,
+        base.join("\n").as_bytes(),
+        new.join("\n").as_bytes(),
+        &mut merged,
+    )
+    .context("cannot merge the two recordings' stacks")?;
+    let merged = String::from_utf8(merged).context("merged stacks are not UTF-8")?;
+    let mut options = Options::default();
+    options.title = title.to_string();
+    options.count_name = "samples".to_string();
+    flamegraph::from_lines(&mut options, merged.lines(), out).context("cannot render the flamegraph")
+}
+
 pub fn svg(lines: &[String], title: &str, out: impl Write) -> Result<()> {
     let mut options = Options::default();
     options.title = title.to_string();
     options.count_name = "samples".to_string();
     options.colors = Palette::Multi(MultiPalette::Java);
-    flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), out)
-        .context("cannot render the flamegraph")
+    flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), out).context("cannot render the flamegraph")
 }
 
 #[cfg(test)]
@@ -66,58 +81,21 @@ mod tests {
     use crate::recording::{Frame, Module, Process, Stack};
 
     fn recording() -> (Recording, Stacks) {
-        let user = |name: &str| Frame {
-            function: name.into(),
-            module: Some(0),
-            kernel: false,
-            inlined: false,
-        };
-        let kernel = |name: &str| Frame {
-            function: name.into(),
-            module: Some(1),
-            kernel: true,
-            inlined: false,
-        };
+        let user = |name: &str| Frame { function: name.into(), module: Some(0), kernel: false, inlined: false };
+        let kernel = |name: &str| Frame { function: name.into(), module: Some(1), kernel: true, inlined: false };
         let stacks = Stacks {
-            frames: vec![
-                user("main"),
-                user("read_file"),
-                kernel("entry_SYSCALL_64"),
-                kernel("vfs_read"),
-            ],
+            frames: vec![user("main"), user("read_file"), kernel("entry_SYSCALL_64"), kernel("vfs_read")],
             modules: vec![
-                Module {
-                    path: "/bin/app".into(),
-                    build_id: None,
-                },
-                Module {
-                    path: "[kernel.kallsyms]".into(),
-                    build_id: None,
-                },
+                Module { path: "/bin/app".into(), build_id: None },
+                Module { path: "[kernel.kallsyms]".into(), build_id: None },
             ],
             stacks: vec![
-                Stack {
-                    tgid: 7,
-                    tid: 0,
-                    frames: vec![3, 2, 1, 0],
-                    count: 5,
-                },
-                Stack {
-                    tgid: 7,
-                    tid: 0,
-                    frames: vec![1, 0],
-                    count: 2,
-                },
+                Stack { tgid: 7, tid: 0, frames: vec![3, 2, 1, 0], count: 5 },
+                Stack { tgid: 7, tid: 0, frames: vec![1, 0], count: 2 },
             ],
         };
         let mut recording = Recording::default();
-        recording.processes.insert(
-            7,
-            Process {
-                comm: "app".into(),
-                ..Default::default()
-            },
-        );
+        recording.processes.insert(7, Process { comm: "app".into(), ..Default::default() });
         (recording, stacks)
     }
 
@@ -125,57 +103,20 @@ mod tests {
     fn folded_lines_root_first_with_kernel_annotations() {
         let (recording, stacks) = recording();
         let lines = folded(&recording, &stacks, &Selection::default());
-        assert_eq!(
-            lines,
-            [
-                "app;main;read_file 2",
-                "app;main;read_file;entry_SYSCALL_64_[k];vfs_read_[k] 5"
-            ]
-        );
-        let user = folded(
-            &recording,
-            &stacks,
-            &Selection {
-                user_only: true,
-                ..Default::default()
-            },
-        );
+        assert_eq!(lines, ["app;main;read_file 2", "app;main;read_file;entry_SYSCALL_64_[k];vfs_read_[k] 5"]);
+        let user = folded(&recording, &stacks, &Selection { user_only: true, ..Default::default() });
         assert_eq!(user, ["app;main;read_file 7"]);
-        let kernel = folded(
-            &recording,
-            &stacks,
-            &Selection {
-                kernel_only: true,
-                ..Default::default()
-            },
-        );
+        let kernel = folded(&recording, &stacks, &Selection { kernel_only: true, ..Default::default() });
         assert_eq!(kernel, ["app 2", "app;entry_SYSCALL_64_[k];vfs_read_[k] 5"]);
-        assert!(
-            folded(
-                &recording,
-                &stacks,
-                &Selection {
-                    pids: vec![8],
-                    ..Default::default()
-                }
-            )
-            .is_empty()
-        );
+        assert!(folded(&recording, &stacks, &Selection { pids: vec![8], ..Default::default() }).is_empty());
     }
 
     #[test]
     fn svg_names_the_frames() {
         let (recording, stacks) = recording();
         let mut out = Vec::new();
-        svg(
-            &folded(&recording, &stacks, &Selection::default()),
-            "test",
-            &mut out,
-        )
-        .unwrap();
+        svg(&folded(&recording, &stacks, &Selection::default()), "test", &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert!(
-            text.starts_with("<?xml") && text.contains("read_file") && text.contains("vfs_read")
-        );
+        assert!(text.starts_with("<?xml") && text.contains("read_file") && text.contains("vfs_read"));
     }
 }

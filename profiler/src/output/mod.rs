@@ -1,4 +1,5 @@
 //! Renderings of an analysed recording.
 
+pub mod diff;
 pub mod flamegraph;
 pub mod report;

@@ -30,11 +30,7 @@ pub fn text(summary: &Summary) -> String {
     if let Some(cgroup) = &summary.cgroup {
         let _ = writeln!(w, "Filter: cgroup {cgroup}");
     }
-    let _ = writeln!(
-        w,
-        "Events: {}   Dropped: {}",
-        summary.events, summary.dropped_total
-    );
+    let _ = writeln!(w, "Events: {}   Dropped: {}", summary.events, summary.dropped_total);
     if summary.dropped_total > 0 {
         let d = &summary.drops;
         let _ = writeln!(
@@ -83,6 +79,26 @@ pub fn text(summary: &Summary) -> String {
         hot_paths(w, cpu);
     }
 
+    let outliers = &summary.outliers;
+    if !outliers.runq_processes.is_empty() || !outliers.failing_syscalls.is_empty() {
+        let _ = writeln!(w, "\nStands out");
+        for p in &outliers.runq_processes {
+            let _ = writeln!(
+                w,
+                "  {} [{}]: run-queue p99 {} against a median of {} across processes (robust z {:.1})",
+                p.comm,
+                p.tgid,
+                format_ns(p.p99_ns),
+                format_ns(p.median_p99_ns),
+                p.z
+            );
+        }
+        for f in &outliers.failing_syscalls {
+            let errno = f.top_errno.as_deref().map_or(String::new(), |e| format!(", mostly {e}"));
+            let _ = writeln!(w, "  {}: {} of {} calls failed ({:.0}%{errno})", f.name, f.errors, f.count, f.error_percent);
+        }
+    }
+
     if let Some(syscalls) = &summary.syscalls {
         let _ = writeln!(
             w,
@@ -91,10 +107,7 @@ pub fn text(summary: &Summary) -> String {
             syscalls.errors,
             percent(syscalls.errors, syscalls.total)
         );
-        for (title, rows) in [
-            ("by count", &syscalls.by_count),
-            ("by total time", &syscalls.by_time),
-        ] {
+        for (title, rows) in [("by count", &syscalls.by_count), ("by total time", &syscalls.by_time)] {
             let _ = writeln!(w, "  top {title}:");
             let _ = writeln!(
                 w,
@@ -102,10 +115,7 @@ pub fn text(summary: &Summary) -> String {
                 "syscall", "count", "total", "mean", "p50", "p99", "errors"
             );
             for row in rows.iter() {
-                let errno = row
-                    .top_errno
-                    .as_ref()
-                    .map_or(String::new(), |(name, n)| format!("{name} ({n})"));
+                let errno = row.top_errno.as_ref().map_or(String::new(), |(name, n)| format!("{name} ({n})"));
                 let _ = writeln!(
                     w,
                     "  {:<20} {:>10} {:>10} {:>9} {:>9} {:>9} {:>8}  {}",
@@ -123,11 +133,7 @@ pub fn text(summary: &Summary) -> String {
         if !syscalls.errors_by_process.is_empty() {
             let _ = writeln!(w, "  errors by process:");
             for row in &syscalls.errors_by_process {
-                let errnos: Vec<String> = row
-                    .errnos
-                    .iter()
-                    .map(|(name, n)| format!("{name} {n}"))
-                    .collect();
+                let errnos: Vec<String> = row.errnos.iter().map(|(name, n)| format!("{name} {n}")).collect();
                 let _ = writeln!(
                     w,
                     "  {:<24} {:<16} {:>8} of {:<10} {}",
@@ -144,22 +150,12 @@ pub fn text(summary: &Summary) -> String {
 }
 
 fn hot_paths(w: &mut String, cpu: &HotPaths) {
-    let idle = cpu
-        .idle_percent
-        .map_or(String::new(), |idle| format!(", machine idle {idle:.1}%"));
-    let _ = writeln!(
-        w,
-        "\nOn-CPU samples: {} at {} Hz per CPU{idle}",
-        cpu.samples, cpu.frequency_hz
-    );
+    let idle = cpu.idle_percent.map_or(String::new(), |idle| format!(", machine idle {idle:.1}%"));
+    let _ = writeln!(w, "\nOn-CPU samples: {} at {} Hz per CPU{idle}", cpu.samples, cpu.frequency_hz);
     if !cpu.processes.is_empty() {
         let _ = writeln!(w, "  busiest processes:");
         for p in &cpu.processes {
-            let _ = writeln!(
-                w,
-                "  {:>6.1}%  {:>8}  {} [{}]",
-                p.percent, p.samples, p.comm, p.tgid
-            );
+            let _ = writeln!(w, "  {:>6.1}%  {:>8}  {} [{}]", p.percent, p.samples, p.comm, p.tgid);
         }
     }
     for (title, rows) in [("self", &cpu.by_self), ("total", &cpu.by_total)] {
@@ -169,11 +165,7 @@ fn hot_paths(w: &mut String, cpu: &HotPaths) {
         let _ = writeln!(w, "  hottest functions by {title} samples:");
         let _ = writeln!(w, "  {:>7} {:>7}  function", "self", "total");
         for f in rows.iter() {
-            let module = f
-                .module
-                .as_deref()
-                .map(|m| m.rsplit('/').next().unwrap_or(m))
-                .unwrap_or("?");
+            let module = f.module.as_deref().map(|m| m.rsplit('/').next().unwrap_or(m)).unwrap_or("?");
             let _ = writeln!(
                 w,
                 "  {:>6.1}% {:>6.1}%  {}{} ({module})",
@@ -191,14 +183,8 @@ fn hot_paths(w: &mut String, cpu: &HotPaths) {
             let skip = path.frames.len().saturating_sub(SHOWN);
             let tail: Vec<&str> = path.frames[skip..].iter().map(String::as_str).collect();
             let ellipsis = if skip > 0 { "… ← " } else { "" };
-            let _ = writeln!(
-                w,
-                "  {:>6.1}%  {} [{}]: {ellipsis}{}",
-                path.percent,
-                path.comm,
-                path.tgid,
-                tail.join(" → ")
-            );
+            let _ =
+                writeln!(w, "  {:>6.1}%  {} [{}]: {ellipsis}{}", path.percent, path.comm, path.tgid, tail.join(" → "));
         }
     }
 }
@@ -218,19 +204,11 @@ fn latency_row(w: &mut String, label: &str, p: &Percentiles) {
 }
 
 fn truncate(s: &str, width: usize) -> String {
-    if s.chars().count() <= width {
-        s.to_string()
-    } else {
-        s.chars().take(width - 1).chain(['…']).collect()
-    }
+    if s.chars().count() <= width { s.to_string() } else { s.chars().take(width - 1).chain(['…']).collect() }
 }
 
 fn percent(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        part as f64 * 100.0 / whole as f64
-    }
+    if whole == 0 { 0.0 } else { part as f64 * 100.0 / whole as f64 }
 }
 
 /// Text histograms in the style of bcc's runqlat, one line per non-empty bucket (ours are 16
@@ -258,24 +236,10 @@ pub fn histogram_text(histogram: &LatencyHistogram) -> String {
     let max = histogram.buckets.iter().map(|&(_, c)| c).max().unwrap_or(0);
     let _ = writeln!(out, "  {:>21} : {:<10} distribution", "range", "count");
     for (lower, upper, count) in histogram.ranges() {
-        let stars = if max == 0 {
-            0
-        } else {
-            ((count as u128 * BAR as u128).div_ceil(max as u128)) as usize
-        };
-        let upper = if upper == u64::MAX {
-            "inf".to_string()
-        } else {
-            format_ns(upper)
-        };
-        let _ = writeln!(
-            out,
-            "  {:>9} -> {:<9} : {:<10} |{:<BAR$}|",
-            format_ns(lower),
-            upper,
-            count,
-            "*".repeat(stars)
-        );
+        let stars = if max == 0 { 0 } else { ((count as u128 * BAR as u128).div_ceil(max as u128)) as usize };
+        let upper = if upper == u64::MAX { "inf".to_string() } else { format_ns(upper) };
+        let _ =
+            writeln!(out, "  {:>9} -> {:<9} : {:<10} |{:<BAR$}|", format_ns(lower), upper, count, "*".repeat(stars));
     }
     out
 }
@@ -286,16 +250,11 @@ mod tests {
 
     #[test]
     fn histogram_lines_show_ranges_and_scaled_bars() {
-        let histogram = LatencyHistogram {
-            buckets: vec![(5, 10), (100, 40)],
-        };
+        let histogram = LatencyHistogram { buckets: vec![(5, 10), (100, 40)] };
         let text = histogram_text(&histogram);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3);
-        assert!(
-            lines[1].contains("5ns -> 6ns")
-                && lines[1].contains(&format!("|{:<40}|", "*".repeat(10)))
-        );
+        assert!(lines[1].contains("5ns -> 6ns") && lines[1].contains(&format!("|{:<40}|", "*".repeat(10))));
         assert!(lines[2].contains(&format!("|{}|", "*".repeat(40))));
     }
 }

@@ -89,8 +89,7 @@ pub struct Probes {
 /// Where the cgroup v2 hierarchy is mounted: /sys/fs/cgroup on unified systems,
 /// /sys/fs/cgroup/unified on hybrid ones.
 fn cgroup2_root() -> Result<PathBuf> {
-    let mounts =
-        std::fs::read_to_string("/proc/self/mounts").context("cannot read /proc/self/mounts")?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").context("cannot read /proc/self/mounts")?;
     mounts
         .lines()
         .map(|line| line.split_whitespace().collect::<Vec<_>>())
@@ -102,18 +101,10 @@ fn cgroup2_root() -> Result<PathBuf> {
 /// The cgroup v2 id of a cgroup directory (absolute, or relative to the cgroup v2 root): its inode
 /// number on cgroupfs.
 fn cgroup_id(path: &Path) -> Result<u64> {
-    let path = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        cgroup2_root()?.join(path)
-    };
-    let stat =
-        nix::sys::statfs::statfs(&path).with_context(|| format!("cgroup {}", path.display()))?;
+    let path = if path.is_absolute() { path.to_path_buf() } else { cgroup2_root()?.join(path) };
+    let stat = nix::sys::statfs::statfs(&path).with_context(|| format!("cgroup {}", path.display()))?;
     if stat.filesystem_type() != nix::sys::statfs::CGROUP2_SUPER_MAGIC {
-        bail!(
-            "{} is not a cgroup v2 directory (cgroup v1 is not supported)",
-            path.display()
-        );
+        bail!("{} is not a cgroup v2 directory (cgroup v1 is not supported)", path.display());
     }
     Ok(std::fs::metadata(&path)?.ino())
 }
@@ -129,12 +120,7 @@ impl Probes {
                 btf::check_tracepoint(&kernel_btf, tp.category, tp.name, tp.args)?;
             }
         }
-        let cgroup_id = options
-            .cgroup
-            .as_deref()
-            .map(cgroup_id)
-            .transpose()?
-            .unwrap_or(0);
+        let cgroup_id = options.cgroup.as_deref().map(cgroup_id).transpose()?.unwrap_or(0);
         let filter_by_pid = u8::from(!options.pids.is_empty());
         let per_thread = u8::from(options.per_thread);
 
@@ -150,8 +136,7 @@ impl Probes {
 
         let mut pids: HashMap<_, u32, u8> = HashMap::try_from(map(&mut ebpf, "FILTER_PIDS")?)?;
         for &pid in &options.pids {
-            pids.insert(pid, 1, 0)
-                .with_context(|| format!("cannot add pid {pid} to the filter"))?;
+            pids.insert(pid, 1, 0).with_context(|| format!("cannot add pid {pid} to the filter"))?;
         }
 
         let aya_btf = aya::Btf::from_sys_fs().context("cannot read the kernel's BTF")?;
@@ -164,23 +149,17 @@ impl Probes {
                 program
                     .load(tp.name, &aya_btf)
                     .map_err(|e| load_error(e.into()))
-                    .with_context(|| {
-                        format!("cannot load the {}:{} program", tp.category, tp.name)
-                    })?;
+                    .with_context(|| format!("cannot load the {}:{} program", tp.category, tp.name))?;
                 program
                     .attach()
                     .map_err(|e| load_error(e.into()))
                     .with_context(|| format!("cannot attach to {}:{}", tp.category, tp.name))?;
             }
             if *probe == Probe::Cpu {
-                oncpu::attach_sampler(&mut ebpf, options.frequency_hz.into())
-                    .map_err(load_error)?;
+                oncpu::attach_sampler(&mut ebpf, options.frequency_hz.into()).map_err(load_error)?;
             }
         }
-        Ok(Self {
-            ebpf,
-            probes: probes.to_vec(),
-        })
+        Ok(Self { ebpf, probes: probes.to_vec() })
     }
 
     pub fn probes(&self) -> &[Probe] {
@@ -238,8 +217,7 @@ impl Probes {
 
     /// Takes the process names the kernel noted since the last call, emptying the map.
     pub fn take_process_names(&mut self) -> Result<Vec<(u32, ProcessName)>> {
-        let mut map: HashMap<_, u32, ProcessName> =
-            HashMap::try_from(map(&mut self.ebpf, "PROCESSES")?)?;
+        let mut map: HashMap<_, u32, ProcessName> = HashMap::try_from(map(&mut self.ebpf, "PROCESSES")?)?;
         let entries: Vec<(u32, ProcessName)> = map.iter().filter_map(Result::ok).collect();
         for (tgid, _) in &entries {
             // The kernel re-adds a process only if it creates another entry for it; harmless.
@@ -249,24 +227,18 @@ impl Probes {
     }
 
     pub(crate) fn map(&self, name: &str) -> Result<&aya::maps::Map> {
-        self.ebpf
-            .map(name)
-            .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+        self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
     }
 }
 
 fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
-    ebpf.map_mut(name)
-        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+    ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
 }
 
 /// Turns a permission error from the kernel into the one-line advice users need.
 fn load_error(error: anyhow::Error) -> anyhow::Error {
     let text = format!("{error:#}");
-    if text.contains("EPERM")
-        || text.contains("Operation not permitted")
-        || text.contains("permission denied")
-    {
+    if text.contains("EPERM") || text.contains("Operation not permitted") || text.contains("permission denied") {
         anyhow!(
             "the kernel refused to load eBPF programs ({text}): run as root with CAP_BPF and CAP_PERFMON, and check kernel.unprivileged_bpf_disabled and lockdown"
         )

@@ -19,25 +19,15 @@ use crate::symbolize::RawStack;
 /// The perf_event program.
 pub const SAMPLER: &str = "on_cpu_sample";
 
-pub const TRACEPOINTS: &[Tracepoint] = &[Tracepoint {
-    category: "sched",
-    name: "sched_process_exec",
-    args: 3,
-}];
+pub const TRACEPOINTS: &[Tracepoint] = &[Tracepoint { category: "sched", name: "sched_process_exec", args: 3 }];
 
 /// Attaches the sampler to the software CPU clock of every online CPU. The software clock exists
 /// everywhere, including VMs without a hardware PMU.
 pub fn attach_sampler(ebpf: &mut Ebpf, frequency_hz: u64) -> Result<()> {
-    let program: &mut PerfEvent = ebpf
-        .program_mut(SAMPLER)
-        .context("program on_cpu_sample missing from the eBPF object")?
-        .try_into()?;
-    program
-        .load()
-        .context("cannot load the CPU sampling program")?;
-    let cpus = online_cpus()
-        .map_err(|(_, error)| error)
-        .context("cannot list online CPUs")?;
+    let program: &mut PerfEvent =
+        ebpf.program_mut(SAMPLER).context("program on_cpu_sample missing from the eBPF object")?.try_into()?;
+    program.load().context("cannot load the CPU sampling program")?;
+    let cpus = online_cpus().map_err(|(_, error)| error).context("cannot list online CPUs")?;
     for cpu in cpus {
         program
             .attach(
@@ -53,10 +43,7 @@ pub fn attach_sampler(ebpf: &mut Ebpf, frequency_hz: u64) -> Result<()> {
 
 /// The ring buffer on which the kernel announces processes as they are first sampled.
 pub fn take_new_processes(probes: &mut Probes) -> Result<RingBuf<MapData>> {
-    let map = probes
-        .ebpf
-        .take_map("NEW_PROCESSES")
-        .context("map NEW_PROCESSES missing")?;
+    let map = probes.ebpf.take_map("NEW_PROCESSES").context("map NEW_PROCESSES missing")?;
     Ok(RingBuf::try_from(map)?)
 }
 
@@ -68,10 +55,7 @@ pub fn drain(probes: &Probes) -> Result<Vec<RawStack>> {
         if id < 0 {
             return Vec::new();
         }
-        stacks
-            .get(&(id as u32), 0)
-            .map(|trace| trace.frames().iter().map(|f| f.ip).collect())
-            .unwrap_or_default()
+        stacks.get(&(id as u32), 0).map(|trace| trace.frames().iter().map(|f| f.ip).collect()).unwrap_or_default()
     };
     let mut raw = Vec::new();
     for entry in samples.iter() {

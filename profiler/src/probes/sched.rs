@@ -13,56 +13,28 @@ use super::{Probes, Tracepoint};
 use crate::recording::{LatencyHistogram, RunqLatency};
 
 pub const TRACEPOINTS: &[Tracepoint] = &[
-    Tracepoint {
-        category: "sched",
-        name: "sched_wakeup",
-        args: 1,
-    },
-    Tracepoint {
-        category: "sched",
-        name: "sched_wakeup_new",
-        args: 1,
-    },
-    Tracepoint {
-        category: "sched",
-        name: "sched_switch",
-        args: 4,
-    },
+    Tracepoint { category: "sched", name: "sched_wakeup", args: 1 },
+    Tracepoint { category: "sched", name: "sched_wakeup_new", args: 1 },
+    Tracepoint { category: "sched", name: "sched_switch", args: 4 },
 ];
 
 pub fn drain(probes: &Probes) -> Result<RunqLatency> {
-    let per_cpu_map: PerCpuArray<_, Histogram> =
-        PerCpuArray::try_from(probes.map("RUNQ_LATENCY")?)?;
-    let per_cpu: Vec<LatencyHistogram> = per_cpu_map
-        .get(&0, 0)?
-        .iter()
-        .map(|h| LatencyHistogram::from_dense(&h.buckets))
-        .collect();
+    let per_cpu_map: PerCpuArray<_, Histogram> = PerCpuArray::try_from(probes.map("RUNQ_LATENCY")?)?;
+    let per_cpu: Vec<LatencyHistogram> =
+        per_cpu_map.get(&0, 0)?.iter().map(|h| LatencyHistogram::from_dense(&h.buckets)).collect();
     let mut system = LatencyHistogram::default();
     for histogram in &per_cpu {
         system.merge(histogram);
     }
 
-    let process_map: HashMap<_, ProcessBucket, u64> =
-        HashMap::try_from(probes.map("RUNQ_PROCESS_LATENCY")?)?;
+    let process_map: HashMap<_, ProcessBucket, u64> = HashMap::try_from(probes.map("RUNQ_PROCESS_LATENCY")?)?;
     let mut dense: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
     for entry in process_map.iter() {
         let (key, count) = entry?;
-        if let Some(slot) = dense
-            .entry(key.tgid)
-            .or_insert_with(|| vec![0; NUM_BUCKETS])
-            .get_mut(key.bucket as usize)
-        {
+        if let Some(slot) = dense.entry(key.tgid).or_insert_with(|| vec![0; NUM_BUCKETS]).get_mut(key.bucket as usize) {
             *slot += count;
         }
     }
-    let per_process = dense
-        .into_iter()
-        .map(|(tgid, counts)| (tgid, LatencyHistogram::from_dense(&counts)))
-        .collect();
-    Ok(RunqLatency {
-        system,
-        per_cpu,
-        per_process,
-    })
+    let per_process = dense.into_iter().map(|(tgid, counts)| (tgid, LatencyHistogram::from_dense(&counts))).collect();
+    Ok(RunqLatency { system, per_cpu, per_process })
 }

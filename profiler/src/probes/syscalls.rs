@@ -13,16 +13,8 @@ use super::{Probes, Tracepoint};
 use crate::recording::{LatencyHistogram, ProcessSyscall, Syscalls};
 
 pub const TRACEPOINTS: &[Tracepoint] = &[
-    Tracepoint {
-        category: "raw_syscalls",
-        name: "sys_enter",
-        args: 2,
-    },
-    Tracepoint {
-        category: "raw_syscalls",
-        name: "sys_exit",
-        args: 2,
-    },
+    Tracepoint { category: "raw_syscalls", name: "sys_enter", args: 2 },
+    Tracepoint { category: "raw_syscalls", name: "sys_exit", args: 2 },
 ];
 
 pub fn drain(probes: &Probes) -> Result<Syscalls> {
@@ -35,19 +27,14 @@ pub fn drain(probes: &Probes) -> Result<Syscalls> {
         }
     }
 
-    let errno_map: HashMap<_, SyscallErrno, u64> =
-        HashMap::try_from(probes.map("SYSCALL_ERRNOS")?)?;
+    let errno_map: HashMap<_, SyscallErrno, u64> = HashMap::try_from(probes.map("SYSCALL_ERRNOS")?)?;
     let mut errnos: BTreeMap<(u32, u32), Vec<(u32, u64)>> = BTreeMap::new();
     for entry in errno_map.iter() {
         let (key, count) = entry?;
-        errnos
-            .entry((key.tgid, key.nr))
-            .or_default()
-            .push((key.errno, count));
+        errnos.entry((key.tgid, key.nr)).or_default().push((key.errno, count));
     }
 
-    let stats_map: HashMap<_, StatsKey, SyscallStats> =
-        HashMap::try_from(probes.map("SYSCALL_STATS")?)?;
+    let stats_map: HashMap<_, StatsKey, SyscallStats> = HashMap::try_from(probes.map("SYSCALL_STATS")?)?;
     let mut per_process = Vec::new();
     for entry in stats_map.iter() {
         let (key, stats) = entry?;
@@ -63,8 +50,5 @@ pub fn drain(probes: &Probes) -> Result<Syscalls> {
         });
     }
     per_process.sort_by_key(|row| (row.tgid, row.nr));
-    Ok(Syscalls {
-        latency,
-        per_process,
-    })
+    Ok(Syscalls { latency, per_process })
 }

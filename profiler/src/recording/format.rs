@@ -50,9 +50,7 @@ pub fn write(recording: &Recording) -> Vec<u8> {
 /// Wraps an encoded (postcard) body into the file format: compression, header and checksum.
 pub fn frame(body: &[u8]) -> Vec<u8> {
     let mut encoder = DeflateEncoder::new(Vec::new(), Compression::default());
-    encoder
-        .write_all(body)
-        .expect("writing into memory cannot fail");
+    encoder.write_all(body).expect("writing into memory cannot fail");
     let body = encoder.finish().expect("writing into memory cannot fail");
 
     let mut out = Vec::with_capacity(HEADER_LEN + body.len());
@@ -70,17 +68,11 @@ pub fn read(bytes: &[u8]) -> Result<Recording, RecordingError> {
         return Err(RecordingError::NotARecording);
     }
     if bytes.len() < HEADER_LEN {
-        return Err(RecordingError::Truncated {
-            expected: HEADER_LEN as u64,
-            found: bytes.len() as u64,
-        });
+        return Err(RecordingError::Truncated { expected: HEADER_LEN as u64, found: bytes.len() as u64 });
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
     if version > FORMAT_VERSION {
-        return Err(RecordingError::NewerVersion {
-            found: version,
-            supported: FORMAT_VERSION,
-        });
+        return Err(RecordingError::NewerVersion { found: version, supported: FORMAT_VERSION });
     }
     if version == 0 {
         return Err(RecordingError::Corrupt("format version 0".into()));
@@ -90,16 +82,10 @@ pub fn read(bytes: &[u8]) -> Result<Recording, RecordingError> {
     let body = &bytes[HEADER_LEN..];
     let expected = (HEADER_LEN as u64).saturating_add(body_len);
     if (body.len() as u64) < body_len {
-        return Err(RecordingError::Truncated {
-            expected,
-            found: bytes.len() as u64,
-        });
+        return Err(RecordingError::Truncated { expected, found: bytes.len() as u64 });
     }
     if body.len() as u64 > body_len {
-        return Err(RecordingError::Corrupt(format!(
-            "{} bytes of trailing data",
-            body.len() as u64 - body_len
-        )));
+        return Err(RecordingError::Corrupt(format!("{} bytes of trailing data", body.len() as u64 - body_len)));
     }
     if crc32fast::hash(body) != crc {
         return Err(RecordingError::Corrupt("checksum mismatch".into()));
@@ -109,8 +95,7 @@ pub fn read(bytes: &[u8]) -> Result<Recording, RecordingError> {
         .take(MAX_BODY_INFLATED)
         .read_to_end(&mut inflated)
         .map_err(|e| RecordingError::Corrupt(format!("cannot decompress: {e}")))?;
-    postcard::from_bytes(&inflated)
-        .map_err(|e| RecordingError::Corrupt(format!("cannot decode: {e}")))
+    postcard::from_bytes(&inflated).map_err(|e| RecordingError::Corrupt(format!("cannot decode: {e}")))
 }
 
 pub fn read_file(path: &Path) -> Result<Recording, RecordingError> {
@@ -118,24 +103,10 @@ pub fn read_file(path: &Path) -> Result<Recording, RecordingError> {
     read(&bytes)
 }
 
-/// Writes atomically: a temporary file in the same directory, renamed over `path` once complete,
-/// so an interrupted write never leaves a partial file under the final name.
-pub fn write_file(path: &Path, recording: &Recording) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let mut file = tempfile::Builder::new()
-        .prefix(".profiler-")
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
-    file.write_all(&write(recording))?;
-    file.as_file().sync_all()?;
-    use std::os::unix::fs::PermissionsExt;
-    file.as_file()
-        .set_permissions(fs::Permissions::from_mode(0o644))?;
-    file.persist(path).map_err(|e| e.error)?;
-    Ok(())
+/// Writes atomically: an interrupted write never leaves a partial file under the final name.
+pub fn write_file(path: &Path, recording: &Recording) -> anyhow::Result<()> {
+    let bytes = write(recording);
+    crate::atomic_file::write(path, |out| Ok(out.write_all(&bytes)?))
 }
 
 #[cfg(test)]
@@ -145,17 +116,11 @@ mod tests {
 
     fn sample() -> Recording {
         let mut recording = Recording {
-            meta: Metadata {
-                hostname: "host".into(),
-                cpus: 2,
-                ..Default::default()
-            },
+            meta: Metadata { hostname: "host".into(), cpus: 2, ..Default::default() },
             ..Default::default()
         };
         recording.runq = Some(crate::recording::RunqLatency {
-            system: LatencyHistogram {
-                buckets: vec![(10, 5), (300, 2)],
-            },
+            system: LatencyHistogram { buckets: vec![(10, 5), (300, 2)] },
             ..Default::default()
         });
         recording
@@ -173,10 +138,7 @@ mod tests {
         for len in 0..bytes.len() {
             let error = read(&bytes[..len]).unwrap_err();
             assert!(
-                matches!(
-                    error,
-                    RecordingError::Truncated { .. } | RecordingError::NotARecording
-                ),
+                matches!(error, RecordingError::Truncated { .. } | RecordingError::NotARecording),
                 "length {len}: {error}"
             );
         }
@@ -184,16 +146,10 @@ mod tests {
 
     #[test]
     fn foreign_newer_and_corrupt_files_are_rejected() {
-        assert!(matches!(
-            read(b"hello world, not a recording"),
-            Err(RecordingError::NotARecording)
-        ));
+        assert!(matches!(read(b"hello world, not a recording"), Err(RecordingError::NotARecording)));
         let mut newer = write(&sample());
         newer[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
-        assert!(matches!(
-            read(&newer),
-            Err(RecordingError::NewerVersion { .. })
-        ));
+        assert!(matches!(read(&newer), Err(RecordingError::NewerVersion { .. })));
         let mut flipped = write(&sample());
         let last = flipped.len() - 1;
         flipped[last] ^= 0x40;

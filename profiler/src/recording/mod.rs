@@ -3,9 +3,7 @@
 
 mod format;
 
-pub use format::{
-    FORMAT_VERSION, MAGIC, RecordingError, frame, read, read_file, write, write_file,
-};
+pub use format::{FORMAT_VERSION, MAGIC, RecordingError, frame, read, read_file, write, write_file};
 
 use std::collections::BTreeMap;
 
@@ -31,14 +29,8 @@ impl Recording {
     /// Every process that appears in a probe's data.
     pub fn tgids(&self) -> std::collections::BTreeSet<u32> {
         let runq = self.runq.iter().flat_map(|r| r.per_process.keys().copied());
-        let syscalls = self
-            .syscalls
-            .iter()
-            .flat_map(|s| s.per_process.iter().map(|row| row.tgid));
-        let stacks = self
-            .stacks
-            .iter()
-            .flat_map(|s| s.stacks.iter().map(|stack| stack.tgid));
+        let syscalls = self.syscalls.iter().flat_map(|s| s.per_process.iter().map(|row| row.tgid));
+        let stacks = self.stacks.iter().flat_map(|s| s.stacks.iter().map(|stack| stack.tgid));
         runq.chain(syscalls).chain(stacks).collect()
     }
 
@@ -89,15 +81,9 @@ pub struct Counters {
 
 impl Counters {
     pub fn events(&self) -> u64 {
-        [
-            self.sched_switches,
-            self.wakeups,
-            self.syscalls,
-            self.cpu_samples,
-            self.idle_samples,
-        ]
-        .into_iter()
-        .fold(0u64, u64::saturating_add)
+        [self.sched_switches, self.wakeups, self.syscalls, self.cpu_samples, self.idle_samples]
+            .into_iter()
+            .fold(0u64, u64::saturating_add)
     }
 }
 
@@ -257,9 +243,7 @@ impl LatencyHistogram {
     }
 
     pub fn count(&self) -> u64 {
-        self.buckets
-            .iter()
-            .fold(0u64, |sum, &(_, count)| sum.saturating_add(count))
+        self.buckets.iter().fold(0u64, |sum, &(_, count)| sum.saturating_add(count))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -297,10 +281,7 @@ mod tests {
         dense[100] = 7;
         dense[NUM_BUCKETS - 1] = 1;
         let histogram = LatencyHistogram::from_dense(&dense);
-        assert_eq!(
-            histogram.buckets,
-            vec![(0, 3), (100, 7), ((NUM_BUCKETS - 1) as u16, 1)]
-        );
+        assert_eq!(histogram.buckets, vec![(0, 3), (100, 7), ((NUM_BUCKETS - 1) as u16, 1)]);
         assert_eq!(histogram.to_dense(), dense);
         assert_eq!(histogram.count(), 11);
         let mut merged = histogram.clone();

@@ -25,6 +25,11 @@ pub struct FileKey {
     pub inode: u64,
 }
 
+/// The key of the kernel's vDSO, which has no file: every process of a kernel maps the same image,
+/// so we symbolize against a copy of our own.
+pub const VDSO: FileKey = FileKey { device: u64::MAX, inode: u64::MAX };
+const VDSO_PATH: &str = "[vdso]";
+
 /// Parses one line of /proc/PID/maps, keeping executable mappings only.
 pub fn parse_line(line: &str) -> Option<(Mapping, Option<FileKey>)> {
     let mut fields = line.split_ascii_whitespace();
@@ -40,9 +45,8 @@ pub fn parse_line(line: &str) -> Option<(Mapping, Option<FileKey>)> {
     }
     let (start, end) = range.split_once('-')?;
     let (major, minor) = device.split_once(':')?;
-    let device =
-        (u64::from_str_radix(major, 16).ok()? << 20) | u64::from_str_radix(minor, 16).ok()?;
-    let key = (inode != 0).then_some(FileKey { device, inode });
+    let device = (u64::from_str_radix(major, 16).ok()? << 20) | u64::from_str_radix(minor, 16).ok()?;
+    let key = if path == VDSO_PATH { Some(VDSO) } else { (inode != 0).then_some(FileKey { device, inode }) };
     let mapping = Mapping {
         start: u64::from_str_radix(start, 16).ok()?,
         end: u64::from_str_radix(end, 16).ok()?,
@@ -80,22 +84,17 @@ impl MapsCache {
         let text = std::fs::read_to_string(format!("/proc/{tgid}/maps"))?;
         let mut mappings = Vec::new();
         for (mapping, key) in text.lines().filter_map(parse_line) {
-            if let Some(key) = key
+            if key == Some(VDSO) && !self.files.contains_key(&VDSO) {
+                if let Ok(file) = copy_own_vdso() {
+                    self.files.insert(VDSO, OpenFile { file, path: VDSO_PATH.into() });
+                }
+            } else if let Some(key) = key
                 && !self.files.contains_key(&key)
             {
-                let map_file = format!(
-                    "/proc/{tgid}/map_files/{:x}-{:x}",
-                    mapping.start, mapping.end
-                );
+                let map_file = format!("/proc/{tgid}/map_files/{:x}-{:x}", mapping.start, mapping.end);
                 let root_path = format!("/proc/{tgid}/root{}", mapping.path);
                 if let Ok(file) = File::open(&map_file).or_else(|_| File::open(&root_path)) {
-                    self.files.insert(
-                        key,
-                        OpenFile {
-                            file,
-                            path: mapping.path.clone(),
-                        },
-                    );
+                    self.files.insert(key, OpenFile { file, path: mapping.path.clone() });
                 }
             }
             mappings.push(mapping);
@@ -133,31 +132,38 @@ impl MapsCache {
     }
 }
 
+/// Copies this process's vDSO image (an ELF object the kernel maps into every process) into an
+/// unnamed temporary file.
+fn copy_own_vdso() -> io::Result<File> {
+    use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    let (mapping, _) = maps
+        .lines()
+        .filter_map(parse_line)
+        .find(|(m, _)| m.path == VDSO_PATH)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no vDSO mapped"))?;
+    let mut mem = File::open("/proc/self/mem")?;
+    mem.seek(SeekFrom::Start(mapping.start))?;
+    let mut image = vec![0u8; (mapping.end - mapping.start) as usize];
+    mem.read_exact(&mut image)?;
+    let mut file = tempfile::tempfile()?;
+    file.write_all(&image)?;
+    Ok(file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn parses_executable_mappings_only() {
-        let (m, key) =
-            parse_line("55d4c8a00000-55d4c8a9a000 r-xp 00028000 fd:01 1837 /usr/bin/my prog")
-                .unwrap();
-        assert_eq!(
-            (m.start, m.end, m.file_offset),
-            (0x55d4c8a00000, 0x55d4c8a9a000, 0x28000)
-        );
+        let (m, key) = parse_line("55d4c8a00000-55d4c8a9a000 r-xp 00028000 fd:01 1837 /usr/bin/my prog").unwrap();
+        assert_eq!((m.start, m.end, m.file_offset), (0x55d4c8a00000, 0x55d4c8a9a000, 0x28000));
         assert_eq!(m.path, "/usr/bin/my prog");
-        assert_eq!(
-            key,
-            Some(FileKey {
-                device: (0xfd << 20) | 1,
-                inode: 1837
-            })
-        );
+        assert_eq!(key, Some(FileKey { device: (0xfd << 20) | 1, inode: 1837 }));
         assert!(parse_line("7ffd1000-7ffd2000 rw-p 00000000 00:00 0 [stack]").is_none());
-        let (vdso, key) =
-            parse_line("7ffd3000-7ffd5000 r-xp 00000000 00:00 0                  [vdso]").unwrap();
-        assert_eq!((vdso.path.as_str(), key), ("[vdso]", None));
+        let (vdso, key) = parse_line("7ffd3000-7ffd5000 r-xp 00000000 00:00 0                  [vdso]").unwrap();
+        assert_eq!((vdso.path.as_str(), key), ("[vdso]", Some(VDSO)));
         let (anon, _) = parse_line("7f0000000000-7f0000100000 r-xp 00000000 00:00 0").unwrap();
         assert_eq!(anon.path, "");
     }
@@ -167,11 +173,11 @@ mod tests {
         let mut cache = MapsCache::default();
         cache.snapshot(std::process::id()).unwrap();
         let addr = parses_executable_mappings_only as fn() as usize as u64;
-        let mapping = cache
-            .find(std::process::id(), addr)
-            .expect("our own code is mapped");
+        let mapping = cache.find(std::process::id(), addr).expect("our own code is mapped");
         assert!(mapping.path.starts_with('/'));
         let file = cache.file(mapping.file.as_ref().unwrap()).expect("opened");
         assert!(std::fs::metadata(file.fd_path()).unwrap().len() > 0);
+        let vdso = cache.file(&VDSO).expect("the vDSO is copied");
+        assert!(std::fs::read(vdso.fd_path()).unwrap().starts_with(b"\x7fELF"));
     }
 }

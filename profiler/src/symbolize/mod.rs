@@ -41,10 +41,7 @@ impl Interner {
             return id;
         }
         let id = self.modules.len() as u32;
-        self.modules.push(Module {
-            path: path.to_string(),
-            build_id: build_id(),
-        });
+        self.modules.push(Module { path: path.to_string(), build_id: build_id() });
         self.module_ids.insert(path.to_string(), id);
         id
     }
@@ -88,10 +85,7 @@ fn names(symbolized: &Symbolized<'_>, inline: bool) -> Option<Vec<String>> {
 
 impl StackSymbolizer {
     pub fn new(inline: bool) -> Self {
-        let symbolizer = Symbolizer::builder()
-            .enable_inlined_fns(inline)
-            .enable_code_info(inline)
-            .build();
+        let symbolizer = Symbolizer::builder().enable_inlined_fns(inline).enable_code_info(inline).build();
         Self { symbolizer, inline }
     }
 
@@ -110,25 +104,12 @@ impl StackSymbolizer {
             }
             *merged.entry((stack.tgid, stack.tid, frames)).or_default() += stack.count;
         }
-        let mut stacks: Vec<Stack> = merged
-            .into_iter()
-            .map(|((tgid, tid, frames), count)| Stack {
-                tgid,
-                tid,
-                frames,
-                count,
-            })
-            .collect();
+        let mut stacks: Vec<Stack> =
+            merged.into_iter().map(|((tgid, tid, frames), count)| Stack { tgid, tid, frames, count }).collect();
         stacks.sort_by(|a, b| {
-            b.count
-                .cmp(&a.count)
-                .then_with(|| (a.tgid, a.tid, &a.frames).cmp(&(b.tgid, b.tid, &b.frames)))
+            b.count.cmp(&a.count).then_with(|| (a.tgid, a.tid, &a.frames).cmp(&(b.tgid, b.tid, &b.frames)))
         });
-        Stacks {
-            frames: interner.frames,
-            modules: interner.modules,
-            stacks,
-        }
+        Stacks { frames: interner.frames, modules: interner.modules, stacks }
     }
 
     /// Frames of each kernel address, leaf first (inlined frames before the function they are in).
@@ -137,10 +118,7 @@ impl StackSymbolizer {
         addrs.sort_unstable();
         addrs.dedup();
         let source = Source::Kernel(Kernel::default());
-        let results = self
-            .symbolizer
-            .symbolize(&source, Input::AbsAddr(&addrs))
-            .unwrap_or_default();
+        let results = self.symbolizer.symbolize(&source, Input::AbsAddr(&addrs)).unwrap_or_default();
         let module = interner.module(KERNEL_MODULE, || None);
         addrs
             .iter()
@@ -168,31 +146,27 @@ impl StackSymbolizer {
         maps: &MapsCache,
         interner: &mut Interner,
     ) -> HashMap<(u32, u64), Vec<u32>> {
-        let mut pairs: Vec<(u32, u64)> = raw
-            .iter()
-            .flat_map(|s| s.user.iter().map(move |&a| (s.tgid, a)))
-            .collect();
+        let mut pairs: Vec<(u32, u64)> = raw.iter().flat_map(|s| s.user.iter().map(move |&a| (s.tgid, a))).collect();
         pairs.sort_unstable();
         pairs.dedup();
 
         // Group file-backed addresses by file so each file is symbolized in one batch.
         let mut by_file: HashMap<FileKey, Vec<u64>> = HashMap::new();
-        // (process, address), its (file, file offset) when file-backed, and its mapping's path.
-        type Located = ((u32, u64), Option<(FileKey, u64)>, String);
         let mut located: Vec<Located> = Vec::with_capacity(pairs.len());
         for &(tgid, addr) in &pairs {
-            match maps.find(tgid, addr) {
+            let place = match maps.find(tgid, addr) {
                 Some(mapping) => {
                     let offset = addr - mapping.start + mapping.file_offset;
-                    if let Some(key) = mapping.file.filter(|k| maps.file(k).is_some()) {
+                    let file = mapping.file.filter(|k| maps.file(k).is_some());
+                    if let Some(key) = file {
                         by_file.entry(key).or_default().push(offset);
-                        located.push(((tgid, addr), Some((key, offset)), mapping.path.clone()));
-                    } else {
-                        located.push(((tgid, addr), None, mapping.path.clone()));
                     }
+                    let anonymous = mapping.path.is_empty();
+                    Located { tgid, addr, file, offset: (!anonymous).then_some(offset), path: mapping.path.clone() }
                 }
-                None => located.push(((tgid, addr), None, String::new())),
-            }
+                None => Located { tgid, addr, file: None, offset: None, path: String::new() },
+            };
+            located.push(place);
         }
         let mut names_by_offset: HashMap<(FileKey, u64), Vec<String>> = HashMap::new();
         for (key, offsets) in &mut by_file {
@@ -200,10 +174,7 @@ impl StackSymbolizer {
             offsets.dedup();
             let Some(file) = maps.file(key) else { continue };
             let source = Source::Elf(Elf::new(file.fd_path()));
-            let results = self
-                .symbolizer
-                .symbolize(&source, Input::FileOffset(offsets))
-                .unwrap_or_default();
+            let results = self.symbolizer.symbolize(&source, Input::FileOffset(offsets)).unwrap_or_default();
             for (offset, result) in offsets.iter().zip(&results) {
                 if let Some(names) = names(result, self.inline) {
                     names_by_offset.insert((*key, *offset), names);
@@ -214,27 +185,21 @@ impl StackSymbolizer {
         let mut perf_maps = perf_map::PerfMaps::default();
         located
             .into_iter()
-            .map(|((tgid, addr), file_offset, path)| {
-                let module_path = if path.is_empty() {
-                    "[anon]".to_string()
-                } else {
-                    path
-                };
-                let module = interner.module(&module_path, || {
-                    file_offset
-                        .and_then(|(key, _)| maps.file(&key))
-                        .and_then(|f| build_id(&f.fd_path()))
-                });
-                let names = match file_offset {
-                    Some(key_offset) => names_by_offset.get(&key_offset).cloned(),
+            .map(|Located { tgid, addr, file, offset, path }| {
+                let module_path = if path.is_empty() { "[anon]".to_string() } else { path };
+                let module = interner
+                    .module(&module_path, || file.and_then(|key| maps.file(&key)).and_then(|f| build_id(&f.fd_path())));
+                let names = match (file, offset) {
+                    (Some(key), Some(offset)) => names_by_offset.get(&(key, offset)).cloned(),
                     // Anonymous executable memory: JIT code, named in /tmp/perf-PID.map if the
                     // runtime writes one.
-                    None => perf_maps.lookup(tgid, addr).map(|name| vec![name]),
+                    _ => perf_maps.lookup(tgid, addr).map(|name| vec![name]),
                 };
                 let frames = match names {
                     Some(names) => frames_for(interner, names, module, false),
                     None => {
-                        let offset = file_offset.map_or(addr, |(_, offset)| offset);
+                        // Offsets within a file are stable across runs; addresses are not.
+                        let offset = offset.unwrap_or(addr);
                         vec![interner.frame(Frame {
                             function: format!("{}+{offset:#x}", basename(&module_path)),
                             module: Some(module),
@@ -249,20 +214,23 @@ impl StackSymbolizer {
     }
 }
 
+/// Where a user address lies: its file (when we hold it open), its offset in the mapped file
+/// (not for anonymous memory), and the mapping's path.
+struct Located {
+    tgid: u32,
+    addr: u64,
+    file: Option<FileKey>,
+    offset: Option<u64>,
+    path: String,
+}
+
 /// Interns an address's frames: `names` is outermost first; the result is leaf first.
 fn frames_for(interner: &mut Interner, names: Vec<String>, module: u32, kernel: bool) -> Vec<u32> {
     let outermost = 0;
     let mut frames: Vec<u32> = names
         .into_iter()
         .enumerate()
-        .map(|(i, function)| {
-            interner.frame(Frame {
-                function,
-                module: Some(module),
-                kernel,
-                inlined: i != outermost,
-            })
-        })
+        .map(|(i, function)| interner.frame(Frame { function, module: Some(module), kernel, inlined: i != outermost }))
         .collect();
     frames.reverse();
     frames

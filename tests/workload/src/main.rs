@@ -33,10 +33,16 @@ enum Workload {
     Spin {
         #[arg(long)]
         threads: usize,
+        /// The CPU all threads run on; without it, thread i runs on CPU i modulo the CPU count.
         #[arg(long)]
-        cpu: usize,
+        cpu: Option<usize>,
         #[arg(long)]
         seconds: f64,
+        /// Sleep this long after every `--busy-us` of work (0: never sleep).
+        #[arg(long, default_value_t = 0)]
+        sleep_us: u64,
+        #[arg(long, default_value_t = 1000)]
+        busy_us: u64,
     },
     /// Burns CPU for SECONDS in two named functions, `hot_seventy` and `hot_thirty`, which get 70 %
     /// and 30 % of the time, alternating every 2.1 and 0.9 ms: a cycle that no common sampling
@@ -44,6 +50,12 @@ enum Workload {
     Hot {
         #[arg(long)]
         seconds: f64,
+        /// Microseconds in `hot_seventy` per cycle.
+        #[arg(long, default_value_t = 2100)]
+        seventy_us: u64,
+        /// Microseconds in `hot_thirty` per cycle.
+        #[arg(long, default_value_t = 900)]
+        thirty_us: u64,
     },
     /// Starts CHILDREN processes one after another, each spinning MILLIS ms in `short_lived_spin`
     /// and exiting.
@@ -82,17 +94,17 @@ fn main() {
     }
     match cli.workload {
         Workload::Syscalls { getppid, fail_open } => syscalls(getppid, fail_open),
-        Workload::Spin {
+        Workload::Spin { threads, cpu, seconds, sleep_us, busy_us } => spin(
             threads,
             cpu,
-            seconds,
-        } => spin(threads, cpu, Duration::from_secs_f64(seconds)),
-        Workload::Sleep {
-            cpu,
-            count,
-            interval_us,
-        } => sleep(cpu, count, Duration::from_micros(interval_us)),
-        Workload::Hot { seconds } => hot(Duration::from_secs_f64(seconds)),
+            Duration::from_secs_f64(seconds),
+            Duration::from_micros(sleep_us),
+            Duration::from_micros(busy_us),
+        ),
+        Workload::Sleep { cpu, count, interval_us } => sleep(cpu, count, Duration::from_micros(interval_us)),
+        Workload::Hot { seconds, seventy_us, thirty_us } => {
+            hot(Duration::from_secs_f64(seconds), Duration::from_micros(seventy_us), Duration::from_micros(thirty_us))
+        }
         Workload::ShortLived { children, millis } => short_lived(children, millis),
         Workload::ShortLivedChild { millis } => short_lived_spin(Duration::from_millis(millis)),
         Workload::ReadZero { seconds } => read_zero(Duration::from_secs_f64(seconds)),
@@ -100,12 +112,13 @@ fn main() {
 }
 
 /// Spins until `end`, checking the clock rarely so that nearly every sample lands in the caller.
+/// `seed` makes each caller's code distinct, so the compiler cannot merge identical functions.
 #[inline(always)]
-fn burn_until(end: Instant) -> u64 {
-    let mut x = 0u64;
+fn burn_until(end: Instant, seed: u64) -> u64 {
+    let mut x = seed;
     while Instant::now() < end {
         for i in 0..500 {
-            x = black_box(x.wrapping_mul(31).wrapping_add(i));
+            x = black_box(x.wrapping_mul(seed).wrapping_add(i));
         }
     }
     x
@@ -113,20 +126,20 @@ fn burn_until(end: Instant) -> u64 {
 
 #[inline(never)]
 fn hot_seventy(slice: Duration) -> u64 {
-    burn_until(Instant::now() + slice)
+    burn_until(Instant::now() + slice, 31)
 }
 
 #[inline(never)]
 fn hot_thirty(slice: Duration) -> u64 {
-    burn_until(Instant::now() + slice)
+    burn_until(Instant::now() + slice, 37)
 }
 
-fn hot(duration: Duration) {
+fn hot(duration: Duration, seventy: Duration, thirty: Duration) {
     let end = Instant::now() + duration;
     let mut x = 0;
     while Instant::now() < end {
-        x ^= hot_seventy(Duration::from_micros(2100));
-        x ^= hot_thirty(Duration::from_micros(900));
+        x ^= hot_seventy(seventy);
+        x ^= hot_thirty(thirty);
     }
     black_box(x);
 }
@@ -135,12 +148,7 @@ fn short_lived(children: u32, millis: u64) {
     let me = std::env::current_exe().unwrap();
     for _ in 0..children {
         let status = std::process::Command::new(&me)
-            .args([
-                "--no-wait",
-                "short-lived-child",
-                "--millis",
-                &millis.to_string(),
-            ])
+            .args(["--no-wait", "short-lived-child", "--millis", &millis.to_string()])
             .status()
             .unwrap();
         assert!(status.success());
@@ -149,7 +157,7 @@ fn short_lived(children: u32, millis: u64) {
 
 #[inline(never)]
 fn short_lived_spin(duration: Duration) {
-    black_box(burn_until(Instant::now() + duration));
+    black_box(burn_until(Instant::now() + duration, 41));
 }
 
 #[inline(never)]
@@ -170,14 +178,7 @@ fn syscalls(getppid: u64, fail_open: u64) {
     }
     let missing = CString::new("/nonexistent-profiler-test/file").unwrap();
     for _ in 0..fail_open {
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat,
-                libc::AT_FDCWD,
-                missing.as_ptr(),
-                libc::O_RDONLY,
-            )
-        };
+        let fd = unsafe { libc::syscall(libc::SYS_openat, libc::AT_FDCWD, missing.as_ptr(), libc::O_RDONLY) };
         assert_eq!(fd, -1);
     }
 }
@@ -191,16 +192,20 @@ fn pin_to(cpu: usize) {
     }
 }
 
-fn spin(threads: usize, cpu: usize, duration: Duration) {
+fn spin(threads: usize, cpu: Option<usize>, duration: Duration, sleep: Duration, busy: Duration) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let handles: Vec<_> = (0..threads)
-        .map(|_| {
+        .map(|i| {
             std::thread::spawn(move || {
-                pin_to(cpu);
+                pin_to(cpu.unwrap_or(i % cpus));
                 let end = Instant::now() + duration;
                 let mut x = 0u64;
                 while Instant::now() < end {
-                    for i in 0..10_000 {
-                        x = black_box(x.wrapping_mul(31).wrapping_add(i));
+                    if sleep.is_zero() {
+                        x ^= burn_until(end, 43);
+                    } else {
+                        x ^= burn_until(Instant::now() + busy, 43);
+                        std::thread::sleep(sleep);
                     }
                 }
                 black_box(x);

@@ -1,0 +1,118 @@
+//! The text form of a comparison: flagged regressions first, improvements apart, then tables.
+
+use std::fmt::Write as _;
+
+use crate::analysis::{diff::Diff, histogram::format_ns};
+
+fn value(v: f64, unit: &str) -> String {
+    match unit {
+        "ns" => format_ns(v as u64),
+        "%" | "% of samples" => format!("{v:.2}%"),
+        "/s" => format!("{v:.1}/s"),
+        _ => format!("{v:.2} {unit}"),
+    }
+}
+
+fn change(percent: f64) -> String {
+    if percent.is_infinite() { "new".to_string() } else { format!("{percent:+.1}%") }
+}
+
+pub fn text(diff: &Diff) -> String {
+    let mut out = String::new();
+    let w = &mut out;
+    for warning in &diff.warnings {
+        let _ = writeln!(w, "warning: {warning}: the comparison is weaker");
+    }
+    for (title, findings) in [("REGRESSIONS", &diff.regressions), ("Improvements", &diff.improvements)] {
+        let _ = writeln!(w, "{title}: {}", findings.len());
+        for f in findings {
+            let _ = writeln!(
+                w,
+                "  {:<18} {:<32} {:<12} {:>10} → {:<10} {:>8}   {}",
+                f.kind,
+                f.subject,
+                f.metric,
+                value(f.base, &f.unit),
+                value(f.new, &f.unit),
+                change(f.change_percent),
+                f.detail
+            );
+        }
+    }
+    if !diff.latency.is_empty() {
+        let _ = writeln!(w, "\nLatency (base → new; * significant)");
+        for c in &diff.latency {
+            let cells: Vec<String> = c
+                .percentiles
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} {}→{} {}{}",
+                        p.name,
+                        format_ns(p.base_ns),
+                        format_ns(p.new_ns),
+                        change(p.change_percent),
+                        if p.significant { "*" } else { "" }
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                w,
+                "  {:<18} {:<32} n {}→{}  {}",
+                c.kind,
+                c.subject,
+                c.base_count,
+                c.new_count,
+                cells.join("  ")
+            );
+        }
+    }
+    if !diff.syscalls.is_empty() {
+        let _ = writeln!(w, "\nSyscalls (rate per second, error rate, mean latency)");
+        for s in diff.syscalls.iter().take(20) {
+            let mut notes = Vec::new();
+            if s.new_syscall {
+                notes.push("new syscall".to_string());
+            }
+            if !s.new_errnos.is_empty() {
+                notes.push(format!("new errnos {}", s.new_errnos.join(",")));
+            }
+            let _ = writeln!(
+                w,
+                "  {:<20} {:>10.1} → {:<10.1} err {:>6.2}% → {:<6.2}%  mean {} → {}  {}",
+                s.name,
+                s.base_per_second,
+                s.new_per_second,
+                s.base_error_percent,
+                s.new_error_percent,
+                format_ns(s.base_mean_ns as u64),
+                format_ns(s.new_mean_ns as u64),
+                notes.join("; ")
+            );
+        }
+    }
+    if !diff.functions.is_empty() {
+        let _ = writeln!(w, "\nFunctions (share of samples: self, total)");
+        for f in &diff.functions {
+            let _ = writeln!(
+                w,
+                "  self {:>7} → {:<7} (z {:>5.1})  total {:>7} → {:<7}  {}{}",
+                format!("{:.2}%", f.base_self_percent),
+                format!("{:.2}%", f.new_self_percent),
+                f.self_z,
+                format!("{:.2}%", f.base_total_percent),
+                format!("{:.2}%", f.new_total_percent),
+                f.function,
+                if f.kernel { " [k]" } else { "" }
+            );
+        }
+    }
+    if !diff.growing_paths.is_empty() {
+        let _ = writeln!(w, "\nCall paths whose share grew most");
+        for p in &diff.growing_paths {
+            let (before, after) = (format!("{:.2}%", p.base_percent), format!("{:.2}%", p.new_percent));
+            let _ = writeln!(w, "  {before:>7} → {after:<7}  {}", p.path);
+        }
+    }
+    out
+}
