@@ -28,6 +28,32 @@ pub enum Command {
     /// 2 on error).
     #[command(after_help = crate::analysis::diff::METHOD)]
     Diff(DiffArgs),
+    /// Export a recording for other tools: Prometheus text, pprof, folded stacks.
+    #[command(subcommand)]
+    Export(ExportCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExportCommand {
+    /// Prometheus text exposition of every histogram and counter (for node_exporter's textfile
+    /// collector).
+    Prometheus {
+        file: PathBuf,
+        /// Where to write; default: standard output.
+        #[arg(short, long, value_name = "OUT.prom")]
+        output: Option<PathBuf>,
+        /// Per-process run-queue series for the N busiest processes (the rest as comm="other").
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        top_processes: usize,
+    },
+    /// The CPU stacks as a gzipped pprof profile (`go tool pprof` reads it).
+    Pprof {
+        file: PathBuf,
+        #[arg(short, long, value_name = "OUT.pb.gz")]
+        output: PathBuf,
+    },
+    /// Folded stacks, as `flamegraph --folded`.
+    Folded { file: PathBuf },
 }
 
 #[derive(Debug, Args)]

@@ -8,11 +8,13 @@ use profiler::{
         summary::Summary,
     },
     atomic_file,
-    cli::{Cli, Command, DiffArgs, FlamegraphArgs, RecordArgs, ReportArgs, ReportOptions},
+    cli::{Cli, Command, DiffArgs, ExportCommand, FlamegraphArgs, RecordArgs, ReportArgs, ReportOptions},
     collector::{self, RecordConfig},
     output::{
         self,
         flamegraph::{self, Selection},
+        pprof,
+        prometheus::{Exposition, ProcessSeries},
         report,
     },
     probes::{Probe, ProbeOptions},
@@ -50,6 +52,34 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Report(args) => report(args).map(|()| ExitCode::SUCCESS),
         Command::Flamegraph(args) => render_flamegraph(args).map(|()| ExitCode::SUCCESS),
         Command::Diff(args) => compare(args),
+        Command::Export(command) => export(command).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+fn export(command: ExportCommand) -> Result<()> {
+    match command {
+        ExportCommand::Prometheus { file, output, top_processes } => {
+            let recording = read_recording(&file)?;
+            let text = Exposition::new(&recording, ProcessSeries { top: top_processes }).render();
+            match output {
+                Some(path) => atomic_file::write(&path, |out| Ok(out.write_all(text.as_bytes())?)),
+                None => Ok(std::io::stdout().lock().write_all(text.as_bytes())?),
+            }
+        }
+        ExportCommand::Pprof { file, output } => {
+            let recording = read_recording(&file)?;
+            let profile = pprof::encode(&recording, recording_stacks(&recording)?);
+            atomic_file::write(&output, |out| Ok(out.write_all(&profile)?))
+        }
+        ExportCommand::Folded { file } => render_flamegraph(FlamegraphArgs {
+            file,
+            output: None,
+            pids: Vec::new(),
+            kernel_only: false,
+            user_only: false,
+            title: String::new(),
+            folded: true,
+        }),
     }
 }
 

@@ -162,7 +162,7 @@ pub fn two_proportion_z(x1: u64, n1: u64, x2: u64, n2: u64) -> f64 {
         return 0.0;
     }
     let (p1, p2) = (x1 as f64 / n1 as f64, x2 as f64 / n2 as f64);
-    let pooled = (x1 + x2) as f64 / (n1 + n2) as f64;
+    let pooled = (x1 as f64 + x2 as f64) / (n1 as f64 + n2 as f64);
     let se = (pooled * (1.0 - pooled) * (1.0 / n1 as f64 + 1.0 / n2 as f64)).sqrt();
     if se == 0.0 { 0.0 } else { (p2 - p1) / se }
 }
@@ -170,7 +170,7 @@ pub fn two_proportion_z(x1: u64, n1: u64, x2: u64, n2: u64) -> f64 {
 /// z statistic for the change of a Poisson rate: c1 events in t1 seconds → c2 in t2, from the
 /// conditional binomial test (under equal rates, c2 ~ Bin(c1 + c2, t2 / (t1 + t2))).
 pub fn rate_z(c1: u64, t1: f64, c2: u64, t2: f64) -> f64 {
-    let n = (c1 + c2) as f64;
+    let n = c1 as f64 + c2 as f64;
     if n == 0.0 || t1 <= 0.0 || t2 <= 0.0 {
         return 0.0;
     }

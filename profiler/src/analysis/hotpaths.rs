@@ -55,6 +55,12 @@ fn percent(part: u64, whole: u64) -> f64 {
     if whole == 0 { 0.0 } else { part as f64 * 100.0 / whole as f64 }
 }
 
+/// Adds to a tally; saturating, because a recording from elsewhere may hold any numbers.
+fn tally<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u64>, key: K, count: u64) {
+    let slot = map.entry(key).or_default();
+    *slot = slot.saturating_add(count);
+}
+
 /// A function's identity across stacks: its name and module.
 fn function_key(stacks: &Stacks, frame: &Frame) -> (String, Option<String>, bool) {
     (frame.function.clone(), stacks.module(frame).map(|m| m.path.clone()), frame.kernel)
@@ -68,29 +74,37 @@ impl HotPaths {
         let mut per_process: HashMap<u32, u64> = HashMap::new();
         for stack in &stacks.stacks {
             if let Some(&leaf) = stack.frames.first() {
-                *self_counts.entry(leaf).or_default() += stack.count;
+                tally(&mut self_counts, leaf, stack.count);
             }
             let mut seen = HashSet::new();
             for &frame in &stack.frames {
                 // Recursion must not count a stack twice for one function.
                 if seen.insert(frame) {
-                    *total_counts.entry(frame).or_default() += stack.count;
+                    tally(&mut total_counts, frame, stack.count);
                 }
             }
-            *per_process.entry(stack.tgid).or_default() += stack.count;
+            tally(&mut per_process, stack.tgid, stack.count);
         }
 
         // Frames are interned per (function, module, kernel, inlined); merge to functions.
-        let mut functions: HashMap<(String, Option<String>, bool), (u64, u64)> = HashMap::new();
+        let mut self_by_function = HashMap::new();
+        let mut total_by_function = HashMap::new();
         for (&frame, &count) in &self_counts {
             if let Some(f) = stacks.frame(frame) {
-                functions.entry(function_key(stacks, f)).or_default().0 += count;
+                tally(&mut self_by_function, function_key(stacks, f), count);
             }
         }
         for (&frame, &count) in &total_counts {
             if let Some(f) = stacks.frame(frame) {
-                functions.entry(function_key(stacks, f)).or_default().1 += count;
+                tally(&mut total_by_function, function_key(stacks, f), count);
             }
+        }
+        let mut functions: HashMap<(String, Option<String>, bool), (u64, u64)> = HashMap::new();
+        for (key, count) in self_by_function {
+            functions.entry(key).or_default().0 = count;
+        }
+        for (key, count) in total_by_function {
+            functions.entry(key).or_default().1 = count;
         }
         let shares: Vec<FunctionShare> = functions
             .into_iter()

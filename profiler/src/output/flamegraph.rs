@@ -38,7 +38,8 @@ pub fn folded(recording: &Recording, stacks: &Stacks, selection: &Selection) -> 
                 line.push_str("_[i]");
             }
         }
-        *counts.entry(line).or_default() += stack.count;
+        let slot = counts.entry(line).or_default();
+        *slot = slot.saturating_add(stack.count);
     }
     counts.into_iter().map(|(line, count)| format!("{line} {count}")).collect()
 }

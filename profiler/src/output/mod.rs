@@ -2,4 +2,6 @@
 
 pub mod diff;
 pub mod flamegraph;
+pub mod pprof;
+pub mod prometheus;
 pub mod report;

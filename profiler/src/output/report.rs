@@ -95,7 +95,8 @@ pub fn text(summary: &Summary) -> String {
         }
         for f in &outliers.failing_syscalls {
             let errno = f.top_errno.as_deref().map_or(String::new(), |e| format!(", mostly {e}"));
-            let _ = writeln!(w, "  {}: {} of {} calls failed ({:.0}%{errno})", f.name, f.errors, f.count, f.error_percent);
+            let _ =
+                writeln!(w, "  {}: {} of {} calls failed ({:.0}%{errno})", f.name, f.errors, f.count, f.error_percent);
         }
     }
 

@@ -1,0 +1,232 @@
+//! The CPU stacks as a pprof profile (profile.proto, gzipped), which `go tool pprof`, Pyroscope and
+//! Parca read. Frames are already symbolized, so each frame becomes a location with one line and a
+//! function; each module a mapping with its build-id. Samples carry the process as labels.
+
+use std::{collections::HashMap, io::Write as _};
+
+use flate2::{Compression, write::GzEncoder};
+use prost::Message;
+
+use crate::recording::{Recording, Stacks};
+
+/// The messages of profile.proto that we write.
+mod proto {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Profile {
+        #[prost(message, repeated, tag = "1")]
+        pub sample_type: Vec<ValueType>,
+        #[prost(message, repeated, tag = "2")]
+        pub sample: Vec<Sample>,
+        #[prost(message, repeated, tag = "3")]
+        pub mapping: Vec<Mapping>,
+        #[prost(message, repeated, tag = "4")]
+        pub location: Vec<Location>,
+        #[prost(message, repeated, tag = "5")]
+        pub function: Vec<Function>,
+        #[prost(string, repeated, tag = "6")]
+        pub string_table: Vec<String>,
+        #[prost(int64, tag = "9")]
+        pub time_nanos: i64,
+        #[prost(int64, tag = "10")]
+        pub duration_nanos: i64,
+        #[prost(message, optional, tag = "11")]
+        pub period_type: Option<ValueType>,
+        #[prost(int64, tag = "12")]
+        pub period: i64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ValueType {
+        #[prost(int64, tag = "1")]
+        pub r#type: i64,
+        #[prost(int64, tag = "2")]
+        pub unit: i64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Sample {
+        #[prost(uint64, repeated, tag = "1")]
+        pub location_id: Vec<u64>,
+        #[prost(int64, repeated, tag = "2")]
+        pub value: Vec<i64>,
+        #[prost(message, repeated, tag = "3")]
+        pub label: Vec<Label>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Label {
+        #[prost(int64, tag = "1")]
+        pub key: i64,
+        #[prost(int64, tag = "2")]
+        pub str: i64,
+        #[prost(int64, tag = "3")]
+        pub num: i64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Mapping {
+        #[prost(uint64, tag = "1")]
+        pub id: u64,
+        #[prost(int64, tag = "5")]
+        pub filename: i64,
+        #[prost(int64, tag = "6")]
+        pub build_id: i64,
+        #[prost(bool, tag = "7")]
+        pub has_functions: bool,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Location {
+        #[prost(uint64, tag = "1")]
+        pub id: u64,
+        #[prost(uint64, tag = "2")]
+        pub mapping_id: u64,
+        #[prost(message, repeated, tag = "4")]
+        pub line: Vec<Line>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Line {
+        #[prost(uint64, tag = "1")]
+        pub function_id: u64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Function {
+        #[prost(uint64, tag = "1")]
+        pub id: u64,
+        #[prost(int64, tag = "2")]
+        pub name: i64,
+        #[prost(int64, tag = "3")]
+        pub system_name: i64,
+        #[prost(int64, tag = "4")]
+        pub filename: i64,
+    }
+}
+
+/// pprof's string table: index 0 is the empty string.
+struct Strings {
+    table: Vec<String>,
+    index: HashMap<String, i64>,
+}
+
+impl Strings {
+    fn new() -> Self {
+        Self { table: vec![String::new()], index: HashMap::from([(String::new(), 0)]) }
+    }
+
+    fn get(&mut self, s: &str) -> i64 {
+        if let Some(&i) = self.index.get(s) {
+            return i;
+        }
+        let i = self.table.len() as i64;
+        self.table.push(s.to_string());
+        self.index.insert(s.to_string(), i);
+        i
+    }
+}
+
+/// The gzipped profile.
+pub fn encode(recording: &Recording, stacks: &Stacks) -> Vec<u8> {
+    let profile = build(recording, stacks);
+    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+    gz.write_all(&profile.encode_to_vec()).expect("writing into memory cannot fail");
+    gz.finish().expect("writing into memory cannot fail")
+}
+
+fn build(recording: &Recording, stacks: &Stacks) -> proto::Profile {
+    let mut strings = Strings::new();
+    let frequency = recording.meta.options.frequency_hz.max(1);
+    let period = 1_000_000_000 / i64::from(frequency);
+    let samples_type = proto::ValueType { r#type: strings.get("samples"), unit: strings.get("count") };
+    let cpu_type = proto::ValueType { r#type: strings.get("cpu"), unit: strings.get("nanoseconds") };
+
+    let mapping = stacks
+        .modules
+        .iter()
+        .enumerate()
+        .map(|(i, m)| proto::Mapping {
+            id: i as u64 + 1,
+            filename: strings.get(&m.path),
+            build_id: strings.get(m.build_id.as_deref().unwrap_or("")),
+            has_functions: true,
+        })
+        .collect();
+    // One function and one location per interned frame: ids are frame index + 1.
+    let mut function = Vec::with_capacity(stacks.frames.len());
+    let mut location = Vec::with_capacity(stacks.frames.len());
+    for (i, frame) in stacks.frames.iter().enumerate() {
+        let id = i as u64 + 1;
+        let name = strings.get(&frame.function);
+        let filename = stacks.module(frame).map_or(0, |m| strings.get(&m.path));
+        function.push(proto::Function { id, name, system_name: name, filename });
+        location.push(proto::Location {
+            id,
+            mapping_id: frame.module.map_or(0, |m| u64::from(m) + 1),
+            line: vec![proto::Line { function_id: id }],
+        });
+    }
+    let (pid_key, comm_key, thread_key) = (strings.get("pid"), strings.get("comm"), strings.get("thread id"));
+    let sample = stacks
+        .stacks
+        .iter()
+        .map(|stack| {
+            let mut label = vec![
+                proto::Label { key: pid_key, str: 0, num: i64::from(stack.tgid) },
+                proto::Label { key: comm_key, str: strings.get(recording.process_name(stack.tgid)), num: 0 },
+            ];
+            if stack.tid != 0 {
+                label.push(proto::Label { key: thread_key, str: 0, num: i64::from(stack.tid) });
+            }
+            let count = i64::try_from(stack.count).unwrap_or(i64::MAX);
+            proto::Sample {
+                // Leaf first, as in our stacks.
+                location_id: stack.frames.iter().map(|&f| u64::from(f) + 1).collect(),
+                value: vec![count, count.saturating_mul(period)],
+                label,
+            }
+        })
+        .collect();
+    proto::Profile {
+        sample_type: vec![samples_type, cpu_type.clone()],
+        sample,
+        mapping,
+        location,
+        function,
+        string_table: strings.table,
+        time_nanos: i64::try_from(recording.meta.start_unix_ns).unwrap_or(0),
+        duration_nanos: i64::try_from(recording.meta.duration_ns).unwrap_or(0),
+        period_type: Some(cpu_type),
+        period,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+
+    use super::*;
+    use crate::recording::{Frame, Module, Stack};
+
+    #[test]
+    fn round_trips_through_protobuf() {
+        let frame = |name: &str| Frame { function: name.into(), module: Some(0), kernel: false, inlined: false };
+        let stacks = Stacks {
+            frames: vec![frame("main"), frame("work")],
+            modules: vec![Module { path: "/bin/app".into(), build_id: Some("abcd".into()) }],
+            stacks: vec![Stack { tgid: 9, tid: 0, frames: vec![1, 0], count: 3 }],
+        };
+        let mut recording = Recording::default();
+        recording.meta.options.frequency_hz = 100;
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(encode(&recording, &stacks).as_slice()).read_to_end(&mut raw).unwrap();
+        let profile = proto::Profile::decode(raw.as_slice()).unwrap();
+        assert_eq!(profile.string_table[0], "");
+        assert_eq!(profile.period, 10_000_000);
+        assert_eq!(profile.sample[0].value, vec![3, 30_000_000]);
+        let leaf = profile.sample[0].location_id[0];
+        let function = &profile.function[leaf as usize - 1];
+        assert_eq!(profile.string_table[function.name as usize], "work");
+        assert_eq!(profile.string_table[profile.mapping[0].build_id as usize], "abcd");
+    }
+}

@@ -1,0 +1,353 @@
+//! Prometheus exposition of a recording's histograms and counters, with prometheus-client. Used by
+//! `export prometheus` (a file for node_exporter's textfile collector) and by `serve` (/metrics).
+//!
+//! Our log-linear buckets are coarsened to powers of two of nanoseconds, from 512 ns to 2^34 ns
+//! (17.2 s), plus +Inf. Every power of two is an edge of the fine buckets, so each `le` bound is
+//! an exact upper edge and the cumulative counts are exact. `_sum` is exact for syscalls (the
+//! kernel adds up their latency) and estimated from bucket midpoints for run-queue latency.
+
+use std::collections::BTreeMap;
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::{Registry, Unit},
+};
+
+use crate::{
+    analysis::{
+        histogram::representative_value,
+        summary::{errno_name, syscall_name},
+    },
+    recording::{LatencyHistogram, Recording},
+};
+
+/// Smallest and largest finite `le` bound, as powers of two of nanoseconds.
+const FIRST_LE_LOG2: u32 = 9;
+const LAST_LE_LOG2: u32 = 34;
+
+/// Per-bucket (not cumulative) counts at the coarse `le` bounds in seconds, the last at +Inf
+/// (`f64::INFINITY`, which the encoder writes as "+Inf"), as prometheus-client expects.
+pub fn coarse_buckets(histogram: &LatencyHistogram) -> Vec<(f64, u64)> {
+    let mut buckets: Vec<(f64, u64)> = (FIRST_LE_LOG2..=LAST_LE_LOG2).map(|k| ((1u64 << k) as f64 / 1e9, 0)).collect();
+    buckets.push((f64::INFINITY, 0));
+    for (_, upper, count) in histogram.ranges() {
+        // The first bound at or above the bucket's upper edge holds all of its values.
+        let index = (FIRST_LE_LOG2..=LAST_LE_LOG2).position(|k| upper <= 1u64 << k).unwrap_or(buckets.len() - 1);
+        buckets[index].1 = buckets[index].1.saturating_add(count);
+    }
+    buckets
+}
+
+/// Σ count × bucket midpoint, in seconds.
+fn estimated_sum_seconds(histogram: &LatencyHistogram) -> f64 {
+    histogram
+        .buckets
+        .iter()
+        .zip(histogram.ranges())
+        .map(|(&(index, _), (lower, upper, count))| representative_value(index, lower, upper) as f64 * count as f64)
+        .sum::<f64>()
+        / 1e9
+}
+
+/// A histogram ready for encoding.
+#[derive(Clone, Debug)]
+struct ExposedHistogram {
+    labels: Vec<(String, String)>,
+    sum_seconds: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
+}
+
+impl ExposedHistogram {
+    fn new(labels: Vec<(String, String)>, histogram: &LatencyHistogram, exact_sum_ns: Option<u64>) -> Self {
+        Self {
+            labels,
+            sum_seconds: exact_sum_ns.map_or_else(|| estimated_sum_seconds(histogram), |ns| ns as f64 / 1e9),
+            count: histogram.count(),
+            buckets: coarse_buckets(histogram),
+        }
+    }
+}
+
+/// Which per-process series to expose: none by default; with `top` > 0, the `top` processes with
+/// the most run-queue samples, the rest folded into comm="other". Bounded label cardinality.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessSeries {
+    pub top: usize,
+}
+
+/// Everything one exposition shows, computed from a recording.
+#[derive(Debug, Default)]
+pub struct Exposition {
+    runq_per_cpu: Vec<ExposedHistogram>,
+    runq_per_process: Vec<ExposedHistogram>,
+    syscall_latency: Vec<ExposedHistogram>,
+    syscalls: Vec<(String, u64)>,
+    syscall_errors: Vec<((String, String), u64)>,
+    counters: Vec<(&'static str, &'static str, u64)>,
+    drops: Vec<(&'static str, u64)>,
+    /// Extra gauges (name, help, labels, value), such as the profiler's health in `serve`.
+    pub gauges: Vec<(String, String, Vec<(String, String)>, f64)>,
+}
+
+impl Exposition {
+    pub fn new(recording: &Recording, processes: ProcessSeries) -> Self {
+        let mut exposition = Exposition::default();
+        if let Some(runq) = &recording.runq {
+            exposition.runq_per_cpu = runq
+                .per_cpu
+                .iter()
+                .enumerate()
+                .map(|(cpu, h)| ExposedHistogram::new(vec![("cpu".into(), cpu.to_string())], h, None))
+                .collect();
+            if processes.top > 0 {
+                let mut by_name: BTreeMap<String, LatencyHistogram> = BTreeMap::new();
+                for (&tgid, h) in &runq.per_process {
+                    by_name.entry(recording.process_name(tgid).to_string()).or_default().merge(h);
+                }
+                let mut ranked: Vec<(String, LatencyHistogram)> = by_name.into_iter().collect();
+                ranked.sort_by_key(|(_, h)| std::cmp::Reverse(h.count()));
+                let mut other = LatencyHistogram::default();
+                for (i, (name, h)) in ranked.into_iter().enumerate() {
+                    if i < processes.top {
+                        exposition.runq_per_process.push(ExposedHistogram::new(vec![("comm".into(), name)], &h, None));
+                    } else {
+                        other.merge(&h);
+                    }
+                }
+                if !other.is_empty() {
+                    exposition.runq_per_process.push(ExposedHistogram::new(
+                        vec![("comm".into(), "other".into())],
+                        &other,
+                        None,
+                    ));
+                }
+            }
+        }
+        if let Some(syscalls) = &recording.syscalls {
+            let mut counts: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+            let mut errors: BTreeMap<(u32, u32), u64> = BTreeMap::new();
+            for row in &syscalls.per_process {
+                let entry = counts.entry(row.nr).or_default();
+                entry.0 = entry.0.saturating_add(row.count);
+                entry.1 = entry.1.saturating_add(row.total_ns);
+                for &(errno, n) in &row.errnos {
+                    let slot = errors.entry((row.nr, errno)).or_default();
+                    *slot = slot.saturating_add(n);
+                }
+            }
+            exposition.syscall_latency = syscalls
+                .latency
+                .iter()
+                .map(|(nr, h)| {
+                    let exact = counts.get(nr).map(|&(_, total)| total);
+                    ExposedHistogram::new(vec![("syscall".into(), syscall_name(*nr))], h, exact)
+                })
+                .collect();
+            exposition.syscalls = counts.iter().map(|(&nr, &(count, _))| (syscall_name(nr), count)).collect();
+            exposition.syscall_errors =
+                errors.into_iter().map(|((nr, errno), n)| ((syscall_name(nr), errno_name(errno)), n)).collect();
+        }
+        let c = &recording.counters;
+        exposition.counters = vec![
+            ("profiler_context_switches", "Context switches seen", c.sched_switches),
+            (
+                "profiler_involuntary_context_switches",
+                "Switches of a task that was still runnable",
+                c.involuntary_switches,
+            ),
+            ("profiler_wakeups", "Task wakeups seen", c.wakeups),
+            ("profiler_cpu_samples", "On-CPU stack samples of non-idle tasks", c.cpu_samples),
+        ];
+        let d = &c.drops;
+        exposition.drops = vec![
+            ("runq_process_map_full", d.runq_process),
+            ("syscall_process_map_full", d.syscall_process),
+            ("syscall_errno_map_full", d.syscall_errno),
+            ("start_time_map", d.start),
+            ("process_name_map", d.process_names),
+            ("stack_collision", d.stack_collisions),
+            ("stack_map_full", d.stack_errors),
+            ("sample_map_full", d.samples),
+            ("new_process_ring_full", d.new_processes),
+        ];
+        exposition
+    }
+
+    /// OpenMetrics text, as prometheus-client writes it (Prometheus negotiates it when scraping).
+    pub fn render_openmetrics(self) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("writing to a String cannot fail");
+        text
+    }
+
+    /// The Prometheus text format (0.0.4), which node_exporter's textfile collector and promtool
+    /// read: OpenMetrics without `# UNIT` and `# EOF`, and with counter families named by their
+    /// `_total` samples.
+    pub fn render(self) -> String {
+        prometheus_text(&self.render_openmetrics())
+    }
+}
+
+/// Converts prometheus-client's OpenMetrics text to the Prometheus text format.
+pub fn prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> =
+        openmetrics.lines().filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+fn labels(pairs: &[(String, String)]) -> Vec<(&str, &str)> {
+    pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+fn encode_histograms(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    histograms: &[ExposedHistogram],
+) -> Result<(), std::fmt::Error> {
+    if histograms.is_empty() {
+        return Ok(());
+    }
+    let mut family = encoder.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+    for h in histograms {
+        let labels = labels(&h.labels);
+        family.encode_family(&labels)?.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            h.sum_seconds,
+            h.count,
+            &h.buckets,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+impl Collector for Exposition {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        encode_histograms(
+            &mut encoder,
+            "profiler_runqueue_latency",
+            "Time runnable tasks waited for a CPU, by the CPU they ran on",
+            &self.runq_per_cpu,
+        )?;
+        encode_histograms(
+            &mut encoder,
+            "profiler_process_runqueue_latency",
+            "Time runnable tasks waited for a CPU, by process name (top processes, the rest as other)",
+            &self.runq_per_process,
+        )?;
+        encode_histograms(
+            &mut encoder,
+            "profiler_syscall_latency",
+            "Syscall latency by syscall",
+            &self.syscall_latency,
+        )?;
+        if !self.syscalls.is_empty() {
+            let mut family =
+                encoder.encode_descriptor("profiler_syscalls", "Syscalls made", None, MetricType::Counter)?;
+            for (name, count) in &self.syscalls {
+                ConstCounter::new(*count).encode(family.encode_family(&[("syscall", name.as_str())])?)?;
+            }
+        }
+        if !self.syscall_errors.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "profiler_syscall_errors",
+                "Failed syscalls by errno",
+                None,
+                MetricType::Counter,
+            )?;
+            for ((name, errno), count) in &self.syscall_errors {
+                let labels = [("syscall", name.as_str()), ("errno", errno.as_str())];
+                ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        for &(name, help, value) in &self.counters {
+            ConstCounter::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "profiler_dropped_events",
+            "Events the kernel side could not keep, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for &(reason, value) in &self.drops {
+            ConstCounter::new(value).encode(family.encode_family(&[("reason", reason)])?)?;
+        }
+        let mut gauges: BTreeMap<&str, (&str, Vec<(&[(String, String)], f64)>)> = BTreeMap::new();
+        for (name, help, labels, value) in &self.gauges {
+            gauges.entry(name).or_insert((help, Vec::new())).1.push((labels, *value));
+        }
+        for (name, (help, series)) in gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (pairs, value) in series {
+                ConstGauge::new(value).encode(family.encode_family(&labels(pairs))?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use profiler_common::histogram::{NUM_BUCKETS, bucket_index};
+
+    use super::*;
+
+    fn histogram(values: &[u64]) -> LatencyHistogram {
+        let mut dense = vec![0; NUM_BUCKETS];
+        for &v in values {
+            dense[bucket_index(v) as usize] += 1;
+        }
+        LatencyHistogram::from_dense(&dense)
+    }
+
+    #[test]
+    fn le_bounds_are_exact_upper_edges() {
+        // 1023 ns is below 1024 ns = 2^10: counted in le=1.024e-6. 1024 ns is not: le=2.048e-6.
+        let buckets = coarse_buckets(&histogram(&[100, 1023, 1024, 2047, 2048, 1 << 40]));
+        let find = |le: f64| buckets.iter().find(|b| b.0 == le).unwrap().1;
+        assert_eq!(find(512e-9), 1, "100 ns");
+        assert_eq!(find(1024e-9), 1, "1023 ns");
+        assert_eq!(find(2048e-9), 2, "1024 and 2047 ns");
+        assert_eq!(find(4096e-9), 1, "2048 ns");
+        assert_eq!(buckets.last().unwrap(), &(f64::INFINITY, 1), "beyond 2^34 ns: +Inf");
+        assert_eq!(buckets.iter().map(|b| b.1).sum::<u64>(), 6);
+    }
+
+    #[test]
+    fn renders_cumulative_histograms_and_counters() {
+        let mut recording = Recording::default();
+        recording.runq = Some(crate::recording::RunqLatency {
+            per_cpu: vec![histogram(&[1000, 3000]), histogram(&[])],
+            ..Default::default()
+        });
+        let text = Exposition::new(&recording, ProcessSeries::default()).render();
+        assert!(text.contains("# TYPE profiler_runqueue_latency_seconds histogram"), "{text}");
+        assert!(text.contains(r#"profiler_runqueue_latency_seconds_bucket{le="0.000001024",cpu="0"} 1"#), "{text}");
+        assert!(text.contains(r#"profiler_runqueue_latency_seconds_bucket{le="0.000004096",cpu="0"} 2"#), "{text}");
+        assert!(text.contains(r#"profiler_runqueue_latency_seconds_bucket{le="+Inf",cpu="0"} 2"#), "{text}");
+        assert!(text.contains(r#"profiler_runqueue_latency_seconds_count{cpu="0"} 2"#), "{text}");
+        assert!(
+            text.contains("# TYPE profiler_context_switches_total counter\nprofiler_context_switches_total 0"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
+    }
+}
