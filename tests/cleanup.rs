@@ -7,7 +7,15 @@ use std::time::Duration;
 
 use common::{Recorder, temp_dir};
 
-const OUR_PROGRAMS: [&str; 5] = ["sched_wakeup", "sched_wakeup_new", "sched_switch", "sys_enter", "sys_exit"];
+const OUR_PROGRAMS: [&str; 7] = [
+    "sched_wakeup",
+    "sched_wakeup_new",
+    "sched_switch",
+    "sys_enter",
+    "sys_exit",
+    "sched_process_exec",
+    "on_cpu_sample",
+];
 
 fn our_programs_loaded() -> usize {
     aya::programs::loaded_programs()

@@ -31,6 +31,35 @@ pub enum Command {
     /// Export a recording for other tools: Prometheus text, pprof, folded stacks.
     #[command(subcommand)]
     Export(ExportCommand),
+    /// Keep the probes attached and serve cumulative histograms and counters on /metrics for
+    /// Prometheus, with the profiler's health and anomaly flags.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; loopback unless told otherwise.
+    #[arg(long, default_value = "127.0.0.1:9924")]
+    pub listen: std::net::SocketAddr,
+    /// Probes to run, comma-separated (sched, syscalls).
+    #[arg(long, value_delimiter = ',', value_name = "PROBE", default_values = ["sched", "syscalls"])]
+    pub probes: Vec<Probe>,
+    /// Only this process (repeatable); filtered in the kernel.
+    #[arg(short, long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Only tasks of this cgroup v2.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// How often the kernel maps are drained into the exposed metrics.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Per-process run-queue series for the N busiest process names (the rest as comm="other");
+    /// off by default to bound label cardinality.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub top_processes: usize,
+    /// Intervals in the rolling baseline of the p99 anomaly detector.
+    #[arg(long, default_value_t = 30)]
+    pub baseline: usize,
 }
 
 #[derive(Debug, Subcommand)]

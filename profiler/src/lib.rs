@@ -7,4 +7,5 @@ pub mod collector;
 pub mod output;
 pub mod probes;
 pub mod recording;
+pub mod serve;
 pub mod symbolize;

@@ -8,7 +8,7 @@ use profiler::{
         summary::Summary,
     },
     atomic_file,
-    cli::{Cli, Command, DiffArgs, ExportCommand, FlamegraphArgs, RecordArgs, ReportArgs, ReportOptions},
+    cli::{Cli, Command, DiffArgs, ExportCommand, FlamegraphArgs, RecordArgs, ReportArgs, ReportOptions, ServeArgs},
     collector::{self, RecordConfig},
     output::{
         self,
@@ -19,6 +19,7 @@ use profiler::{
     },
     probes::{Probe, ProbeOptions},
     recording::{self, Recording},
+    serve::ServeConfig,
 };
 
 fn main() -> ExitCode {
@@ -53,7 +54,21 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Flamegraph(args) => render_flamegraph(args).map(|()| ExitCode::SUCCESS),
         Command::Diff(args) => compare(args),
         Command::Export(command) => export(command).map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
     }
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let config = ServeConfig {
+        listen: args.listen,
+        probes: args.probes.into_iter().filter(|p| *p != Probe::Cpu).collect(),
+        options: ProbeOptions { pids: args.pids, cgroup: args.cgroup, frequency_hz: 99, per_thread: false },
+        interval: args.interval,
+        processes: ProcessSeries { top: args.top_processes },
+        baseline: args.baseline,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(profiler::serve::serve(config))
 }
 
 fn export(command: ExportCommand) -> Result<()> {

@@ -193,3 +193,37 @@ impl Drop for TestCgroup {
         let _ = std::fs::remove_dir(&self.0);
     }
 }
+
+/// A minimal HTTP/1.1 GET against a server on this machine: (status, body).
+pub fn http_get(addr: &str, path: &str, accept: Option<&str>) -> (u16, String) {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    // Chunked bodies: join the chunks.
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let mut joined = String::new();
+        let mut rest = body;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if size == 0 || tail.len() < size {
+                break;
+            }
+            joined.push_str(&tail[..size]);
+            rest = tail[size..].trim_start_matches("\r\n");
+        }
+        return (status, joined);
+    }
+    (status, body.to_string())
+}
+
+/// A TCP port free on loopback now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

@@ -18,7 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what building the eBPF side needs (rust-src, LLVM 22, bpf-linker), if missing.
+    /// Install what building the eBPF side needs (rust-src, LLVM 22, bpf-linker) and what the tests
+    /// run against (Prometheus, promtool, Go's pprof), if missing.
     Setup,
     /// Set up, then build the profiler (release).
     Build,
@@ -80,6 +81,9 @@ fn run(task: Task) -> Result<()> {
     }
 }
 
+/// Debian packages the tests use as real peers, by a command each provides.
+const TEST_PACKAGES: [(&str, &str); 2] = [("prometheus", "prometheus"), ("go", "golang-go")];
+
 fn setup() -> Result<()> {
     if !output_of("rustup", &["toolchain", "list"])?.lines().any(|l| l.starts_with("nightly")) {
         bail!(
@@ -111,7 +115,19 @@ fn setup() -> Result<()> {
         )
         .context("cannot install bpf-linker")?;
     }
+    let missing: Vec<&str> =
+        TEST_PACKAGES.iter().filter(|(command, _)| !on_path(command)).map(|&(_, package)| package).collect();
+    if !missing.is_empty() {
+        eprintln!("xtask: installing {}", missing.join(", "));
+        status(as_root("apt-get").args(["update", "-qq"]))?;
+        status(as_root("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing))
+            .with_context(|| format!("cannot install {}", missing.join(", ")))?;
+    }
     Ok(())
+}
+
+fn on_path(command: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {command}")]).output().is_ok_and(|o| o.status.success())
 }
 
 fn workspace_root() -> PathBuf {

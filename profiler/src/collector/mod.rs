@@ -22,6 +22,7 @@ use crate::{
     symbolize::{StackSymbolizer, maps::MapsCache},
 };
 use processes::ProcessTable;
+pub use processes::comm_to_string;
 
 /// How often process names are collected and progress refreshed.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);

@@ -42,7 +42,7 @@ impl ProcessTable {
     }
 }
 
-fn comm_to_string(comm: &[u8]) -> String {
+pub fn comm_to_string(comm: &[u8]) -> String {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
     String::from_utf8_lossy(&comm[..end]).into_owned()
 }

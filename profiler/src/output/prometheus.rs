@@ -296,8 +296,13 @@ impl Collector for Exposition {
         }
         for (name, (help, series)) in gauges {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for (pairs, value) in series {
-                ConstGauge::new(value).encode(family.encode_family(&labels(pairs))?)?;
+            match series.as_slice() {
+                [(pairs, value)] if pairs.is_empty() => ConstGauge::new(*value).encode(family)?,
+                _ => {
+                    for (pairs, value) in series {
+                        ConstGauge::new(value).encode(family.encode_family(&labels(pairs))?)?;
+                    }
+                }
             }
         }
         Ok(())

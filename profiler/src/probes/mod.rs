@@ -226,6 +226,48 @@ impl Probes {
         Ok(entries)
     }
 
+    pub(crate) fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        map(&mut self.ebpf, name)
+    }
+
+    /// Programs attached now.
+    pub fn programs_attached(&self) -> usize {
+        self.probes.iter().map(|p| p.tracepoints().len() + usize::from(*p == Probe::Cpu)).sum()
+    }
+
+    /// How full each bounded kernel map is (entries / capacity), for the maps of running probes.
+    pub fn map_fill(&self) -> Result<Vec<(&'static str, f64)>> {
+        use profiler_common::{runqlat as rq, syscalls as sc};
+        let mut fill = Vec::new();
+        let mut measure = |name: &'static str, entries: Result<usize>, capacity: u32| -> Result<()> {
+            fill.push((name, entries? as f64 / f64::from(capacity)));
+            Ok(())
+        };
+        if self.probes.contains(&Probe::Sched) {
+            measure(
+                "RUNQ_PROCESS_LATENCY",
+                self.count::<rq::ProcessBucket, u64>("RUNQ_PROCESS_LATENCY"),
+                rq::MAX_PROCESS_BUCKETS,
+            )?;
+            measure("RUNQ_START", self.count::<u32, rq::RunqStart>("RUNQ_START"), rq::MAX_RUNNABLE_THREADS)?;
+        }
+        if self.probes.contains(&Probe::Syscalls) {
+            measure(
+                "SYSCALL_STATS",
+                self.count::<sc::ProcessSyscall, sc::SyscallStats>("SYSCALL_STATS"),
+                sc::MAX_PROCESS_SYSCALLS,
+            )?;
+            measure("SYSCALL_ERRNOS", self.count::<sc::SyscallErrno, u64>("SYSCALL_ERRNOS"), sc::MAX_SYSCALL_ERRNOS)?;
+            measure("SYSCALL_START", self.count::<u32, sc::SyscallStart>("SYSCALL_START"), sc::MAX_THREADS_IN_SYSCALL)?;
+        }
+        Ok(fill)
+    }
+
+    /// Entries in a hash map.
+    fn count<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Result<usize> {
+        Ok(HashMap::<_, K, V>::try_from(self.map(name)?)?.keys().count())
+    }
+
     pub(crate) fn map(&self, name: &str) -> Result<&aya::maps::Map> {
         self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
     }

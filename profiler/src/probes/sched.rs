@@ -38,3 +38,16 @@ pub fn drain(probes: &Probes) -> Result<RunqLatency> {
     let per_process = dense.into_iter().map(|(tgid, counts)| (tgid, LatencyHistogram::from_dense(&counts))).collect();
     Ok(RunqLatency { system, per_cpu, per_process })
 }
+
+/// Removes the entries of these processes (which exited) from the per-process map.
+pub fn forget(probes: &mut Probes, tgids: &[u32]) -> Result<()> {
+    if tgids.is_empty() || probes.map("RUNQ_PROCESS_LATENCY").is_err() {
+        return Ok(());
+    }
+    let mut map: HashMap<_, ProcessBucket, u64> = HashMap::try_from(probes.map_mut("RUNQ_PROCESS_LATENCY")?)?;
+    let doomed: Vec<ProcessBucket> = map.keys().filter_map(Result::ok).filter(|k| tgids.contains(&k.tgid)).collect();
+    for key in doomed {
+        let _ = map.remove(&key);
+    }
+    Ok(())
+}

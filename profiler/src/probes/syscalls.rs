@@ -52,3 +52,21 @@ pub fn drain(probes: &Probes) -> Result<Syscalls> {
     per_process.sort_by_key(|row| (row.tgid, row.nr));
     Ok(Syscalls { latency, per_process })
 }
+
+/// Removes the entries of these processes (which exited) from the per-process maps.
+pub fn forget(probes: &mut Probes, tgids: &[u32]) -> Result<()> {
+    if tgids.is_empty() {
+        return Ok(());
+    }
+    let mut stats: HashMap<_, StatsKey, SyscallStats> = HashMap::try_from(probes.map_mut("SYSCALL_STATS")?)?;
+    let doomed: Vec<StatsKey> = stats.keys().filter_map(Result::ok).filter(|k| tgids.contains(&k.tgid)).collect();
+    for key in doomed {
+        let _ = stats.remove(&key);
+    }
+    let mut errnos: HashMap<_, SyscallErrno, u64> = HashMap::try_from(probes.map_mut("SYSCALL_ERRNOS")?)?;
+    let doomed: Vec<SyscallErrno> = errnos.keys().filter_map(Result::ok).filter(|k| tgids.contains(&k.tgid)).collect();
+    for key in doomed {
+        let _ = errnos.remove(&key);
+    }
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! Exports read by the real tools: promtool, Prometheus itself, and `go tool pprof`.
+
+mod common;
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{Recorder, Workload, free_port, http_get, run_profiler, temp_dir};
+
+fn promtool_accepts(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; `cargo xtask setup` installs it)");
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn prometheus_export_passes_promtool_and_keeps_the_counts() {
+    let dir = temp_dir();
+    let mut workload = Workload::spawn(&["syscalls", "--getppid", "3000", "--fail-open", "20"]);
+    let pid = workload.pid();
+    let rec = dir.path().join("x.rec");
+    let recorder = Recorder::start(&rec, &["-p", &pid.to_string(), "--probes", "sched,syscalls"]);
+    workload.go();
+    workload.wait();
+    recorder.finish();
+    let prom = dir.path().join("x.prom");
+    let result = run_profiler(&["export", "prometheus", rec.to_str().unwrap(), "-o", prom.to_str().unwrap()]);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let text = std::fs::read_to_string(&prom).unwrap();
+    promtool_accepts(&text);
+    assert!(text.contains(r#"profiler_syscalls_total{syscall="getppid"} 3000"#), "{text}");
+    assert!(text.contains(r#"profiler_syscall_errors_total{syscall="openat",errno="ENOENT"} 20"#), "{text}");
+    assert!(text.contains(r#"profiler_syscall_latency_seconds_bucket{le="+Inf",syscall="getppid"} 3000"#), "{text}");
+    assert!(text.contains(r#"profiler_syscall_latency_seconds_count{syscall="getppid"} 3000"#));
+}
+
+#[test]
+fn pprof_export_lists_the_hot_function_first() {
+    let dir = temp_dir();
+    let mut workload = Workload::spawn(&["hot", "--seconds", "3"]);
+    let pid = workload.pid();
+    let rec = dir.path().join("hot.rec");
+    let recorder = Recorder::start(&rec, &["-p", &pid.to_string(), "--probes", "cpu"]);
+    workload.go();
+    workload.wait();
+    recorder.finish();
+    let pb = dir.path().join("hot.pb.gz");
+    let result = run_profiler(&["export", "pprof", rec.to_str().unwrap(), "-o", pb.to_str().unwrap()]);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let output = Command::new("go")
+        .args(["tool", "pprof", "-top"])
+        .arg(&pb)
+        .env("HOME", dir.path())
+        .output()
+        .expect("go (Debian's golang-go; `cargo xtask setup` installs it)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
+    // After the header, the first row is the function with the most flat samples.
+    let first = text.lines().skip_while(|l| !l.trim_start().starts_with("flat")).nth(1).expect("a row");
+    assert!(first.ends_with("workload::hot_seventy"), "{text}");
+}
+
+/// A running `profiler serve`, stopped with SIGTERM when dropped.
+struct Server {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut child = Command::new(common::profiler_bin())
+            .args(["serve", "--listen", &addr, "--interval", "1s"])
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        assert!(line.contains("serving metrics"), "{line}");
+        // The first drain fills the page.
+        std::thread::sleep(Duration::from_millis(1500));
+        Server { child, addr }
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        std::mem::forget(self);
+        status
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[test]
+fn serve_exposes_live_metrics_and_survives_a_scrape_flood() {
+    let server = Server::start(&["--top-processes", "3"]);
+    let (status, page) = http_get(&server.addr, "/metrics", None);
+    assert_eq!(status, 200);
+    promtool_accepts(&page);
+    assert!(page.contains("profiler_runqueue_latency_seconds_bucket"));
+    assert_eq!(metric_value(&page, "profiler_programs_attached"), 5.0);
+    let (status, openmetrics) = http_get(&server.addr, "/metrics", Some("application/openmetrics-text"));
+    assert_eq!(status, 200);
+    assert!(openmetrics.trim_end().ends_with("# EOF"));
+    assert_eq!(http_get(&server.addr, "/no/such/path", None).0, 404);
+
+    let events_before = metric_value(&page, "profiler_events");
+    let started = Instant::now();
+    for _ in 0..300 {
+        assert_eq!(http_get(&server.addr, "/metrics", None).0, 200);
+    }
+    let flood = started.elapsed();
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, later) = http_get(&server.addr, "/metrics", None);
+    assert!(metric_value(&later, "profiler_events") > events_before, "probes keep counting during the flood");
+    assert_eq!(metric_value(&later, "profiler_dropped_events_total{reason=\"start_time_map\"}"), 0.0);
+    eprintln!("300 scrapes in {flood:?}");
+    assert!(server.stop().success(), "SIGTERM exits 0");
+}
+
+#[test]
+fn a_real_prometheus_scrapes_serve_and_answers_histogram_quantile() {
+    let dir = temp_dir();
+    let server = Server::start(&[]);
+    let prometheus_port = free_port();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: profiler\n    static_configs:\n      - targets: ['{}']\n",
+            server.addr
+        ),
+    )
+    .unwrap();
+    let prometheus_addr = format!("127.0.0.1:{prometheus_port}");
+    let mut prometheus = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address={prometheus_addr}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus (Debian's package; `cargo xtask setup` installs it)");
+    // Contention while Prometheus scrapes: four busy threads on one CPU.
+    let workload = Workload::spawn(&["--no-wait", "spin", "--threads", "4", "--cpu", "1", "--seconds", "8"]);
+    let query = "histogram_quantile(0.99,%20sum%20by%20(le)%20(rate(profiler_runqueue_latency_seconds_bucket[1m])))";
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut answer = None;
+    while Instant::now() < deadline && answer.is_none() {
+        std::thread::sleep(Duration::from_secs(1));
+        if std::net::TcpStream::connect(&prometheus_addr).is_err() {
+            continue; // Prometheus is still starting.
+        }
+        let (status, body) = http_get(&prometheus_addr, &format!("/api/v1/query?query={query}"), None);
+        if status != 200 {
+            continue;
+        }
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if let Some(value) = json["data"]["result"][0]["value"][1].as_str()
+            && let Ok(seconds) = value.parse::<f64>()
+            && seconds.is_finite()
+        {
+            answer = Some(seconds);
+        }
+    }
+    workload.wait();
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    let p99 = answer.expect("Prometheus answered histogram_quantile within 40 s");
+    eprintln!("Prometheus: run-queue p99 = {p99} s");
+    assert!((1e-6..20.0).contains(&p99), "plausible p99: {p99} s");
+    assert!(p99 >= 0.001, "four threads on one CPU wait milliseconds at p99: {p99} s");
+    assert!(server.stop().success());
+}
