@@ -30,6 +30,13 @@ enum Task {
         #[arg(long, default_value_t = 10)]
         seconds: u32,
     },
+    /// Install the peer tools and run the benchmarks (overhead against libbpf-tools, bpftrace and
+    /// perf, recorder cost, analysis speed, micro-benchmarks); writes benches/results/RESULTS.md.
+    Bench {
+        /// Arguments for the benchmark runner, e.g. `overhead --pairs 9`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Set up, then run every test (as root: the tests load eBPF programs).
     Test {
         /// Extra arguments for `cargo test`, after `--`.
@@ -68,6 +75,23 @@ fn run(task: Task) -> Result<()> {
             command.args(["record", "-d", &seconds.to_string(), "-o", output.to_str().unwrap()]);
             status(&mut command)
         }
+        Task::Bench { args } => {
+            setup()?;
+            install_packages(&BENCH_PACKAGES)?;
+            if !on_path("inferno-flamegraph") {
+                eprintln!("xtask: installing inferno (for the analysis-speed comparison)");
+                status(Command::new("cargo").args(["install", "inferno", "--locked"]))?;
+            }
+            cargo(&["build", "--release", "-p", "profiler", "-p", "workload", "-p", "benches"])?;
+            let runner = workspace_root().join("target/release/benches");
+            let mut command = as_root(runner.to_str().unwrap());
+            command.current_dir(workspace_root()).args(&args);
+            status(&mut command)?;
+            if args.is_empty() {
+                cargo(&["bench", "-p", "benches", "--bench", "micro"])?;
+            }
+            Ok(())
+        }
         Task::Test { args } => {
             setup()?;
             if !is_root() {
@@ -83,6 +107,9 @@ fn run(task: Task) -> Result<()> {
 
 /// Debian packages the tests use as real peers, by a command each provides.
 const TEST_PACKAGES: [(&str, &str); 2] = [("prometheus", "prometheus"), ("go", "golang-go")];
+/// Debian packages the benchmarks compare against.
+const BENCH_PACKAGES: [(&str, &str); 3] =
+    [("perf", "linux-perf"), ("bpftrace", "bpftrace"), ("runqlat", "libbpf-tools")];
 
 fn setup() -> Result<()> {
     if !output_of("rustup", &["toolchain", "list"])?.lines().any(|l| l.starts_with("nightly")) {
@@ -115,8 +142,13 @@ fn setup() -> Result<()> {
         )
         .context("cannot install bpf-linker")?;
     }
+    install_packages(&TEST_PACKAGES)
+}
+
+/// Installs the Debian packages whose command is not on the PATH.
+fn install_packages(packages: &[(&str, &str)]) -> Result<()> {
     let missing: Vec<&str> =
-        TEST_PACKAGES.iter().filter(|(command, _)| !on_path(command)).map(|&(_, package)| package).collect();
+        packages.iter().filter(|(command, _)| !on_path(command)).map(|&(_, package)| package).collect();
     if !missing.is_empty() {
         eprintln!("xtask: installing {}", missing.join(", "));
         status(as_root("apt-get").args(["update", "-qq"]))?;

@@ -10,14 +10,14 @@
 //! - Within each family of comparisons the confidence is Bonferroni-corrected, so comparing
 //!   hundreds of functions does not produce false alarms by chance.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 use statrs::distribution::{ContinuousCDF, Normal};
 
 use super::{
     histogram::percentiles,
-    hotpaths::HotPaths,
+    hotpaths::{FunctionShare, function_shares},
     summary::{errno_name, syscall_name},
 };
 use crate::recording::{LatencyHistogram, Recording};
@@ -418,7 +418,7 @@ pub fn diff(base: &Recording, new: &Recording, options: &DiffOptions) -> Diff {
     // Stacks: function shares and call paths.
     let (functions, growing_paths) = match (&base.stacks, &new.stacks) {
         (Some(bst), Some(nst)) => {
-            let (bh, nh) = (HotPaths::new(base, bst, usize::MAX), HotPaths::new(new, nst, usize::MAX));
+            let (bh, nh) = (Shares::of(bst), Shares::of(nst));
             compare_functions(&bh, &nh, options, &mut findings, base, new)
         }
         _ => (Vec::new(), Vec::new()),
@@ -438,22 +438,35 @@ pub fn diff(base: &Recording, new: &Recording, options: &DiffOptions) -> Diff {
     }
 }
 
+/// All functions of one side and its number of samples.
+struct Shares {
+    samples: u64,
+    functions: Vec<FunctionShare>,
+}
+
+impl Shares {
+    fn of(stacks: &crate::recording::Stacks) -> Self {
+        let (samples, functions) = function_shares(stacks);
+        Shares { samples, functions }
+    }
+}
+
 fn compare_functions(
-    base: &HotPaths,
-    new: &HotPaths,
+    base: &Shares,
+    new: &Shares,
     options: &DiffOptions,
     findings: &mut Findings,
     base_recording: &Recording,
     new_recording: &Recording,
 ) -> (Vec<FunctionComparison>, Vec<PathComparison>) {
     type Key = (String, bool);
-    let index = |hot: &HotPaths| -> BTreeMap<Key, (u64, u64)> {
+    let index = |side: &Shares| -> BTreeMap<Key, (u64, u64)> {
         let mut map: BTreeMap<Key, (u64, u64)> = BTreeMap::new();
-        for f in hot.by_total.iter().chain(&hot.by_self) {
+        for f in &side.functions {
             // Module paths differ between machines; functions are matched by name.
             let entry = map.entry((f.function.clone(), f.kernel)).or_default();
-            entry.0 = entry.0.max(f.self_samples);
-            entry.1 = entry.1.max(f.total_samples);
+            entry.0 = entry.0.saturating_add(f.self_samples);
+            entry.1 = entry.1.saturating_add(f.total_samples).min(side.samples);
         }
         map
     };
@@ -511,29 +524,38 @@ fn compare_functions(
     });
     comparisons.truncate(options.top);
 
-    let paths = |recording: &Recording, hot: &HotPaths| -> BTreeMap<String, f64> {
-        let stacks = recording.stacks.as_ref().expect("stacks present");
-        let mut map = BTreeMap::new();
-        for line in crate::output::flamegraph::folded(recording, stacks, &Default::default()) {
-            if let Some((path, count)) = line.rsplit_once(' ') {
-                map.insert(path.to_string(), share(count.parse().unwrap_or(0), hot.samples));
-            }
-        }
-        map
+    let folded = |recording: &Recording| match &recording.stacks {
+        Some(stacks) => crate::output::flamegraph::folded(recording, stacks, &Default::default()),
+        None => Vec::new(),
     };
-    let (bp, np) = (paths(base_recording, base), paths(new_recording, new));
-    let mut growing: Vec<PathComparison> = np
+    let (base_lines, new_lines) = (folded(base_recording), folded(new_recording));
+    let before: HashMap<&str, u64> = base_lines.iter().filter_map(|line| split_folded(line)).collect();
+    // Paths are long strings: rank borrowed slices, copy only the winners.
+    let mut grown: Vec<(f64, &str, f64, f64)> = new_lines
         .iter()
-        .map(|(path, &after)| PathComparison {
-            path: path.clone(),
-            base_percent: bp.get(path).copied().unwrap_or(0.0),
-            new_percent: after,
+        .filter_map(|line| split_folded(line))
+        .map(|(path, count)| {
+            let (b, n) = (share(before.get(path).copied().unwrap_or(0), base.samples), share(count, new.samples));
+            (n - b, path, b, n)
         })
-        .filter(|p| p.new_percent > p.base_percent)
+        .filter(|&(growth, ..)| growth > 0.0)
         .collect();
-    growing.sort_by(|a, b| (b.new_percent - b.base_percent).total_cmp(&(a.new_percent - a.base_percent)));
-    growing.truncate(options.top);
+    grown.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+    grown.truncate(options.top);
+    let growing = grown
+        .into_iter()
+        .map(|(_, path, base_percent, new_percent)| PathComparison {
+            path: path.to_string(),
+            base_percent,
+            new_percent,
+        })
+        .collect();
     (comparisons, growing)
+}
+
+/// A folded line's path and count.
+fn split_folded(line: &str) -> Option<(&str, u64)> {
+    line.rsplit_once(' ').map(|(path, count)| (path, count.parse().unwrap_or(0)))
 }
 
 /// Used by `--help` and the README.

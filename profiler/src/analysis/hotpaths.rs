@@ -66,59 +66,67 @@ fn function_key(stacks: &Stacks, frame: &Frame) -> (String, Option<String>, bool
     (frame.function.clone(), stacks.module(frame).map(|m| m.path.clone()), frame.kernel)
 }
 
+/// Every function's self and total samples and shares, and the number of samples.
+pub fn function_shares(stacks: &Stacks) -> (u64, Vec<FunctionShare>) {
+    let samples = stacks.stacks.iter().fold(0u64, |sum, s| sum.saturating_add(s.count));
+    let mut self_counts: HashMap<u32, u64> = HashMap::new();
+    let mut total_counts: HashMap<u32, u64> = HashMap::new();
+    for stack in &stacks.stacks {
+        if let Some(&leaf) = stack.frames.first() {
+            tally(&mut self_counts, leaf, stack.count);
+        }
+        let mut seen = HashSet::new();
+        for &frame in &stack.frames {
+            // Recursion must not count a stack twice for one function.
+            if seen.insert(frame) {
+                tally(&mut total_counts, frame, stack.count);
+            }
+        }
+    }
+
+    // Frames are interned per (function, module, kernel, inlined); merge to functions.
+    let mut self_by_function = HashMap::new();
+    let mut total_by_function = HashMap::new();
+    for (&frame, &count) in &self_counts {
+        if let Some(f) = stacks.frame(frame) {
+            tally(&mut self_by_function, function_key(stacks, f), count);
+        }
+    }
+    for (&frame, &count) in &total_counts {
+        if let Some(f) = stacks.frame(frame) {
+            tally(&mut total_by_function, function_key(stacks, f), count);
+        }
+    }
+    let mut functions: HashMap<(String, Option<String>, bool), (u64, u64)> = HashMap::new();
+    for (key, count) in self_by_function {
+        functions.entry(key).or_default().0 = count;
+    }
+    for (key, count) in total_by_function {
+        functions.entry(key).or_default().1 = count;
+    }
+    let shares = functions
+        .into_iter()
+        .map(|((function, module, kernel), (self_samples, total_samples))| FunctionShare {
+            function,
+            module,
+            kernel,
+            self_samples,
+            self_percent: percent(self_samples, samples),
+            // A function inlined at several depths may be counted under two frames.
+            total_samples: total_samples.min(samples),
+            total_percent: percent(total_samples.min(samples), samples),
+        })
+        .collect();
+    (samples, shares)
+}
+
 impl HotPaths {
     pub fn new(recording: &Recording, stacks: &Stacks, top: usize) -> Self {
-        let samples = stacks.stacks.iter().fold(0u64, |sum, s| sum.saturating_add(s.count));
-        let mut self_counts: HashMap<u32, u64> = HashMap::new();
-        let mut total_counts: HashMap<u32, u64> = HashMap::new();
+        let (samples, shares) = function_shares(stacks);
         let mut per_process: HashMap<u32, u64> = HashMap::new();
         for stack in &stacks.stacks {
-            if let Some(&leaf) = stack.frames.first() {
-                tally(&mut self_counts, leaf, stack.count);
-            }
-            let mut seen = HashSet::new();
-            for &frame in &stack.frames {
-                // Recursion must not count a stack twice for one function.
-                if seen.insert(frame) {
-                    tally(&mut total_counts, frame, stack.count);
-                }
-            }
             tally(&mut per_process, stack.tgid, stack.count);
         }
-
-        // Frames are interned per (function, module, kernel, inlined); merge to functions.
-        let mut self_by_function = HashMap::new();
-        let mut total_by_function = HashMap::new();
-        for (&frame, &count) in &self_counts {
-            if let Some(f) = stacks.frame(frame) {
-                tally(&mut self_by_function, function_key(stacks, f), count);
-            }
-        }
-        for (&frame, &count) in &total_counts {
-            if let Some(f) = stacks.frame(frame) {
-                tally(&mut total_by_function, function_key(stacks, f), count);
-            }
-        }
-        let mut functions: HashMap<(String, Option<String>, bool), (u64, u64)> = HashMap::new();
-        for (key, count) in self_by_function {
-            functions.entry(key).or_default().0 = count;
-        }
-        for (key, count) in total_by_function {
-            functions.entry(key).or_default().1 = count;
-        }
-        let shares: Vec<FunctionShare> = functions
-            .into_iter()
-            .map(|((function, module, kernel), (self_samples, total_samples))| FunctionShare {
-                function,
-                module,
-                kernel,
-                self_samples,
-                self_percent: percent(self_samples, samples),
-                // A function inlined at several depths may be counted under two frames.
-                total_samples: total_samples.min(samples),
-                total_percent: percent(total_samples.min(samples), samples),
-            })
-            .collect();
         let ranked = |key: fn(&FunctionShare) -> u64| {
             let mut sorted: Vec<FunctionShare> = shares.iter().filter(|f| key(f) > 0).cloned().collect();
             sorted.sort_by(|a, b| key(b).cmp(&key(a)).then_with(|| a.function.cmp(&b.function)));

@@ -2,7 +2,7 @@
 //! is the root frame; kernel frames carry inferno's `_[k]` annotation and inlined ones `_[i]`, so
 //! the `java` palette colours them apart from user code.
 
-use std::{collections::BTreeMap, io::Write};
+use std::{collections::HashMap, io::Write};
 
 use anyhow::{Context as _, Result};
 use inferno::flamegraph::{self, Options, Palette, color::MultiPalette};
@@ -20,28 +20,61 @@ pub struct Selection {
 
 /// Folded stacks, one line per distinct path: `comm;root;...;leaf count`, sorted.
 pub fn folded(recording: &Recording, stacks: &Stacks, selection: &Selection) -> Vec<String> {
-    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    // Each frame's text is built once, not once per stack it appears in.
+    let names: Vec<String> = stacks
+        .frames
+        .iter()
+        .map(|frame| {
+            let suffix = if frame.kernel {
+                "_[k]"
+            } else if frame.inlined {
+                "_[i]"
+            } else {
+                ""
+            };
+            format!("{}{suffix}", sanitize(&frame.function))
+        })
+        .collect();
+    let keep = |frame: &crate::recording::Frame| {
+        !((selection.kernel_only && !frame.kernel) || (selection.user_only && frame.kernel))
+    };
+    let mut comms: HashMap<u32, String> = HashMap::new();
+    let mut lines: Vec<(String, u64)> = Vec::with_capacity(stacks.stacks.len());
     for stack in &stacks.stacks {
         if !selection.pids.is_empty() && !selection.pids.contains(&stack.tgid) {
             continue;
         }
-        let mut line = sanitize(recording.process_name(stack.tgid));
-        for frame in stack.frames.iter().rev().filter_map(|&f| stacks.frame(f)) {
-            if (selection.kernel_only && !frame.kernel) || (selection.user_only && frame.kernel) {
-                continue;
-            }
-            line.push(';');
-            line.push_str(&sanitize(&frame.function));
-            if frame.kernel {
-                line.push_str("_[k]");
-            } else if frame.inlined {
-                line.push_str("_[i]");
+        let comm = comms.entry(stack.tgid).or_insert_with(|| sanitize(recording.process_name(stack.tgid)));
+        let mut line = String::with_capacity(comm.len() + stack.frames.len() * 32);
+        line.push_str(comm);
+        for &index in stack.frames.iter().rev() {
+            if let (Some(frame), Some(name)) = (stacks.frame(index), names.get(index as usize))
+                && keep(frame)
+            {
+                line.push(';');
+                line.push_str(name);
             }
         }
-        let slot = counts.entry(line).or_default();
-        *slot = slot.saturating_add(stack.count);
+        lines.push((line, stack.count));
     }
-    counts.into_iter().map(|(line, count)| format!("{line} {count}")).collect()
+    // Sorting brings equal paths together (processes sharing a name, filtered frames): merge them.
+    // Cheaper than hashing lines of a kilobyte each.
+    lines.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    lines.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            kept.1 = kept.1.saturating_add(later.1);
+        }
+        same
+    });
+    lines
+        .into_iter()
+        .map(|(mut line, count)| {
+            use std::fmt::Write as _;
+            let _ = write!(line, " {count}");
+            line
+        })
+        .collect()
 }
 
 /// Frame names must not contain the separators of the folded format.
@@ -68,8 +101,10 @@ pub fn differential_svg(base: &[String], new: &[String], title: &str, out: impl 
     flamegraph::from_lines(&mut options, merged.lines(), out).context("cannot render the flamegraph")
 }
 
+/// Renders sorted folded lines (as `folded` returns them).
 pub fn svg(lines: &[String], title: &str, out: impl Write) -> Result<()> {
     let mut options = Options::default();
+    options.no_sort = true;
     options.title = title.to_string();
     options.count_name = "samples".to_string();
     options.colors = Palette::Multi(MultiPalette::Java);

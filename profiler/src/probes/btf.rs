@@ -120,7 +120,8 @@ pub fn load_vmlinux() -> Result<Btf> {
             "this kernel exposes no BTF ({VMLINUX_BTF} is missing): a kernel built with CONFIG_DEBUG_INFO_BTF=y is required"
         );
     }
-    Btf::from_file_with_backend(VMLINUX_BTF, btf_rs::Backend::Mmap).with_context(|| format!("cannot parse {VMLINUX_BTF}"))
+    Btf::from_file_with_backend(VMLINUX_BTF, btf_rs::Backend::Mmap)
+        .with_context(|| format!("cannot parse {VMLINUX_BTF}"))
 }
 
 #[cfg(test)]

@@ -70,6 +70,14 @@ enum Workload {
         #[arg(long)]
         millis: u64,
     },
+    /// A fixed amount of CPU work on THREADS threads (for benchmarks: its run time is the measure).
+    Burn {
+        #[arg(long)]
+        threads: usize,
+        /// Millions of loop iterations per thread.
+        #[arg(long)]
+        millions: u64,
+    },
     /// Reads /dev/zero in 1 MiB chunks for SECONDS: most time is spent in the kernel.
     ReadZero {
         #[arg(long)]
@@ -108,6 +116,7 @@ fn main() {
         Workload::ShortLived { children, millis } => short_lived(children, millis),
         Workload::ShortLivedChild { millis } => short_lived_spin(Duration::from_millis(millis)),
         Workload::ReadZero { seconds } => read_zero(Duration::from_secs_f64(seconds)),
+        Workload::Burn { threads, millions } => burn(threads, millions),
     }
 }
 
@@ -158,6 +167,23 @@ fn short_lived(children: u32, millis: u64) {
 #[inline(never)]
 fn short_lived_spin(duration: Duration) {
     black_box(burn_until(Instant::now() + duration, 41));
+}
+
+fn burn(threads: usize, millions: u64) {
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut x = t as u64;
+                for i in 0..millions * 1_000_000 {
+                    x = black_box(x.wrapping_mul(47).wrapping_add(i));
+                }
+                black_box(x);
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
 }
 
 #[inline(never)]

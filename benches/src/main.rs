@@ -1,0 +1,100 @@
+//! The profiler's benchmarks, run by `cargo xtask bench`: the slowdown each tracer causes on
+//! workloads where its hooks dominate, side by side with libbpf-tools, bpftrace and perf (runs
+//! interleaved, medians of paired ratios), the recorder's own CPU and memory, and the speed of
+//! analysing a large recording. Prints a Markdown table and writes it to benches/results/.
+
+mod analysis;
+mod overhead;
+mod recorder;
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+struct Cli {
+    /// Directory of the release binaries (profiler, workload).
+    #[arg(long, default_value = "target/release")]
+    bin: PathBuf,
+    /// Where the Markdown results go.
+    #[arg(long, default_value = "benches/results/RESULTS.md")]
+    out: PathBuf,
+    #[command(subcommand)]
+    what: Option<What>,
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum What {
+    /// Slowdown of workloads under each tracer.
+    Overhead {
+        #[arg(long, default_value_t = 5)]
+        pairs: usize,
+    },
+    /// CPU time and peak RSS of each recorder over a recording on a busy machine.
+    Recorder {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+    /// flamegraph, report and diff on a large synthetic recording, against inferno.
+    Analysis,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let whats = match cli.what {
+        Some(what) => vec![what],
+        None => vec![What::Overhead { pairs: 5 }, What::Recorder { seconds: 60 }, What::Analysis],
+    };
+    let mut markdown = format!(
+        "# Benchmarks\n\nRun {} on {} ({} CPUs, kernel {}), by `cargo xtask bench`.\n\n",
+        chrono_like_now(),
+        hostname(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel()
+    );
+    for what in whats {
+        let section = match what {
+            What::Overhead { pairs } => overhead::run(&cli.bin, pairs)?,
+            What::Recorder { seconds } => recorder::run(&cli.bin, Duration::from_secs(seconds))?,
+            What::Analysis => analysis::run(&cli.bin)?,
+        };
+        println!("{section}");
+        markdown.push_str(&section);
+        markdown.push('\n');
+    }
+    if let Some(dir) = cli.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&cli.out, markdown)?;
+    eprintln!("wrote {}", cli.out.display());
+    Ok(())
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn chrono_like_now() -> String {
+    command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+}
+
+fn hostname() -> String {
+    command_output("hostname", &[])
+}
+
+fn kernel() -> String {
+    command_output("uname", &["-r"])
+}
+
+/// Median and range of a sample.
+pub fn summarize(values: &mut [f64]) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    let median = if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 };
+    (median, values[0], values[n - 1])
+}
