@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use common::{Recorder, temp_dir};
 
-const OUR_PROGRAMS: [&str; 7] = [
+const OUR_PROGRAMS: [&str; 8] = [
     "sched_wakeup",
     "sched_wakeup_new",
     "sched_switch",
     "sys_enter",
     "sys_exit",
+    "sched_process_exit",
     "sched_process_exec",
     "on_cpu_sample",
 ];

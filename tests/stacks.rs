@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, path::Path};
 
 use common::{Recorder, Workload, run_profiler, temp_dir};
 use profiler::{
@@ -179,4 +179,49 @@ fn record_writes_a_flamegraph_when_asked() {
     assert!(kernel.iter().all(|&(r, g, b)| b == 0 && r > g), "kernel frames orange: {kernel:?}");
     assert!(user.iter().all(|&(_, _, b)| b > 0), "user frames not orange: {user:?}");
     workload.wait();
+}
+
+#[test]
+fn inline_frames_come_from_dwarf() {
+    let dir = temp_dir();
+    let mut workload = Workload::spawn(&["hot", "--seconds", "2"]);
+    let pid = workload.pid();
+    let recorder =
+        Recorder::start(&dir.path().join("inline.rec"), &["-p", &pid.to_string(), "--probes", "cpu", "--inline"]);
+    workload.go();
+    workload.wait();
+    let recording = recorder.finish();
+    let stacks = stacks(&recording);
+    // `burn_until` is #[inline(always)]: it has no symbol, only DWARF inline records.
+    let inlined = stacks.frames.iter().find(|f| f.function == "workload::burn_until").expect("inlined frame named");
+    assert!(inlined.inlined && !inlined.kernel);
+    // It sits right above (leafward of) the function it was inlined into.
+    let index = stacks.frames.iter().position(|f| f == inlined).unwrap() as u32;
+    let stack = stacks.stacks.iter().find(|s| s.frames.contains(&index)).unwrap();
+    let at = stack.frames.iter().position(|&f| f == index).unwrap();
+    let outer = &stacks.frames[stack.frames[at + 1] as usize].function;
+    assert!(outer == "workload::hot_seventy" || outer == "workload::hot_thirty", "inlined into {outer}");
+}
+
+#[test]
+fn binaries_in_another_mount_namespace_are_symbolized() {
+    // The workload runs from a tmpfs mounted only in its own mount namespace: the path in its maps
+    // does not exist for the profiler, which must reach the file through /proc/PID/map_files.
+    let dir = temp_dir();
+    let mount_point = dir.path().join("private");
+    std::fs::create_dir(&mount_point).unwrap();
+    let script = format!(
+        "mount -t tmpfs none {m} && cp {w} {m}/workload && exec {m}/workload hot --seconds 2",
+        m = mount_point.display(),
+        w = common::workload_bin().display()
+    );
+    let mut workload =
+        Workload::spawn_binary(Path::new("unshare"), &["--mount", "--propagation", "private", "sh", "-c", &script]);
+    let pid = workload.pid();
+    let recorder = Recorder::start(&dir.path().join("ns.rec"), &["-p", &pid.to_string(), "--probes", "cpu"]);
+    workload.go();
+    workload.wait();
+    let recording = recorder.finish();
+    assert!(!mount_point.join("workload").exists(), "the binary is invisible from here");
+    assert!(total_percent(&recording, "workload::hot_seventy") > 50.0);
 }

@@ -140,7 +140,8 @@ fn start(tracer: &Tracer) -> Result<Child> {
             }
         });
     }
-    let _ = rx.recv_timeout(Duration::from_secs(20));
+    // Tools that write to a pipe may buffer their banner: wait for it at most a few seconds.
+    let _ = rx.recv_timeout(Duration::from_secs(4));
     std::thread::sleep(Duration::from_millis(500));
     if let Some(status) = child.try_wait()? {
         bail!("{} exited early: {status}", tracer.name);

@@ -1,4 +1,6 @@
-//! Event and drop counters: one per-CPU array slot each, summed by userspace.
+//! Event and drop counters: one per-CPU array slot each, summed by userspace. What userspace can
+//! derive (latencies measured, syscalls made: the histograms' counts) is not counted again here,
+//! to keep the hot paths short.
 
 /// Index of each counter in the `COUNTERS` per-CPU array.
 #[repr(u32)]
@@ -10,12 +12,8 @@ pub enum Counter {
     InvoluntarySwitches,
     /// sched_wakeup and sched_wakeup_new events that started a run-queue clock.
     Wakeups,
-    /// Run-queue latencies measured (switch-in of a task with a start time).
-    RunqLatencies,
     /// Run-queue latencies not added to a per-process histogram because its map was full.
     RunqProcessDrops,
-    /// Syscalls measured (sys_exit with a matching sys_enter).
-    Syscalls,
     /// Syscalls not added to the per-process table because its map was full.
     SyscallProcessDrops,
     /// Failed syscalls whose errno did not fit in the errno map.
@@ -39,4 +37,4 @@ pub enum Counter {
 }
 
 /// Number of slots in the `COUNTERS` array.
-pub const NUM_COUNTERS: u32 = 16;
+pub const NUM_COUNTERS: u32 = 14;

@@ -8,6 +8,7 @@ mod oncpu;
 mod runqlat;
 mod shared;
 mod syscalls;
+mod threads;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     macros::{btf_tracepoint, map},
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{HashMap, PerCpuArray},
     programs::BtfTracePointContext,
 };
 use profiler_common::{
@@ -15,9 +15,11 @@ use profiler_common::{
 
 use crate::shared::{BPF_NOEXIST, atomic_add, count, note_process, now_ns, task_ids, task_selected};
 
-/// When each runnable thread was enqueued. LRU: a thread that exits while runnable cannot leak.
+/// When each runnable thread was enqueued (ts 0: not waiting). Entries are updated in place rather
+/// than inserted and deleted on every event, which would allocate and free in the kernel on the
+/// hottest path; a thread's entry goes when the thread exits (`forget_thread`).
 #[map]
-static RUNQ_START: LruHashMap<u32, RunqStart> = LruHashMap::with_max_entries(MAX_RUNNABLE_THREADS, 0);
+static RUNQ_START: HashMap<u32, RunqStart> = HashMap::with_max_entries(MAX_RUNNABLE_THREADS, 0);
 
 /// Run-queue latency histogram, one per CPU (the CPU the thread ran on); their sum is system-wide.
 #[map]
@@ -39,9 +41,20 @@ fn enqueue(task: *const u8) {
         return;
     }
     let start = RunqStart { ts: now_ns(), tgid, _pad: 0 };
-    if RUNQ_START.insert(&pid, &start, 0).is_err() {
-        count(Counter::StartDrops);
+    match RUNQ_START.get_ptr_mut(&pid) {
+        Some(slot) => unsafe { *slot = start },
+        None => {
+            if RUNQ_START.insert(&pid, &start, 0).is_err() {
+                count(Counter::StartDrops);
+            }
+        }
     }
+}
+
+/// Drops an exiting thread's entry.
+#[inline(always)]
+pub fn forget_thread(tid: u32) {
+    let _ = RUNQ_START.remove(&tid);
 }
 
 #[btf_tracepoint(function = "sched_wakeup")]
@@ -76,17 +89,19 @@ fn switch_in(next: *const u8) {
     let Some((pid, _)) = task_ids(next) else {
         return;
     };
-    let Some(start) = (unsafe { RUNQ_START.get(&pid) }) else {
+    let Some(start) = RUNQ_START.get_ptr_mut(&pid) else {
         return;
     };
-    let (ts, tgid) = (start.ts, start.tgid);
-    let _ = RUNQ_START.remove(&pid);
+    let (ts, tgid) = unsafe { ((*start).ts, (*start).tgid) };
+    if ts == 0 {
+        return;
+    }
+    unsafe { (*start).ts = 0 };
     let now = now_ns();
     if now < ts {
         return;
     }
     let bucket = bucket_index(now - ts);
-    count(Counter::RunqLatencies);
 
     if let Some(histogram) = RUNQ_LATENCY.get_ptr_mut(0) {
         let index = bucket as usize;

@@ -5,7 +5,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
     macros::{btf_tracepoint, map},
-    maps::{Array, HashMap, LruHashMap},
+    maps::{Array, HashMap},
     programs::BtfTracePointContext,
 };
 use profiler_common::{
@@ -19,9 +19,10 @@ use profiler_common::{
 
 use crate::shared::{BPF_NOEXIST, atomic_add, count, current_selected, note_process, now_ns};
 
-/// Threads inside a syscall. LRU: exit() and exit_group() never return, so their entries go stale.
+/// When each thread entered which syscall (ts 0: not in a syscall). Updated in place, one entry per
+/// thread, removed when the thread exits (`forget_thread`): no allocation on the hot path.
 #[map]
-static SYSCALL_START: LruHashMap<u32, SyscallStart> = LruHashMap::with_max_entries(MAX_THREADS_IN_SYSCALL, 0);
+static SYSCALL_START: HashMap<u32, SyscallStart> = HashMap::with_max_entries(MAX_THREADS_IN_SYSCALL, 0);
 
 #[map]
 static SYSCALL_STATS: HashMap<ProcessSyscall, SyscallStats> = HashMap::with_max_entries(MAX_PROCESS_SYSCALLS, 0);
@@ -48,10 +49,22 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let start = SyscallStart { ts: now_ns(), nr: nr as u32, _pad: 0 };
-    if SYSCALL_START.insert(&(pid_tgid as u32), &start, 0).is_err() {
-        count(Counter::StartDrops);
+    let tid = pid_tgid as u32;
+    match SYSCALL_START.get_ptr_mut(&tid) {
+        Some(slot) => unsafe { *slot = start },
+        None => {
+            if SYSCALL_START.insert(&tid, &start, 0).is_err() {
+                count(Counter::StartDrops);
+            }
+        }
     }
     0
+}
+
+/// Drops an exiting thread's entry.
+#[inline(always)]
+pub fn forget_thread(tid: u32) {
+    let _ = SYSCALL_START.remove(&tid);
 }
 
 /// TP_PROTO(struct pt_regs *regs, long ret)
@@ -59,17 +72,19 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
 pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
-    let Some(start) = (unsafe { SYSCALL_START.get(&tid) }) else {
+    let Some(start) = SYSCALL_START.get_ptr_mut(&tid) else {
         return 0;
     };
-    let (ts, nr) = (start.ts, start.nr);
-    let _ = SYSCALL_START.remove(&tid);
+    let (ts, nr) = unsafe { ((*start).ts, (*start).nr) };
+    if ts == 0 {
+        return 0;
+    }
+    unsafe { (*start).ts = 0 };
     let now = now_ns();
     let latency = now.saturating_sub(ts);
     let ret: i64 = ctx.arg(1);
     let errno = if (-MAX_ERRNO..0).contains(&ret) { (-ret) as u32 } else { 0 };
     let tgid = (pid_tgid >> 32) as u32;
-    count(Counter::Syscalls);
 
     if let Some(histogram) = SYSCALL_LATENCY.get_ptr_mut(nr) {
         let index = bucket_index(latency) as usize;

@@ -152,6 +152,7 @@ pub async fn record(config: &RecordConfig) -> Result<Recording> {
             }
         }
     }
+    recording.derive_counts();
     recording.processes = table.finish(recording.tgids());
     Ok(recording)
 }

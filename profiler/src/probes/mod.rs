@@ -58,6 +58,20 @@ impl Probe {
     }
 }
 
+/// The tracepoints of these probes, each once (probes share some).
+fn tracepoints_of(probes: &[Probe]) -> Vec<&'static Tracepoint> {
+    let mut all: Vec<&'static Tracepoint> = Vec::new();
+    for tp in probes.iter().flat_map(|p| p.tracepoints()) {
+        if !all.iter().any(|seen| seen.name == tp.name) {
+            all.push(tp);
+        }
+    }
+    all
+}
+
+/// Thread exit, which clears the per-thread start times of the sched and syscalls probes.
+pub const THREAD_EXIT: Tracepoint = Tracepoint { category: "sched", name: "sched_process_exit", args: 2 };
+
 /// A BTF tracepoint program: the eBPF function has the tracepoint's name.
 pub struct Tracepoint {
     pub category: &'static str,
@@ -115,10 +129,8 @@ impl Probes {
         privileges::check()?;
         let kernel_btf = load_vmlinux()?;
         let layout = KernelLayout::from_btf(&kernel_btf)?;
-        for probe in probes {
-            for tp in probe.tracepoints() {
-                btf::check_tracepoint(&kernel_btf, tp.category, tp.name, tp.args)?;
-            }
+        for tp in tracepoints_of(probes) {
+            btf::check_tracepoint(&kernel_btf, tp.category, tp.name, tp.args)?;
         }
         let cgroup_id = options.cgroup.as_deref().map(cgroup_id).transpose()?.unwrap_or(0);
         let filter_by_pid = u8::from(!options.pids.is_empty());
@@ -140,24 +152,22 @@ impl Probes {
         }
 
         let aya_btf = aya::Btf::from_sys_fs().context("cannot read the kernel's BTF")?;
-        for probe in probes {
-            for tp in probe.tracepoints() {
-                let program: &mut BtfTracePoint = ebpf
-                    .program_mut(tp.name)
-                    .ok_or_else(|| anyhow!("program {} missing from the eBPF object", tp.name))?
-                    .try_into()?;
-                program
-                    .load(tp.name, &aya_btf)
-                    .map_err(|e| load_error(e.into()))
-                    .with_context(|| format!("cannot load the {}:{} program", tp.category, tp.name))?;
-                program
-                    .attach()
-                    .map_err(|e| load_error(e.into()))
-                    .with_context(|| format!("cannot attach to {}:{}", tp.category, tp.name))?;
-            }
-            if *probe == Probe::Cpu {
-                oncpu::attach_sampler(&mut ebpf, options.frequency_hz.into()).map_err(load_error)?;
-            }
+        for tp in tracepoints_of(probes) {
+            let program: &mut BtfTracePoint = ebpf
+                .program_mut(tp.name)
+                .ok_or_else(|| anyhow!("program {} missing from the eBPF object", tp.name))?
+                .try_into()?;
+            program
+                .load(tp.name, &aya_btf)
+                .map_err(|e| load_error(e.into()))
+                .with_context(|| format!("cannot load the {}:{} program", tp.category, tp.name))?;
+            program
+                .attach()
+                .map_err(|e| load_error(e.into()))
+                .with_context(|| format!("cannot attach to {}:{}", tp.category, tp.name))?;
+        }
+        if probes.contains(&Probe::Cpu) {
+            oncpu::attach_sampler(&mut ebpf, options.frequency_hz.into()).map_err(load_error)?;
         }
         Ok(Self { ebpf, probes: probes.to_vec() })
     }
@@ -168,19 +178,17 @@ impl Probes {
 
     /// Detaches every program; maps stay readable until `self` is dropped.
     pub fn detach(&mut self) -> Result<()> {
-        for probe in &self.probes {
-            for tp in probe.tracepoints() {
-                if let Some(program) = self.ebpf.program_mut(tp.name) {
-                    let program: &mut BtfTracePoint = program.try_into()?;
-                    program.unload()?;
-                }
-            }
-            if *probe == Probe::Cpu
-                && let Some(program) = self.ebpf.program_mut(oncpu::SAMPLER)
-            {
-                let program: &mut aya::programs::PerfEvent = program.try_into()?;
+        for tp in tracepoints_of(&self.probes) {
+            if let Some(program) = self.ebpf.program_mut(tp.name) {
+                let program: &mut BtfTracePoint = program.try_into()?;
                 program.unload()?;
             }
+        }
+        if self.probes.contains(&Probe::Cpu)
+            && let Some(program) = self.ebpf.program_mut(oncpu::SAMPLER)
+        {
+            let program: &mut aya::programs::PerfEvent = program.try_into()?;
+            program.unload()?;
         }
         Ok(())
     }
@@ -197,8 +205,9 @@ impl Probes {
             sched_switches: get(Counter::SchedSwitches),
             involuntary_switches: get(Counter::InvoluntarySwitches),
             wakeups: get(Counter::Wakeups),
-            runq_latencies: get(Counter::RunqLatencies),
-            syscalls: get(Counter::Syscalls),
+            // Filled in from the histograms when they are drained.
+            runq_latencies: 0,
+            syscalls: 0,
             cpu_samples: get(Counter::CpuSamples),
             idle_samples: get(Counter::IdleSamples),
             drops: Drops {
@@ -232,7 +241,7 @@ impl Probes {
 
     /// Programs attached now.
     pub fn programs_attached(&self) -> usize {
-        self.probes.iter().map(|p| p.tracepoints().len() + usize::from(*p == Probe::Cpu)).sum()
+        tracepoints_of(&self.probes).len() + usize::from(self.probes.contains(&Probe::Cpu))
     }
 
     /// How full each bounded kernel map is (entries / capacity), for the maps of running probes.

@@ -16,6 +16,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
     Tracepoint { category: "sched", name: "sched_wakeup", args: 1 },
     Tracepoint { category: "sched", name: "sched_wakeup_new", args: 1 },
     Tracepoint { category: "sched", name: "sched_switch", args: 4 },
+    super::THREAD_EXIT,
 ];
 
 pub fn drain(probes: &Probes) -> Result<RunqLatency> {

@@ -15,6 +15,7 @@ use crate::recording::{LatencyHistogram, ProcessSyscall, Syscalls};
 pub const TRACEPOINTS: &[Tracepoint] = &[
     Tracepoint { category: "raw_syscalls", name: "sys_enter", args: 2 },
     Tracepoint { category: "raw_syscalls", name: "sys_exit", args: 2 },
+    super::THREAD_EXIT,
 ];
 
 pub fn drain(probes: &Probes) -> Result<Syscalls> {

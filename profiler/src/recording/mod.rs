@@ -34,6 +34,18 @@ impl Recording {
         runq.chain(syscalls).chain(stacks).collect()
     }
 
+    /// Sets the counts the kernel does not keep apart because the histograms hold them: latencies
+    /// measured and syscalls made.
+    pub fn derive_counts(&mut self) {
+        if let Some(runq) = &self.runq {
+            let cpus = runq.per_cpu.iter().fold(0u64, |sum, h| sum.saturating_add(h.count()));
+            self.counters.runq_latencies = cpus.max(runq.system.count());
+        }
+        if let Some(syscalls) = &self.syscalls {
+            self.counters.syscalls = syscalls.latency.values().fold(0u64, |sum, h| sum.saturating_add(h.count()));
+        }
+    }
+
     pub fn process_name(&self, tgid: u32) -> &str {
         self.processes.get(&tgid).map_or("?", |p| p.comm.as_str())
     }

@@ -124,6 +124,7 @@ impl State {
                 Probe::Cpu => {}
             }
         }
+        current.derive_counts();
         // Name every process while it lives; fold the ones that exited into per-name totals.
         self.departed.fold_exited(&mut current, probes)?;
         let merged = self.departed.merged_with(&current);
