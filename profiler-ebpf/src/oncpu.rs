@@ -16,7 +16,7 @@ use profiler_common::{
     oncpu::{MAX_SAMPLED_PROCESSES, MAX_STACK_KEYS, MAX_STACKS, NEW_PROCESSES_BYTES, StackKey},
 };
 
-use crate::shared::{BPF_NOEXIST, atomic_add, count, current_selected, note_process, task_ids};
+use crate::shared::{BPF_NOEXIST, count, current_selected, increment, note_process, task_ids};
 
 /// Non-zero: keep threads apart (`--per-thread`).
 #[unsafe(no_mangle)]
@@ -56,17 +56,7 @@ pub fn on_cpu_sample(ctx: PerfEventContext) -> u32 {
         kernel_stack_id: stack_id(&ctx, 0),
         user_stack_id: stack_id(&ctx, BPF_F_USER_STACK as u64),
     };
-    match STACK_SAMPLES.get_ptr_mut(&key) {
-        Some(slot) => atomic_add(slot, 1),
-        None => {
-            if STACK_SAMPLES.insert(&key, &1, BPF_NOEXIST).is_err() {
-                match STACK_SAMPLES.get_ptr_mut(&key) {
-                    Some(slot) => atomic_add(slot, 1),
-                    None => count(Counter::SampleDrops),
-                }
-            }
-        }
-    }
+    increment(&STACK_SAMPLES, &key, Counter::SampleDrops);
     if SAMPLED_PROCESSES.insert(&tgid, &1, BPF_NOEXIST).is_ok() {
         note_process(unsafe { bpf_get_current_task() } as *const u8, tgid);
         if NEW_PROCESSES.output::<u32>(&tgid, 0).is_err() {

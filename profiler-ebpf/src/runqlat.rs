@@ -13,7 +13,7 @@ use profiler_common::{
     runqlat::{MAX_PROCESS_BUCKETS, MAX_RUNNABLE_THREADS, ProcessBucket, RunqStart},
 };
 
-use crate::shared::{BPF_NOEXIST, atomic_add, count, note_process, now_ns, task_ids, task_selected};
+use crate::shared::{count, increment, note_process, now_ns, store_start, task_ids, task_selected};
 
 /// When each runnable thread was enqueued (ts 0: not waiting). Entries are updated in place rather
 /// than inserted and deleted on every event, which would allocate and free in the kernel on the
@@ -40,15 +40,7 @@ fn enqueue(task: *const u8) {
     if pid == 0 || !task_selected(task, tgid) {
         return;
     }
-    let start = RunqStart { ts: now_ns(), tgid, _pad: 0 };
-    match RUNQ_START.get_ptr_mut(&pid) {
-        Some(slot) => unsafe { *slot = start },
-        None => {
-            if RUNQ_START.insert(&pid, &start, 0).is_err() {
-                count(Counter::StartDrops);
-            }
-        }
-    }
+    store_start(&RUNQ_START, pid, RunqStart { ts: now_ns(), tgid, _pad: 0 });
 }
 
 /// Drops an exiting thread's entry.
@@ -110,18 +102,7 @@ fn switch_in(next: *const u8) {
         }
     }
 
-    let key = ProcessBucket { tgid, bucket };
-    match RUNQ_PROCESS_LATENCY.get_ptr_mut(&key) {
-        Some(slot) => atomic_add(slot, 1),
-        None => {
-            if RUNQ_PROCESS_LATENCY.insert(&key, &1, BPF_NOEXIST).is_ok() {
-                note_process(next, tgid);
-            } else if let Some(slot) = RUNQ_PROCESS_LATENCY.get_ptr_mut(&key) {
-                // Another CPU created it between our lookup and insert.
-                atomic_add(slot, 1);
-            } else {
-                count(Counter::RunqProcessDrops);
-            }
-        }
+    if increment(&RUNQ_PROCESS_LATENCY, &ProcessBucket { tgid, bucket }, Counter::RunqProcessDrops) {
+        note_process(next, tgid);
     }
 }

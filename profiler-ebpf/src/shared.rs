@@ -65,6 +65,39 @@ pub fn atomic_add(target: *mut u64, value: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(target, value) };
 }
 
+/// Adds one to a counting map's entry for `key`, creating it if needed. Returns whether this call
+/// created it; counts `dropped` when the map is full.
+#[inline(always)]
+pub fn increment<K>(map: &HashMap<K, u64>, key: &K, dropped: Counter) -> bool {
+    if let Some(slot) = map.get_ptr_mut(key) {
+        atomic_add(slot, 1);
+        return false;
+    }
+    if map.insert(key, &1, BPF_NOEXIST).is_ok() {
+        return true;
+    }
+    // Another CPU created it between our lookup and insert, or the map is full.
+    match map.get_ptr_mut(key) {
+        Some(slot) => atomic_add(slot, 1),
+        None => count(dropped),
+    }
+    false
+}
+
+/// Stores a per-thread start time: in place when the thread has an entry (no allocation on the hot
+/// path), else as a new entry.
+#[inline(always)]
+pub fn store_start<V>(map: &HashMap<u32, V>, tid: u32, start: V) {
+    match map.get_ptr_mut(&tid) {
+        Some(slot) => unsafe { *slot = start },
+        None => {
+            if map.insert(&tid, &start, 0).is_err() {
+                count(Counter::StartDrops);
+            }
+        }
+    }
+}
+
 #[inline(always)]
 pub fn now_ns() -> u64 {
     unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }

@@ -17,7 +17,7 @@ use profiler_common::{
     },
 };
 
-use crate::shared::{BPF_NOEXIST, atomic_add, count, current_selected, note_process, now_ns};
+use crate::shared::{BPF_NOEXIST, atomic_add, count, current_selected, increment, note_process, now_ns, store_start};
 
 /// When each thread entered which syscall (ts 0: not in a syscall). Updated in place, one entry per
 /// thread, removed when the thread exits (`forget_thread`): no allocation on the hot path.
@@ -48,16 +48,7 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
     if !current_selected((pid_tgid >> 32) as u32) {
         return 0;
     }
-    let start = SyscallStart { ts: now_ns(), nr: nr as u32, _pad: 0 };
-    let tid = pid_tgid as u32;
-    match SYSCALL_START.get_ptr_mut(&tid) {
-        Some(slot) => unsafe { *slot = start },
-        None => {
-            if SYSCALL_START.insert(&tid, &start, 0).is_err() {
-                count(Counter::StartDrops);
-            }
-        }
-    }
+    store_start(&SYSCALL_START, pid_tgid as u32, SyscallStart { ts: now_ns(), nr: nr as u32, _pad: 0 });
     0
 }
 
@@ -112,19 +103,7 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
     }
     if errno != 0 {
         unsafe { atomic_add(&raw mut (*stats).errors, 1) };
-        count_errno(SyscallErrno { tgid, nr, errno, _pad: 0 });
+        increment(&SYSCALL_ERRNOS, &SyscallErrno { tgid, nr, errno, _pad: 0 }, Counter::SyscallErrnoDrops);
     }
     0
-}
-
-#[inline(always)]
-fn count_errno(key: SyscallErrno) {
-    if let Some(slot) = SYSCALL_ERRNOS.get_ptr_mut(&key) {
-        atomic_add(slot, 1);
-    } else if SYSCALL_ERRNOS.insert(&key, &1, BPF_NOEXIST).is_err() {
-        match SYSCALL_ERRNOS.get_ptr_mut(&key) {
-            Some(slot) => atomic_add(slot, 1),
-            None => count(Counter::SyscallErrnoDrops),
-        }
-    }
 }

@@ -566,27 +566,17 @@ each family of comparisons. A change is flagged when it is significant and large
 
 #[cfg(test)]
 mod tests {
-    use profiler_common::histogram::{NUM_BUCKETS, bucket_index};
-
     use super::*;
-
-    fn histogram(values: impl IntoIterator<Item = u64>) -> LatencyHistogram {
-        let mut dense = vec![0; NUM_BUCKETS];
-        for v in values {
-            dense[bucket_index(v) as usize] += 1;
-        }
-        LatencyHistogram::from_dense(&dense)
-    }
 
     #[test]
     fn quantile_interval_brackets_the_truth() {
-        let h = histogram(1..=10_000u64);
+        let h = LatencyHistogram::from_values(1..=10_000u64);
         let (low, high) = quantile_interval(&h, 0.5, 2.576).unwrap();
         assert!(low <= 5000 && high >= 5000 && high - low < 1000, "[{low}, {high}]");
         // With few samples the interval is wide: too few to bound the p99 from above.
-        let few = histogram([100, 200, 300, 400, 500]);
+        let few = LatencyHistogram::from_values([100, 200, 300, 400, 500]);
         assert_eq!(quantile_interval(&few, 0.99, 2.576).unwrap().1, u64::MAX);
-        assert_eq!(quantile_interval(&histogram([100]), 0.5, 2.576), Some((0, u64::MAX)));
+        assert_eq!(quantile_interval(&LatencyHistogram::from_values([100]), 0.5, 2.576), Some((0, u64::MAX)));
         assert_eq!(quantile_interval(&LatencyHistogram::default(), 0.5, 2.0), None);
     }
 
@@ -604,7 +594,8 @@ mod tests {
     fn recording_with_runq(values: impl IntoIterator<Item = u64>) -> Recording {
         let mut recording = Recording::default();
         recording.meta.duration_ns = 10_000_000_000;
-        recording.runq = Some(crate::recording::RunqLatency { system: histogram(values), ..Default::default() });
+        recording.runq =
+            Some(crate::recording::RunqLatency { system: LatencyHistogram::from_values(values), ..Default::default() });
         recording
     }
 

@@ -72,23 +72,13 @@ pub fn format_ns(ns: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use profiler_common::histogram::{NUM_BUCKETS, bucket_index};
-
     use super::*;
-
-    fn histogram_of(values: &[u64]) -> LatencyHistogram {
-        let mut dense = vec![0; NUM_BUCKETS];
-        for &v in values {
-            dense[bucket_index(v) as usize] += 1;
-        }
-        LatencyHistogram::from_dense(&dense)
-    }
 
     #[test]
     fn percentiles_are_within_a_bucket_of_the_truth() {
         // 1..=100_000 ns: the true p50 is 50_000, p99 99_000.
         let values: Vec<u64> = (1..=100_000).collect();
-        let p = percentiles(&histogram_of(&values));
+        let p = percentiles(&LatencyHistogram::from_values(values));
         assert_eq!(p.count, 100_000);
         for (got, truth) in [(p.p50_ns, 50_000f64), (p.p90_ns, 90_000.0), (p.p99_ns, 99_000.0), (p.max_ns, 100_000.0)] {
             let error = (got as f64 - truth).abs() / truth;
@@ -99,9 +89,9 @@ mod tests {
 
     #[test]
     fn exact_small_values_and_overflow() {
-        let p = percentiles(&histogram_of(&[0, 0, 0, 7]));
+        let p = percentiles(&LatencyHistogram::from_values([0, 0, 0, 7]));
         assert_eq!((p.p50_ns, p.max_ns), (0, 7));
-        let p = percentiles(&histogram_of(&[u64::MAX]));
+        let p = percentiles(&LatencyHistogram::from_values([u64::MAX]));
         assert_eq!(p.max_ns, 1 << 34);
         assert_eq!(percentiles(&LatencyHistogram::default()), Percentiles::default());
     }

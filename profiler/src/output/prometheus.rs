@@ -311,22 +311,12 @@ impl Collector for Exposition {
 
 #[cfg(test)]
 mod tests {
-    use profiler_common::histogram::{NUM_BUCKETS, bucket_index};
-
     use super::*;
-
-    fn histogram(values: &[u64]) -> LatencyHistogram {
-        let mut dense = vec![0; NUM_BUCKETS];
-        for &v in values {
-            dense[bucket_index(v) as usize] += 1;
-        }
-        LatencyHistogram::from_dense(&dense)
-    }
 
     #[test]
     fn le_bounds_are_exact_upper_edges() {
         // 1023 ns is below 1024 ns = 2^10: counted in le=1.024e-6. 1024 ns is not: le=2.048e-6.
-        let buckets = coarse_buckets(&histogram(&[100, 1023, 1024, 2047, 2048, 1 << 40]));
+        let buckets = coarse_buckets(&LatencyHistogram::from_values([100, 1023, 1024, 2047, 2048, 1 << 40]));
         let find = |le: f64| buckets.iter().find(|b| b.0 == le).unwrap().1;
         assert_eq!(find(512e-9), 1, "100 ns");
         assert_eq!(find(1024e-9), 1, "1023 ns");
@@ -340,7 +330,7 @@ mod tests {
     fn renders_cumulative_histograms_and_counters() {
         let mut recording = Recording::default();
         recording.runq = Some(crate::recording::RunqLatency {
-            per_cpu: vec![histogram(&[1000, 3000]), histogram(&[])],
+            per_cpu: vec![LatencyHistogram::from_values([1000, 3000]), LatencyHistogram::from_values([])],
             ..Default::default()
         });
         let text = Exposition::new(&recording, ProcessSeries::default()).render();

@@ -244,6 +244,15 @@ impl LatencyHistogram {
         Self { buckets }
     }
 
+    /// The histogram of individual values (nanoseconds), bucketed as the kernel does.
+    pub fn from_values(values: impl IntoIterator<Item = u64>) -> Self {
+        let mut dense = vec![0u64; NUM_BUCKETS];
+        for v in values {
+            dense[profiler_common::histogram::bucket_index(v) as usize] += 1;
+        }
+        Self::from_dense(&dense)
+    }
+
     pub fn to_dense(&self) -> Vec<u64> {
         let mut dense = vec![0u64; NUM_BUCKETS];
         for &(index, count) in &self.buckets {
