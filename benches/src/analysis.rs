@@ -93,7 +93,7 @@ pub fn run(bin: &Path) -> Result<String> {
         std::fs::metadata(&base)?.len() as f64 / 1e6
     );
     let best = |command: &mut dyn FnMut() -> Result<f64>| -> Result<f64> {
-        let mut times = vec![command()?, command()?, command()?];
+        let mut times = [command()?, command()?, command()?];
         times.sort_by(f64::total_cmp);
         Ok(times[0])
     };

@@ -88,8 +88,17 @@ pub struct Exposition {
     syscall_errors: Vec<((String, String), u64)>,
     counters: Vec<(&'static str, &'static str, u64)>,
     drops: Vec<(&'static str, u64)>,
-    /// Extra gauges (name, help, labels, value), such as the profiler's health in `serve`.
-    pub gauges: Vec<(String, String, Vec<(String, String)>, f64)>,
+    /// Extra gauges, such as the profiler's health in `serve`.
+    pub gauges: Vec<Gauge>,
+}
+
+/// One gauge sample; samples with the same name form one family.
+#[derive(Debug)]
+pub struct Gauge {
+    pub name: String,
+    pub help: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
 }
 
 impl Exposition {
@@ -290,17 +299,17 @@ impl Collector for Exposition {
         for &(reason, value) in &self.drops {
             ConstCounter::new(value).encode(family.encode_family(&[("reason", reason)])?)?;
         }
-        let mut gauges: BTreeMap<&str, (&str, Vec<(&[(String, String)], f64)>)> = BTreeMap::new();
-        for (name, help, labels, value) in &self.gauges {
-            gauges.entry(name).or_insert((help, Vec::new())).1.push((labels, *value));
+        let mut families: BTreeMap<&str, Vec<&Gauge>> = BTreeMap::new();
+        for gauge in &self.gauges {
+            families.entry(&gauge.name).or_default().push(gauge);
         }
-        for (name, (help, series)) in gauges {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (name, series) in families {
+            let mut family = encoder.encode_descriptor(name, &series[0].help, None, MetricType::Gauge)?;
             match series.as_slice() {
-                [(pairs, value)] if pairs.is_empty() => ConstGauge::new(*value).encode(family)?,
+                [only] if only.labels.is_empty() => ConstGauge::new(only.value).encode(family)?,
                 _ => {
-                    for (pairs, value) in series {
-                        ConstGauge::new(value).encode(family.encode_family(&labels(pairs))?)?;
+                    for gauge in series {
+                        ConstGauge::new(gauge.value).encode(family.encode_family(&labels(&gauge.labels))?)?;
                     }
                 }
             }

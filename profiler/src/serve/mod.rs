@@ -23,7 +23,7 @@ use axum::{
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    output::prometheus::{Exposition, ProcessSeries, prometheus_text},
+    output::prometheus::{Exposition, Gauge, ProcessSeries, prometheus_text},
     probes::{self, Probe, ProbeOptions, Probes},
     recording::{LatencyHistogram, Recording},
 };
@@ -150,26 +150,26 @@ impl State {
                 }
                 None => vec![("histogram".to_string(), key.clone())],
             };
-            exposition.gauges.push((
-                "profiler_latency_p99_zscore".into(),
-                "z-score of the last interval's p99 against the rolling baseline".into(),
-                labels.clone(),
-                score.z,
-            ));
-            exposition.gauges.push((
-                "profiler_latency_anomalous".into(),
-                "1 when the last interval's p99 z-score exceeds 3 in magnitude".into(),
+            exposition.gauges.push(Gauge {
+                name: "profiler_latency_p99_zscore".into(),
+                help: "z-score of the last interval's p99 against the rolling baseline".into(),
+                labels: labels.clone(),
+                value: score.z,
+            });
+            exposition.gauges.push(Gauge {
+                name: "profiler_latency_anomalous".into(),
+                help: "1 when the last interval's p99 z-score exceeds 3 in magnitude".into(),
                 labels,
-                f64::from(u8::from(score.anomalous())),
-            ));
+                value: f64::from(u8::from(score.anomalous())),
+            });
         }
         for (map, fill) in probes.map_fill()? {
-            exposition.gauges.push((
-                "profiler_map_fill_ratio".into(),
-                "Entries in a kernel map over its capacity".into(),
-                vec![("map".into(), map.to_string())],
-                fill,
-            ));
+            exposition.gauges.push(Gauge {
+                name: "profiler_map_fill_ratio".into(),
+                help: "Entries in a kernel map over its capacity".into(),
+                labels: vec![("map".into(), map.to_string())],
+                value: fill,
+            });
         }
         let health: [(&str, &str, f64); 4] = [
             ("profiler_programs_attached", "eBPF programs attached", probes.programs_attached() as f64),
@@ -182,7 +182,7 @@ impl State {
             ),
         ];
         for (name, help, value) in health {
-            exposition.gauges.push((name.into(), help.into(), Vec::new(), value));
+            exposition.gauges.push(Gauge { name: name.into(), help: help.into(), labels: Vec::new(), value });
         }
         let openmetrics = exposition.render_openmetrics();
         Ok(Page { prometheus: prometheus_text(&openmetrics), openmetrics })
