@@ -77,3 +77,25 @@ fn missing_cgroup_is_one_line() {
     let stderr = single_error_line(&result);
     assert!(stderr.contains("no-such-group"), "{stderr}");
 }
+
+#[test]
+fn flamegraph_without_the_cpu_probe_is_refused_before_recording() {
+    let dir = temp_dir();
+    let output = dir.path().join("never.rec");
+    let svg = dir.path().join("never.svg");
+    let result = run_profiler(&[
+        "record",
+        "-d",
+        "1",
+        "--probes",
+        "sched",
+        "-o",
+        output.to_str().unwrap(),
+        "--flamegraph",
+        svg.to_str().unwrap(),
+    ]);
+    assert_eq!(result.status.code(), Some(1));
+    let stderr = single_error_line(&result);
+    assert!(stderr.contains("cpu probe"), "{stderr}");
+    assert!(!output.exists() && !svg.exists());
+}

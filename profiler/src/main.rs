@@ -122,6 +122,9 @@ fn record(args: RecordArgs) -> Result<()> {
     let mut probes = if args.probes.is_empty() { Probe::ALL.to_vec() } else { args.probes.clone() };
     probes.sort();
     probes.dedup();
+    if args.flamegraph.is_some() && !probes.contains(&Probe::Cpu) {
+        anyhow::bail!("--flamegraph draws CPU stacks: add the cpu probe (--probes ...,cpu)");
+    }
     let config = RecordConfig {
         probes,
         options: ProbeOptions {
@@ -138,13 +141,22 @@ fn record(args: RecordArgs) -> Result<()> {
     let recording = runtime.block_on(collector::record(&config))?;
     recording::write_file(&args.output, &recording)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
-    if let Some(svg) = &args.flamegraph {
-        write_flamegraph(&recording, &Selection::default(), "CPU flamegraph", svg)?;
-    }
+    // A quiet machine may give no samples at all: the recording stands, the graph is skipped.
+    let svg = match &args.flamegraph {
+        Some(path) if recording.stacks.as_ref().is_some_and(|s| !s.stacks.is_empty()) => {
+            write_flamegraph(&recording, &Selection::default(), "CPU flamegraph", path)?;
+            Some(path)
+        }
+        Some(_) => {
+            eprintln!("profiler: no CPU samples were taken, so no flamegraph was written");
+            None
+        }
+        None => None,
+    };
     if !args.quiet {
         print_report(&recording, &args.report)?;
         eprintln!("wrote {}", args.output.display());
-        if let Some(svg) = &args.flamegraph {
+        if let Some(svg) = svg {
             eprintln!("wrote {}", svg.display());
         }
     }

@@ -71,8 +71,10 @@ fn run(task: Task) -> Result<()> {
             cargo(&["build", "--release", "-p", "profiler"])?;
             let profiler = workspace_root().join("target/release/profiler");
             let output = workspace_root().join("demo.rec");
+            let svg = workspace_root().join("demo.svg");
             let mut command = as_root(profiler.to_str().unwrap());
             command.args(["record", "-d", &seconds.to_string(), "-o", output.to_str().unwrap()]);
+            command.args(["--flamegraph", svg.to_str().unwrap()]);
             status(&mut command)
         }
         Task::Bench { args } => {
