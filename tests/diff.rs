@@ -5,16 +5,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{Recorder, Workload, run_profiler, temp_dir};
+use common::{record_workload, run_profiler, temp_dir};
 
 /// Records one run of the workload `args`, filtered to its process.
 fn record(dir: &Path, name: &str, args: &[&str], probes: &str) -> PathBuf {
     let path = dir.join(format!("{name}.rec"));
-    let mut workload = Workload::spawn(args);
-    let recorder = Recorder::start(&path, &["-p", &workload.pid().to_string(), "--probes", probes]);
-    workload.go();
-    workload.wait();
-    recorder.finish();
+    record_workload(&path, args, &["--probes", probes]);
     path
 }
 

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Recorder, Workload, free_port, http_get, run_profiler, temp_dir};
+use common::{Workload, free_port, http_get, record_workload, run_profiler, temp_dir};
 
 fn promtool_accepts(text: &str) {
     let mut child = Command::new("promtool")
@@ -32,13 +32,8 @@ fn promtool_accepts(text: &str) {
 #[test]
 fn prometheus_export_passes_promtool_and_keeps_the_counts() {
     let dir = temp_dir();
-    let mut workload = Workload::spawn(&["syscalls", "--getppid", "3000", "--fail-open", "20"]);
-    let pid = workload.pid();
     let rec = dir.path().join("x.rec");
-    let recorder = Recorder::start(&rec, &["-p", &pid.to_string(), "--probes", "sched,syscalls"]);
-    workload.go();
-    workload.wait();
-    recorder.finish();
+    record_workload(&rec, &["syscalls", "--getppid", "3000", "--fail-open", "20"], &["--probes", "sched,syscalls"]);
     let prom = dir.path().join("x.prom");
     let result = run_profiler(&["export", "prometheus", rec.to_str().unwrap(), "-o", prom.to_str().unwrap()]);
     assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
@@ -53,13 +48,8 @@ fn prometheus_export_passes_promtool_and_keeps_the_counts() {
 #[test]
 fn pprof_export_lists_the_hot_function_first() {
     let dir = temp_dir();
-    let mut workload = Workload::spawn(&["hot", "--seconds", "3"]);
-    let pid = workload.pid();
     let rec = dir.path().join("hot.rec");
-    let recorder = Recorder::start(&rec, &["-p", &pid.to_string(), "--probes", "cpu"]);
-    workload.go();
-    workload.wait();
-    recorder.finish();
+    record_workload(&rec, &["hot", "--seconds", "3"], &["--probes", "cpu"]);
     let pb = dir.path().join("hot.pb.gz");
     let result = run_profiler(&["export", "pprof", rec.to_str().unwrap(), "-o", pb.to_str().unwrap()]);
     assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));

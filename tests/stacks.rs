@@ -5,7 +5,7 @@ mod common;
 
 use std::{collections::BTreeSet, path::Path};
 
-use common::{Recorder, Workload, run_profiler, temp_dir};
+use common::{Recorder, Workload, record_workload, run_profiler, temp_dir};
 use profiler::{
     analysis::hotpaths::HotPaths,
     output::flamegraph::{Selection, folded},
@@ -39,12 +39,8 @@ fn assert_well_formed_xml(svg: &str) {
 #[test]
 fn hot_functions_get_their_share_and_appear_in_the_flamegraph() {
     let dir = temp_dir();
-    let mut workload = Workload::spawn(&["hot", "--seconds", "4"]);
-    let pid = workload.pid();
-    let recorder = Recorder::start(&dir.path().join("hot.rec"), &["-p", &pid.to_string(), "--probes", "cpu"]);
-    workload.go();
-    workload.wait();
-    let recording = recorder.finish();
+    let (pid, recording) =
+        record_workload(&dir.path().join("hot.rec"), &["hot", "--seconds", "4"], &["--probes", "cpu"]);
 
     let samples: u64 = stacks(&recording).stacks.iter().map(|s| s.count).sum();
     assert!(samples >= 250, "4 s at 99 Hz should give about 400 samples, got {samples}");
@@ -82,12 +78,8 @@ fn hot_functions_get_their_share_and_appear_in_the_flamegraph() {
 #[test]
 fn syscall_heavy_workload_shows_the_syscall_entry_path() {
     let dir = temp_dir();
-    let mut workload = Workload::spawn(&["read-zero", "--seconds", "2"]);
-    let pid = workload.pid();
-    let recorder = Recorder::start(&dir.path().join("zero.rec"), &["-p", &pid.to_string(), "--probes", "cpu"]);
-    workload.go();
-    workload.wait();
-    let recording = recorder.finish();
+    let (_, recording) =
+        record_workload(&dir.path().join("zero.rec"), &["read-zero", "--seconds", "2"], &["--probes", "cpu"]);
     let entry = total_percent(&recording, "entry_SYSCALL_64").max(total_percent(&recording, "do_syscall_64"));
     assert!(entry >= 50.0, "only {entry:.1}% of samples under the syscall entry path");
     let stacks = stacks(&recording);
@@ -184,13 +176,8 @@ fn record_writes_a_flamegraph_when_asked() {
 #[test]
 fn inline_frames_come_from_dwarf() {
     let dir = temp_dir();
-    let mut workload = Workload::spawn(&["hot", "--seconds", "2"]);
-    let pid = workload.pid();
-    let recorder =
-        Recorder::start(&dir.path().join("inline.rec"), &["-p", &pid.to_string(), "--probes", "cpu", "--inline"]);
-    workload.go();
-    workload.wait();
-    let recording = recorder.finish();
+    let (_, recording) =
+        record_workload(&dir.path().join("inline.rec"), &["hot", "--seconds", "2"], &["--probes", "cpu", "--inline"]);
     let stacks = stacks(&recording);
     // `burn_until` is #[inline(always)]: it has no symbol, only DWARF inline records.
     let inlined = stacks.frames.iter().find(|f| f.function == "workload::burn_until").expect("inlined frame named");

@@ -131,6 +131,19 @@ impl Workload {
     }
 }
 
+/// Records one run of the workload `workload_args` into `path`, filtered to its process, with the
+/// extra `record` arguments; returns the workload's pid and the recording.
+pub fn record_workload(path: &Path, workload_args: &[&str], record_args: &[&str]) -> (u32, Recording) {
+    let mut workload = Workload::spawn(workload_args);
+    let pid = workload.pid();
+    let pid_text = pid.to_string();
+    let args: Vec<&str> = ["-p", pid_text.as_str()].into_iter().chain(record_args.iter().copied()).collect();
+    let recorder = Recorder::start(path, &args);
+    workload.go();
+    workload.wait();
+    (pid, recorder.finish())
+}
+
 /// Runs the profiler with `args` to completion.
 pub fn run_profiler(args: &[&str]) -> Output {
     Command::new(profiler_bin()).args(args).output().expect("run profiler")
