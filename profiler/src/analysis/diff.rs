@@ -472,7 +472,7 @@ fn compare_functions(
     };
     let (bi, ni) = (index(base), index(new));
     let keys: BTreeSet<&Key> = bi.keys().chain(ni.keys()).collect();
-    let share = |x: u64, n: u64| if n == 0 { 0.0 } else { x as f64 * 100.0 / n as f64 };
+    let share = super::percent;
     let candidates: Vec<&Key> = keys
         .into_iter()
         .filter(|k| {

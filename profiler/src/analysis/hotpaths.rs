@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
+use super::percent;
 use crate::recording::{Frame, Recording, Stacks};
 
 #[derive(Debug, Serialize)]
@@ -49,10 +50,6 @@ pub struct ProcessShare {
     pub comm: String,
     pub samples: u64,
     pub percent: f64,
-}
-
-fn percent(part: u64, whole: u64) -> f64 {
-    if whole == 0 { 0.0 } else { part as f64 * 100.0 / whole as f64 }
 }
 
 /// Adds to a tally; saturating, because a recording from elsewhere may hold any numbers.

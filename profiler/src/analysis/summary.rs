@@ -295,7 +295,7 @@ fn syscall_summary(
             name: row.name.clone(),
             count: row.count,
             errors: row.errors,
-            error_percent: row.errors as f64 * 100.0 / row.count as f64,
+            error_percent: super::percent(row.errors, row.count),
             top_errno: row.top_errno.as_ref().map(|(name, _)| name.clone()),
         })
         .collect();

@@ -6,6 +6,7 @@ use crate::{
     analysis::{
         histogram::{Percentiles, format_ns},
         hotpaths::HotPaths,
+        percent,
         summary::{Summary, syscall_name},
     },
     recording::{LatencyHistogram, Recording},
@@ -206,10 +207,6 @@ fn latency_row(w: &mut String, label: &str, p: &Percentiles) {
 
 fn truncate(s: &str, width: usize) -> String {
     if s.chars().count() <= width { s.to_string() } else { s.chars().take(width - 1).chain(['…']).collect() }
-}
-
-fn percent(part: u64, whole: u64) -> f64 {
-    if whole == 0 { 0.0 } else { part as f64 * 100.0 / whole as f64 }
 }
 
 /// Text histograms in the style of bcc's runqlat, one line per non-empty bucket (ours are 16
