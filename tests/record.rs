@@ -132,3 +132,34 @@ fn cgroup_filter_keeps_only_the_cgroups_tasks() {
         "outside pid {outside_pid} filtered"
     );
 }
+
+/// More (process, syscall) pairs than the kernel's per-process map holds: the recorder moves the
+/// entries of exited processes out while recording, so none is dropped and every child is there.
+#[test]
+fn many_short_lived_processes_overflow_no_map() {
+    const CHILDREN: usize = 1800;
+    let capacity = profiler_common::syscalls::MAX_PROCESS_SYSCALLS as usize;
+    let cgroup = common::TestCgroup::new();
+    let dir = temp_dir();
+    let mut workload = Workload::spawn(&["short-lived", "--children", &CHILDREN.to_string(), "--millis", "0"]);
+    cgroup.add(workload.pid());
+    let recorder =
+        Recorder::start(&dir.path().join("churn.rec"), &["--cgroup", cgroup.path(), "--probes", "sched,syscalls"]);
+    workload.go();
+    workload.wait();
+    let recording = recorder.finish();
+
+    let syscalls = recording.syscalls.as_ref().unwrap();
+    assert!(
+        syscalls.per_process.len() > capacity,
+        "{} rows: not enough to overflow the map",
+        syscalls.per_process.len()
+    );
+    assert_eq!(recording.counters.drops.syscall_process, 0);
+    assert_eq!(recording.counters.drops.runq_process, 0);
+    // Every child execs once; a child whose pid an earlier one had shares its row.
+    let execve = syscalls::Sysno::execve.id() as u32;
+    let execs: u64 = syscalls.per_process.iter().filter(|row| row.nr == execve).map(|row| row.count).sum();
+    assert_eq!(execs, CHILDREN as u64);
+    assert!(recording.tgids().iter().all(|tgid| recording.processes[tgid].comm == "workload"));
+}

@@ -4,6 +4,7 @@
 //! analysing a large recording. Prints a Markdown table and writes it to benches/results/.
 
 mod analysis;
+mod floor;
 mod overhead;
 mod recorder;
 
@@ -24,7 +25,7 @@ struct Cli {
     what: Option<What>,
 }
 
-#[derive(Subcommand, Clone, Copy)]
+#[derive(Subcommand, Clone)]
 enum What {
     /// Slowdown of workloads under each tracer.
     Overhead {
@@ -38,11 +39,20 @@ enum What {
     },
     /// flamegraph, report and diff on a large synthetic recording, against inferno.
     Analysis,
+    /// Attaches empty programs to BTF tracepoints until interrupted (the overhead table's floor).
+    #[command(hide = true)]
+    Floor {
+        /// Also read the clock in each program, as a latency measurement must.
+        #[arg(long)]
+        clock: bool,
+        tracepoints: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let whats = match cli.what {
+        Some(What::Floor { clock, tracepoints }) => return floor::run(&tracepoints, clock),
         Some(what) => vec![what],
         None => vec![What::Overhead { pairs: 5 }, What::Recorder { seconds: 60 }, What::Analysis],
     };
@@ -58,6 +68,7 @@ fn main() -> Result<()> {
             What::Overhead { pairs } => overhead::run(&cli.bin, pairs)?,
             What::Recorder { seconds } => recorder::run(&cli.bin, Duration::from_secs(seconds))?,
             What::Analysis => analysis::run(&cli.bin)?,
+            What::Floor { .. } => unreachable!("handled above"),
         };
         println!("{section}");
         markdown.push_str(&section);

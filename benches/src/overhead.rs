@@ -5,7 +5,6 @@ use std::{
     io::{BufRead as _, BufReader},
     path::Path,
     process::{Child, Command, Stdio},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -37,6 +36,17 @@ fn bpftrace(name: &'static str, program: &str) -> Tracer {
     Tracer { name, command: vec!["bpftrace".into(), "-e".into(), program.into()] }
 }
 
+/// Empty programs on BTF tracepoints, the profiler's own kind of hook (see floor.rs).
+fn floor(name: &'static str, clock: bool, tracepoints: &[&str]) -> Tracer {
+    let runner = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "benches".into());
+    let mut command = vec![runner, "floor".to_string()];
+    if clock {
+        command.push("--clock".into());
+    }
+    command.extend(tracepoints.iter().map(|tp| tp.to_string()));
+    Tracer { name, command }
+}
+
 fn workloads(bin: &Path) -> Vec<Workload> {
     let profiler = bin.join("profiler").display().to_string();
     let workload = bin.join("workload").display().to_string();
@@ -49,10 +59,19 @@ fn workloads(bin: &Path) -> Vec<Workload> {
             tracers: vec![
                 tracer("profiler --probes sched (tp_btf, 16x finer buckets, per process and CPU)", &ours("sched")),
                 tracer("libbpf-tools runqlat", "runqlat"),
+                tracer(
+                    "bcc runqlat-bpfcc (its task_struct offsets come from 6.1 headers: output wrong here, cost comparable)",
+                    "runqlat-bpfcc",
+                ),
                 tracer("bpftrace runqlat.bt", &format!("bpftrace {runqlat_bt}")),
                 bpftrace(
-                    "floor: empty bpftrace programs on the same tracepoints",
+                    "floor: empty bpftrace programs on the same tracepoints (perf tracepoints)",
                     "tracepoint:sched:sched_switch,tracepoint:sched:sched_wakeup,tracepoint:sched:sched_wakeup_new {}",
+                ),
+                floor(
+                    "floor: empty programs on the same tracepoints as BTF tracepoints (the profiler's hooks)",
+                    false,
+                    &["sched_switch", "sched_wakeup", "sched_wakeup_new"],
                 ),
             ],
         },
@@ -63,10 +82,21 @@ fn workloads(bin: &Path) -> Vec<Workload> {
                 tracer("profiler --probes syscalls (counts, errnos, latency histograms)", &ours("syscalls")),
                 tracer("libbpf-tools syscount (counts)", "syscount"),
                 tracer("libbpf-tools syscount -L (counts, mean latency)", "syscount -L"),
+                tracer("bcc syscount-bpfcc (counts)", "syscount-bpfcc"),
                 bpftrace("bpftrace syscount", "tracepoint:raw_syscalls:sys_enter { @[args->id] = count(); }"),
                 bpftrace(
-                    "floor: empty bpftrace programs on sys_enter and sys_exit",
+                    "floor: empty bpftrace programs on sys_enter and sys_exit (perf tracepoints)",
                     "tracepoint:raw_syscalls:sys_enter,tracepoint:raw_syscalls:sys_exit {}",
+                ),
+                floor(
+                    "floor: empty programs on sys_enter and sys_exit as BTF tracepoints (the profiler's hooks)",
+                    false,
+                    &["sys_enter", "sys_exit"],
+                ),
+                floor(
+                    "floor with the clock: the same, each reading the clock once (what timing a syscall costs)",
+                    true,
+                    &["sys_enter", "sys_exit"],
                 ),
             ],
         },
@@ -87,6 +117,7 @@ fn workloads(bin: &Path) -> Vec<Workload> {
                     &format!("{} -F 99", ours("cpu")),
                 ),
                 tracer("perf record -F 99 -g -a", "perf record -F 99 -g -a -o /tmp/bench-perf.data"),
+                tracer("bcc profile-bpfcc -F 99 (kernel+user stacks)", "profile-bpfcc -F 99 -f"),
                 bpftrace("bpftrace profile:hz:99 stacks", "profile:hz:99 { @[kstack, ustack, comm] = count(); }"),
                 bpftrace("floor: empty bpftrace profile:hz:99", "profile:hz:99 {}"),
             ],
@@ -116,16 +147,29 @@ fn time_workload(command: &[String]) -> Result<f64> {
     Ok(started.elapsed().as_secs_f64())
 }
 
-/// Starts a tracer and waits until it says it is attached (its first output line), then a little
-/// more for the programs to be live everywhere.
+/// Whether a process holds an attachment: a BPF link or a perf event (how every tracer here
+/// attaches; bcc compiles for seconds first, and some tools print their banner before attaching).
+fn holds_attachment(pid: u32) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(Result::ok).filter_map(|fd| std::fs::read_link(fd.path()).ok()).any(|target| {
+        let target = target.to_string_lossy();
+        target.contains("bpf_link") || target.contains("perf_event")
+    })
+}
+
+/// Starts a tracer and waits until it has attached, then a little more for all its programs to be
+/// live everywhere.
 fn start(tracer: &Tracer) -> Result<Child> {
     let mut child = Command::new(&tracer.command[0])
         .args(&tracer.command[1..])
+        .env("PYTHONUNBUFFERED", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot start {}", tracer.command[0]))?;
-    let (tx, rx) = mpsc::channel();
+    // Keep the pipes drained, so that a chatty tracer never blocks on a full pipe.
     for stream in [
         child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
         child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
@@ -133,21 +177,28 @@ fn start(tracer: &Tracer) -> Result<Child> {
     .into_iter()
     .flatten()
     {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        std::thread::spawn(move || BufReader::new(stream).lines().map_while(Result::ok).for_each(drop));
     }
-    // Tools that write to a pipe may buffer their banner: wait for it at most a few seconds.
-    let _ = rx.recv_timeout(Duration::from_secs(4));
+    let deadline = Instant::now() + ATTACH_TIMEOUT;
+    while !holds_attachment(child.id()) {
+        if let Some(status) = child.try_wait()? {
+            bail!("{} exited early: {status}", tracer.name);
+        }
+        if Instant::now() > deadline {
+            stop(child);
+            bail!("{} did not attach within {ATTACH_TIMEOUT:?}", tracer.name);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     std::thread::sleep(Duration::from_millis(500));
     if let Some(status) = child.try_wait()? {
         bail!("{} exited early: {status}", tracer.name);
     }
     Ok(child)
 }
+
+/// bcc compiles its programs at start: seconds, more on a busy machine.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn stop(mut child: Child) {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };

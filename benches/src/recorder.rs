@@ -62,6 +62,10 @@ pub fn run(bin: &Path, duration: Duration) -> Result<String> {
             "perf record -q -F 99 -g -a -o /tmp/bench-cost.data".split(' ').map(String::from).collect(),
         ),
         (
+            "bcc profile-bpfcc -F 99 (kernel+user stacks; includes compiling at start)",
+            "profile-bpfcc -F 99 -f".split(' ').map(String::from).collect(),
+        ),
+        (
             "bpftrace profile:hz:99 stacks",
             vec!["bpftrace".into(), "-e".into(), "profile:hz:99 { @[kstack, ustack, comm] = count(); }".into()],
         ),

@@ -18,7 +18,8 @@ pub enum Counter {
     SyscallProcessDrops,
     /// Failed syscalls whose errno did not fit in the errno map.
     SyscallErrnoDrops,
-    /// Per-thread start timestamps that could not be stored.
+    /// Per-thread start timestamps that could not be stored: a thread id at or above the `pid_max` the
+    /// probes were loaded with.
     StartDrops,
     /// Processes whose name could not be stored in the process map.
     ProcessDrops,
@@ -34,7 +35,14 @@ pub enum Counter {
     SampleDrops,
     /// New processes not announced to userspace because the ring buffer was full.
     NewProcessDrops,
+    /// Entries created in `RUNQ_PROCESS_LATENCY`. With the per-process maps' other two counters,
+    /// minus what userspace removed, this tells how full a map is without walking it.
+    RunqProcessEntries,
+    /// Entries created in `SYSCALL_STATS`.
+    SyscallProcessEntries,
+    /// Entries created in `SYSCALL_ERRNOS`.
+    SyscallErrnoEntries,
 }
 
 /// Number of slots in the `COUNTERS` array.
-pub const NUM_COUNTERS: u32 = 14;
+pub const NUM_COUNTERS: u32 = 17;

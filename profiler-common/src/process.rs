@@ -15,3 +15,8 @@ crate::user_pod!(ProcessName);
 
 /// Capacity of the `PROCESSES` map (an LRU: the oldest entries give way; userspace reads it often).
 pub const MAX_PROCESSES: u32 = 16384;
+
+/// Thread ids are below the kernel's `pid_max`; this is its default, and the size the per-thread
+/// arrays (indexed by thread id) are built with unless the loader resizes them to the running
+/// kernel's `/proc/sys/kernel/pid_max`.
+pub const DEFAULT_PID_MAX: u32 = 32768;

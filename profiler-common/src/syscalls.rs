@@ -30,19 +30,8 @@ pub struct SyscallErrno {
     pub _pad: u32,
 }
 
-/// Value of `SYSCALL_START`, keyed by thread id: when the thread entered which syscall.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct SyscallStart {
-    pub ts: u64,
-    pub nr: u32,
-    pub _pad: u32,
-}
+crate::user_pod!(ProcessSyscall, SyscallStats, SyscallErrno);
 
-crate::user_pod!(ProcessSyscall, SyscallStats, SyscallErrno, SyscallStart);
-
-/// Capacity of `SYSCALL_START` (LRU, keyed by thread id).
-pub const MAX_THREADS_IN_SYSCALL: u32 = 32768;
 /// Capacity of `SYSCALL_STATS`.
 pub const MAX_PROCESS_SYSCALLS: u32 = 32768;
 /// Capacity of `SYSCALL_ERRNOS`.

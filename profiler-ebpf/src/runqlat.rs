@@ -4,22 +4,22 @@
 
 use aya_ebpf::{
     macros::{btf_tracepoint, map},
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::BtfTracePointContext,
 };
 use profiler_common::{
     counters::Counter,
     histogram::{Histogram, NUM_BUCKETS, bucket_index},
-    runqlat::{MAX_PROCESS_BUCKETS, MAX_RUNNABLE_THREADS, ProcessBucket, RunqStart},
+    process::DEFAULT_PID_MAX,
+    runqlat::{MAX_PROCESS_BUCKETS, ProcessBucket},
 };
 
-use crate::shared::{count, increment, note_process, now_ns, store_start, task_ids, task_selected};
+use crate::shared::{count, increment, note_process, now_ns, store_start, take_start, task_ids, task_selected};
 
-/// When each runnable thread was enqueued (ts 0: not waiting). Entries are updated in place rather
-/// than inserted and deleted on every event, which would allocate and free in the kernel on the
-/// hottest path; a thread's entry goes when the thread exits (`forget_thread`).
+/// When each runnable thread was enqueued (0: not waiting), indexed by thread id; the loader sizes
+/// it to the kernel's pid_max.
 #[map]
-static RUNQ_START: HashMap<u32, RunqStart> = HashMap::with_max_entries(MAX_RUNNABLE_THREADS, 0);
+static RUNQ_START: Array<u64> = Array::with_max_entries(DEFAULT_PID_MAX, 0);
 
 /// Run-queue latency histogram, one per CPU (the CPU the thread ran on); their sum is system-wide.
 #[map]
@@ -40,13 +40,13 @@ fn enqueue(task: *const u8) {
     if pid == 0 || !task_selected(task, tgid) {
         return;
     }
-    store_start(&RUNQ_START, pid, RunqStart { ts: now_ns(), tgid, _pad: 0 });
+    store_start(&RUNQ_START, pid, now_ns());
 }
 
-/// Drops an exiting thread's entry.
+/// Clears an exiting thread's entry, so that a new thread reusing its id starts clean.
 #[inline(always)]
 pub fn forget_thread(tid: u32) {
-    let _ = RUNQ_START.remove(&tid);
+    take_start(&RUNQ_START, tid);
 }
 
 #[btf_tracepoint(function = "sched_wakeup")]
@@ -78,17 +78,13 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn switch_in(next: *const u8) {
-    let Some((pid, _)) = task_ids(next) else {
+    let Some((pid, tgid)) = task_ids(next) else {
         return;
     };
-    let Some(start) = RUNQ_START.get_ptr_mut(&pid) else {
-        return;
-    };
-    let (ts, tgid) = unsafe { ((*start).ts, (*start).tgid) };
+    let ts = take_start(&RUNQ_START, pid);
     if ts == 0 {
         return;
     }
-    unsafe { (*start).ts = 0 };
     let now = now_ns();
     if now < ts {
         return;
@@ -103,6 +99,7 @@ fn switch_in(next: *const u8) {
     }
 
     if increment(&RUNQ_PROCESS_LATENCY, &ProcessBucket { tgid, bucket }, Counter::RunqProcessDrops) {
+        count(Counter::RunqProcessEntries);
         note_process(next, tgid);
     }
 }

@@ -5,7 +5,7 @@ use aya_ebpf::{
     Global,
     helpers::{bpf_get_current_cgroup_id, bpf_probe_read_kernel},
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use profiler_common::{
     counters::{Counter, NUM_COUNTERS},
@@ -84,17 +84,27 @@ pub fn increment<K>(map: &HashMap<K, u64>, key: &K, dropped: Counter) -> bool {
     false
 }
 
-/// Stores a per-thread start time: in place when the thread has an entry (no allocation on the hot
-/// path), else as a new entry.
+/// Stores a thread's start value in a per-thread array (indexed by thread id). An array lookup is
+/// a bounds check and an add that the verifier inlines, where a hash lookup would hash the key and
+/// walk a bucket on the hottest path; the array holds `pid_max` entries of 8 bytes.
 #[inline(always)]
-pub fn store_start<V>(map: &HashMap<u32, V>, tid: u32, start: V) {
-    match map.get_ptr_mut(&tid) {
-        Some(slot) => unsafe { *slot = start },
-        None => {
-            if map.insert(&tid, &start, 0).is_err() {
-                count(Counter::StartDrops);
-            }
-        }
+pub fn store_start(map: &Array<u64>, tid: u32, value: u64) {
+    match map.get_ptr_mut(tid) {
+        Some(slot) => unsafe { *slot = value },
+        None => count(Counter::StartDrops),
+    }
+}
+
+/// Takes a thread's start value out of a per-thread array, leaving 0 (none) behind.
+#[inline(always)]
+pub fn take_start(map: &Array<u64>, tid: u32) -> u64 {
+    let Some(slot) = map.get_ptr_mut(tid) else {
+        return 0;
+    };
+    unsafe {
+        let value = *slot;
+        *slot = 0;
+        value
     }
 }
 

@@ -11,18 +11,25 @@ use aya_ebpf::{
 use profiler_common::{
     counters::Counter,
     histogram::{Histogram, NUM_BUCKETS, bucket_index},
-    syscalls::{
-        MAX_PROCESS_SYSCALLS, MAX_SYSCALL_ERRNOS, MAX_SYSCALL_NR, MAX_THREADS_IN_SYSCALL, ProcessSyscall, SyscallErrno,
-        SyscallStart, SyscallStats,
-    },
+    process::DEFAULT_PID_MAX,
+    syscalls::{MAX_PROCESS_SYSCALLS, MAX_SYSCALL_ERRNOS, MAX_SYSCALL_NR, ProcessSyscall, SyscallErrno, SyscallStats},
 };
 
-use crate::shared::{BPF_NOEXIST, atomic_add, count, current_selected, increment, note_process, now_ns, store_start};
+use crate::shared::{
+    BPF_NOEXIST, atomic_add, count, current_selected, increment, note_process, now_ns, store_start, take_start,
+};
 
-/// When each thread entered which syscall (ts 0: not in a syscall). Updated in place, one entry per
-/// thread, removed when the thread exits (`forget_thread`): no allocation on the hot path.
+/// When each thread entered which syscall (0: not in a syscall), indexed by thread id; the loader
+/// sizes it to the kernel's pid_max. One word per thread: the entry time shifted left past the
+/// syscall number, so the time is kept modulo 2^54 ns (208 days), and differences of such times
+/// are exact for any latency shorter than that.
 #[map]
-static SYSCALL_START: HashMap<u32, SyscallStart> = HashMap::with_max_entries(MAX_THREADS_IN_SYSCALL, 0);
+static SYSCALL_START: Array<u64> = Array::with_max_entries(DEFAULT_PID_MAX, 0);
+
+/// Bits of a `SYSCALL_START` word that hold the syscall number.
+const NR_BITS: u32 = 10;
+const NR_MASK: u64 = (1 << NR_BITS) - 1;
+const _: () = assert!(MAX_SYSCALL_NR <= 1 << NR_BITS);
 
 #[map]
 static SYSCALL_STATS: HashMap<ProcessSyscall, SyscallStats> = HashMap::with_max_entries(MAX_PROCESS_SYSCALLS, 0);
@@ -48,31 +55,29 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
     if !current_selected((pid_tgid >> 32) as u32) {
         return 0;
     }
-    store_start(&SYSCALL_START, pid_tgid as u32, SyscallStart { ts: now_ns(), nr: nr as u32, _pad: 0 });
+    store_start(&SYSCALL_START, pid_tgid as u32, (now_ns() << NR_BITS) | nr as u64);
     0
 }
 
-/// Drops an exiting thread's entry.
+/// Clears an exiting thread's entry: a thread that dies inside a syscall (exit, or killed while
+/// blocked) never reaches sys_exit, and a new thread reusing its id starts with one.
 #[inline(always)]
 pub fn forget_thread(tid: u32) {
-    let _ = SYSCALL_START.remove(&tid);
+    take_start(&SYSCALL_START, tid);
 }
 
 /// TP_PROTO(struct pt_regs *regs, long ret)
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let tid = pid_tgid as u32;
-    let Some(start) = SYSCALL_START.get_ptr_mut(&tid) else {
-        return 0;
-    };
-    let (ts, nr) = unsafe { ((*start).ts, (*start).nr) };
-    if ts == 0 {
+    let start = take_start(&SYSCALL_START, pid_tgid as u32);
+    if start == 0 {
         return 0;
     }
-    unsafe { (*start).ts = 0 };
-    let now = now_ns();
-    let latency = now.saturating_sub(ts);
+    let nr = (start & NR_MASK) as u32;
+    // Opaque to the optimiser: knowing the top bits are clear, LLVM rewrites the bucket arithmetic
+    // into a form whose bounds the verifier can no longer follow.
+    let latency = core::hint::black_box((now_ns() << NR_BITS).wrapping_sub(start & !NR_MASK) >> NR_BITS);
     let ret: i64 = ctx.arg(1);
     let errno = if (-MAX_ERRNO..0).contains(&ret) { (-ret) as u32 } else { 0 };
     let tgid = (pid_tgid >> 32) as u32;
@@ -88,7 +93,9 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
     let stats = match SYSCALL_STATS.get_ptr_mut(&key) {
         Some(stats) => stats,
         None => {
-            let _ = SYSCALL_STATS.insert(&key, &SyscallStats::default(), BPF_NOEXIST);
+            if SYSCALL_STATS.insert(&key, &SyscallStats::default(), BPF_NOEXIST).is_ok() {
+                count(Counter::SyscallProcessEntries);
+            }
             let Some(stats) = SYSCALL_STATS.get_ptr_mut(&key) else {
                 count(Counter::SyscallProcessDrops);
                 return 0;
@@ -103,7 +110,9 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
     }
     if errno != 0 {
         unsafe { atomic_add(&raw mut (*stats).errors, 1) };
-        increment(&SYSCALL_ERRNOS, &SyscallErrno { tgid, nr, errno, _pad: 0 }, Counter::SyscallErrnoDrops);
+        if increment(&SYSCALL_ERRNOS, &SyscallErrno { tgid, nr, errno, _pad: 0 }, Counter::SyscallErrnoDrops) {
+            count(Counter::SyscallErrnoEntries);
+        }
     }
     0
 }

@@ -87,7 +87,7 @@ fn run(task: Task) -> Result<()> {
             cargo(&["build", "--release", "-p", "profiler", "-p", "workload", "-p", "benches"])?;
             let runner = workspace_root().join("target/release/benches");
             let mut command = as_root(runner.to_str().unwrap());
-            command.current_dir(workspace_root()).args(&args);
+            command.current_dir(workspace_root()).args(&args).env("BCC_KERNEL_SOURCE", bcc_kernel_source()?);
             status(&mut command)?;
             if args.is_empty() {
                 cargo(&["bench", "-p", "benches", "--bench", "micro"])?;
@@ -110,8 +110,8 @@ fn run(task: Task) -> Result<()> {
 /// Debian packages the tests use as real peers, by a command each provides.
 const TEST_PACKAGES: [(&str, &str); 2] = [("prometheus", "prometheus"), ("go", "golang-go")];
 /// Debian packages the benchmarks compare against.
-const BENCH_PACKAGES: [(&str, &str); 3] =
-    [("perf", "linux-perf"), ("bpftrace", "bpftrace"), ("runqlat", "libbpf-tools")];
+const BENCH_PACKAGES: [(&str, &str); 4] =
+    [("perf", "linux-perf"), ("bpftrace", "bpftrace"), ("runqlat", "libbpf-tools"), ("profile-bpfcc", "bpfcc-tools")];
 
 fn setup() -> Result<()> {
     if !output_of("rustup", &["toolchain", "list"])?.lines().any(|l| l.starts_with("nightly")) {
@@ -145,6 +145,36 @@ fn setup() -> Result<()> {
         .context("cannot install bpf-linker")?;
     }
     install_packages(&TEST_PACKAGES)
+}
+
+/// Kernel headers for bcc, which compiles its programs against them at start. This kernel ships
+/// none, so bcc gets Debian's (6.1): fine for the tools that read no kernel struct (profile,
+/// syscount). Debian splits them in two directories and BCC_KERNEL_SOURCE takes one, so they are
+/// merged into a tree of symlinks under target/.
+fn bcc_kernel_source() -> Result<PathBuf> {
+    const META: &str = "linux-headers-amd64";
+    if !Command::new("dpkg").args(["-s", META]).output().is_ok_and(|o| o.status.success()) {
+        eprintln!("xtask: installing {META} (for bcc)");
+        status(as_root("apt-get").args(["install", "-y", "-qq", "--no-install-recommends", META]))?;
+    }
+    let depends = output_of("dpkg-query", &["-W", "-f=${Depends}", META])?;
+    let headers = depends
+        .split([',', ' '])
+        .find(|word| word.starts_with("linux-headers-"))
+        .with_context(|| format!("{META} depends on no headers package: {depends}"))?
+        .to_string();
+    let common = format!("{}-common", headers.trim_end_matches("-amd64"));
+    let tree = workspace_root().join("target/bcc-kernel-source").join(&headers);
+    if !tree.exists() {
+        let partial = tree.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&partial);
+        std::fs::create_dir_all(&partial)?;
+        for (source, overwrite) in [(common, "-rs"), (headers, "-rsf")] {
+            status(Command::new("cp").arg(overwrite).arg(format!("/usr/src/{source}/.")).arg(&partial))?;
+        }
+        std::fs::rename(&partial, &tree)?;
+    }
+    Ok(tree)
 }
 
 /// Installs the Debian packages whose command is not on the PATH.

@@ -1,6 +1,7 @@
 //! `record`: attach the probes, poll while the recording runs, then drain everything into a
 //! [`Recording`]. Ends on --duration, Ctrl-C or SIGTERM, always with a complete recording.
 
+mod evict;
 mod processes;
 
 use std::{
@@ -21,6 +22,7 @@ use crate::{
     recording::{Metadata, RecordOptions, Recording},
     symbolize::{StackSymbolizer, maps::MapsCache},
 };
+use evict::Evicted;
 use processes::ProcessTable;
 pub use processes::comm_to_string;
 
@@ -95,6 +97,7 @@ pub async fn record(config: &RecordConfig) -> Result<Recording> {
 
     let progress = progress_bar(config.quiet);
     let mut table = ProcessTable::default();
+    let mut evicted = Evicted::default();
     let mut ticker = tokio::time::interval(POLL_INTERVAL);
     let mut maps_ticker = tokio::time::interval(MAPS_REFRESH_INTERVAL);
     let deadline = tokio::time::sleep(config.duration.unwrap_or(Duration::MAX / 4));
@@ -113,6 +116,7 @@ pub async fn record(config: &RecordConfig) -> Result<Recording> {
             _ = maps_ticker.tick() => maps.refresh(),
             _ = ticker.tick() => {
                 table.add_from_kernel(probes.take_process_names()?);
+                evicted.evict_if_full(&mut probes, table.tgids())?;
                 if !progress.is_hidden() {
                     let counters = probes.counters()?;
                     progress.set_message(format!(
@@ -152,6 +156,7 @@ pub async fn record(config: &RecordConfig) -> Result<Recording> {
             }
         }
     }
+    evicted.restore(&mut recording);
     recording.derive_counts();
     recording.processes = table.finish(recording.tgids());
     Ok(recording)

@@ -113,6 +113,53 @@ pub fn check_tracepoint(btf: &Btf, category: &str, name: &str, params: usize) ->
     }
 }
 
+/// What aya needs to load BTF tracepoint programs: a BTF in which each `btf_trace_<name>` typedef
+/// has the type id it has in the kernel's BTF, the id the kernel checks the program against. aya
+/// only looks these typedefs up by name, so every other type is a placeholder: parsing the whole
+/// vmlinux BTF into aya's structures would cost about 20 MB of memory for a handful of ids.
+pub fn attach_targets(btf: &Btf, tracepoints: &[&str]) -> Result<aya::Btf> {
+    const KIND_PTR: u32 = 2;
+    const KIND_TYPEDEF: u32 = 8;
+    let mut targets = Vec::new();
+    for name in tracepoints {
+        let typedef = format!("btf_trace_{name}");
+        let id = btf
+            .resolve_ids_by_name(&typedef)
+            .ok()
+            .and_then(|ids| ids.first().copied())
+            .ok_or_else(|| anyhow!("this kernel has no tracepoint {name}"))?;
+        targets.push((id, typedef));
+    }
+    let last = targets.iter().map(|(id, _)| *id).max().unwrap_or(0);
+    let mut strings = vec![0u8];
+    let mut types = Vec::with_capacity(last as usize * 12);
+    for id in 1..=last {
+        let (name_offset, kind) = match targets.iter().find(|(target, _)| *target == id) {
+            Some((_, name)) => {
+                let offset = strings.len() as u32;
+                strings.extend_from_slice(name.as_bytes());
+                strings.push(0);
+                (offset, KIND_TYPEDEF)
+            }
+            None => (0, KIND_PTR),
+        };
+        // struct btf_type { name_off, info (kind in bits 24..29), type }; both kinds point at void.
+        for word in [name_offset, kind << 24, 0] {
+            types.extend_from_slice(&word.to_ne_bytes());
+        }
+    }
+    const HEADER_LEN: u32 = 24;
+    let mut blob = Vec::with_capacity(HEADER_LEN as usize + types.len() + strings.len());
+    blob.extend_from_slice(&0xEB9Fu16.to_ne_bytes());
+    blob.extend_from_slice(&[1, 0]); // version, flags
+    for word in [HEADER_LEN, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+        blob.extend_from_slice(&word.to_ne_bytes());
+    }
+    blob.extend_from_slice(&types);
+    blob.extend_from_slice(&strings);
+    aya::Btf::parse(&blob, aya::Endianness::default()).context("cannot build the BTF for the tracepoint programs")
+}
+
 /// The running kernel's BTF, or a clear error on kernels built without it.
 pub fn load_vmlinux() -> Result<Btf> {
     if !Path::new(VMLINUX_BTF).exists() {
@@ -143,5 +190,27 @@ mod tests {
         check_tracepoint(&btf, "sched", "sched_switch", 4).unwrap();
         check_tracepoint(&btf, "raw_syscalls", "sys_exit", 2).unwrap();
         assert!(check_tracepoint(&btf, "sched", "no_such_tracepoint", 1).is_err());
+    }
+
+    /// The skeleton BTF gives each tracepoint typedef the id the full kernel BTF gives it.
+    #[test]
+    fn attach_targets_keep_kernel_ids() {
+        if !Path::new(VMLINUX_BTF).exists() {
+            eprintln!("skipped: no {VMLINUX_BTF}");
+            return;
+        }
+        let names = ["sched_switch", "sys_exit", "sched_process_exit"];
+        let skeleton = attach_targets(&load_vmlinux().unwrap(), &names).unwrap();
+        let full = aya::Btf::from_sys_fs().unwrap();
+        for name in names {
+            let typedef = format!("btf_trace_{name}");
+            let kind = aya_obj::btf::BtfKind::Typedef;
+            assert_eq!(
+                skeleton.id_by_type_name_kind(&typedef, kind).unwrap(),
+                full.id_by_type_name_kind(&typedef, kind).unwrap(),
+                "{typedef}"
+            );
+        }
+        assert!(attach_targets(&load_vmlinux().unwrap(), &["no_such_tracepoint"]).is_err());
     }
 }

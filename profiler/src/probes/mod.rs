@@ -7,6 +7,7 @@ pub mod sched;
 pub mod syscalls;
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
@@ -22,7 +23,7 @@ use profiler_common::{
     process::ProcessName,
 };
 
-use crate::recording::{Counters, Drops};
+use crate::recording::{Counters, Drops, LatencyHistogram, ProcessSyscall};
 pub use btf::{KernelLayout, load_vmlinux};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
@@ -98,7 +99,50 @@ pub struct ProbeOptions {
 pub struct Probes {
     pub(crate) ebpf: Ebpf,
     probes: Vec<Probe>,
+    /// Entries userspace removed from each per-process map.
+    removed: BTreeMap<&'static str, u64>,
 }
+
+/// What exited processes left in the per-process maps.
+#[derive(Default)]
+pub struct Exited {
+    pub tgids: Vec<u32>,
+    pub runq: BTreeMap<u32, LatencyHistogram>,
+    pub syscalls: Vec<ProcessSyscall>,
+}
+
+/// A bounded per-process map. How full it is comes from the kernel's count of the entries it
+/// created minus the entries userspace removed, so that nobody walks the map to find out.
+struct PerProcessMap {
+    name: &'static str,
+    probe: Probe,
+    capacity: u32,
+    created: Counter,
+}
+
+const PER_PROCESS_MAPS: [PerProcessMap; 3] = {
+    use profiler_common::{runqlat as rq, syscalls as sc};
+    [
+        PerProcessMap {
+            name: "RUNQ_PROCESS_LATENCY",
+            probe: Probe::Sched,
+            capacity: rq::MAX_PROCESS_BUCKETS,
+            created: Counter::RunqProcessEntries,
+        },
+        PerProcessMap {
+            name: "SYSCALL_STATS",
+            probe: Probe::Syscalls,
+            capacity: sc::MAX_PROCESS_SYSCALLS,
+            created: Counter::SyscallProcessEntries,
+        },
+        PerProcessMap {
+            name: "SYSCALL_ERRNOS",
+            probe: Probe::Syscalls,
+            capacity: sc::MAX_SYSCALL_ERRNOS,
+            created: Counter::SyscallErrnoEntries,
+        },
+    ]
+};
 
 /// Where the cgroup v2 hierarchy is mounted: /sys/fs/cgroup on unified systems,
 /// /sys/fs/cgroup/unified on hybrid ones.
@@ -136,22 +180,32 @@ impl Probes {
         let filter_by_pid = u8::from(!options.pids.is_empty());
         let per_thread = u8::from(options.per_thread);
 
-        let mut loader = EbpfLoader::new();
+        let pid_max = pid_max()?;
         let offsets = layout.globals();
-        for (name, value) in &offsets {
-            loader.override_global(name, value, true);
-        }
-        loader.override_global("FILTER_BY_PID", &filter_by_pid, true);
-        loader.override_global("FILTER_CGROUP_ID", &cgroup_id, true);
-        loader.override_global("SAMPLE_PER_THREAD", &per_thread, true);
-        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| load_error(e.into()))?;
+        // No target BTF: the programs have no CO-RE relocations (the offsets above stand in for
+        // them), and aya's parse of the kernel's BTF would be most of the recorder's peak memory.
+        let mut ebpf = {
+            let mut loader = EbpfLoader::new();
+            loader.btf(None);
+            for per_thread_array in PER_THREAD_ARRAYS {
+                loader.map_max_entries(per_thread_array, pid_max);
+            }
+            for (name, value) in &offsets {
+                loader.override_global(name, value, true);
+            }
+            loader.override_global("FILTER_BY_PID", &filter_by_pid, true);
+            loader.override_global("FILTER_CGROUP_ID", &cgroup_id, true);
+            loader.override_global("SAMPLE_PER_THREAD", &per_thread, true);
+            loader.load(EBPF_OBJECT).map_err(|e| load_error(e.into()))?
+        };
 
         let mut pids: HashMap<_, u32, u8> = HashMap::try_from(map(&mut ebpf, "FILTER_PIDS")?)?;
         for &pid in &options.pids {
             pids.insert(pid, 1, 0).with_context(|| format!("cannot add pid {pid} to the filter"))?;
         }
 
-        let aya_btf = aya::Btf::from_sys_fs().context("cannot read the kernel's BTF")?;
+        let names: Vec<&str> = tracepoints_of(probes).iter().map(|tp| tp.name).collect();
+        let aya_btf = btf::attach_targets(&kernel_btf, &names)?;
         for tp in tracepoints_of(probes) {
             let program: &mut BtfTracePoint = ebpf
                 .program_mut(tp.name)
@@ -169,7 +223,7 @@ impl Probes {
         if probes.contains(&Probe::Cpu) {
             oncpu::attach_sampler(&mut ebpf, options.frequency_hz.into()).map_err(load_error)?;
         }
-        Ok(Self { ebpf, probes: probes.to_vec() })
+        Ok(Self { ebpf, probes: probes.to_vec(), removed: BTreeMap::new() })
     }
 
     pub fn probes(&self) -> &[Probe] {
@@ -193,13 +247,19 @@ impl Probes {
         Ok(())
     }
 
-    /// Event and drop counters, summed over CPUs.
-    pub fn counters(&self) -> Result<Counters> {
+    /// The kernel's counters, summed over CPUs, indexed by `Counter`.
+    fn counter_values(&self) -> Result<[u64; NUM_COUNTERS as usize]> {
         let array: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map("COUNTERS")?)?;
         let mut values = [0u64; NUM_COUNTERS as usize];
         for (index, value) in values.iter_mut().enumerate() {
             *value = array.get(&(index as u32), 0)?.iter().sum();
         }
+        Ok(values)
+    }
+
+    /// Event and drop counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters> {
+        let values = self.counter_values()?;
         let get = |counter: Counter| values[counter as usize];
         Ok(Counters {
             sched_switches: get(Counter::SchedSwitches),
@@ -244,37 +304,46 @@ impl Probes {
         tracepoints_of(&self.probes).len() + usize::from(self.probes.contains(&Probe::Cpu))
     }
 
-    /// How full each bounded kernel map is (entries / capacity), for the maps of running probes.
+    /// How full each bounded per-process map of the running probes is (entries / capacity).
     pub fn map_fill(&self) -> Result<Vec<(&'static str, f64)>> {
-        use profiler_common::{runqlat as rq, syscalls as sc};
-        let mut fill = Vec::new();
-        let mut measure = |name: &'static str, entries: Result<usize>, capacity: u32| -> Result<()> {
-            fill.push((name, entries? as f64 / f64::from(capacity)));
-            Ok(())
-        };
-        if self.probes.contains(&Probe::Sched) {
-            measure(
-                "RUNQ_PROCESS_LATENCY",
-                self.count::<rq::ProcessBucket, u64>("RUNQ_PROCESS_LATENCY"),
-                rq::MAX_PROCESS_BUCKETS,
-            )?;
-            measure("RUNQ_START", self.count::<u32, rq::RunqStart>("RUNQ_START"), rq::MAX_RUNNABLE_THREADS)?;
-        }
-        if self.probes.contains(&Probe::Syscalls) {
-            measure(
-                "SYSCALL_STATS",
-                self.count::<sc::ProcessSyscall, sc::SyscallStats>("SYSCALL_STATS"),
-                sc::MAX_PROCESS_SYSCALLS,
-            )?;
-            measure("SYSCALL_ERRNOS", self.count::<sc::SyscallErrno, u64>("SYSCALL_ERRNOS"), sc::MAX_SYSCALL_ERRNOS)?;
-            measure("SYSCALL_START", self.count::<u32, sc::SyscallStart>("SYSCALL_START"), sc::MAX_THREADS_IN_SYSCALL)?;
-        }
-        Ok(fill)
+        let values = self.counter_values()?;
+        Ok(PER_PROCESS_MAPS
+            .iter()
+            .filter(|map| self.probes.contains(&map.probe))
+            .map(|map| {
+                let removed = self.removed.get(map.name).copied().unwrap_or(0);
+                let entries = values[map.created as usize].saturating_sub(removed);
+                (map.name, entries as f64 / f64::from(map.capacity))
+            })
+            .collect())
     }
 
-    /// Entries in a hash map.
-    fn count<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Result<usize> {
-        Ok(HashMap::<_, K, V>::try_from(self.map(name)?)?.keys().count())
+    /// Takes the per-process data of the processes among `tgids` that have exited out of the kernel
+    /// maps. Which ones exited is settled before the maps are read: a process that exits while they
+    /// are being walked would otherwise lose the rows the walk passed before it wrote them.
+    pub fn take_exited(&mut self, tgids: impl IntoIterator<Item = u32>) -> Result<Exited> {
+        let gone: BTreeSet<u32> =
+            tgids.into_iter().filter(|tgid| !Path::new(&format!("/proc/{tgid}")).exists()).collect();
+        if gone.is_empty() {
+            return Ok(Exited::default());
+        }
+        let mut exited = Exited::default();
+        if self.probes.contains(&Probe::Sched) {
+            exited.runq = sched::drain(self)?.per_process.into_iter().filter(|(tgid, _)| gone.contains(tgid)).collect();
+        }
+        if self.probes.contains(&Probe::Syscalls) {
+            exited.syscalls =
+                syscalls::drain(self)?.per_process.into_iter().filter(|row| gone.contains(&row.tgid)).collect();
+        }
+        exited.tgids = gone.into_iter().collect();
+        sched::forget(self, &exited.tgids)?;
+        syscalls::forget(self, &exited.tgids)?;
+        Ok(exited)
+    }
+
+    /// Records that userspace removed `count` entries from a per-process map.
+    pub(crate) fn note_removed(&mut self, map: &'static str, count: u64) {
+        *self.removed.entry(map).or_default() += count;
     }
 
     pub(crate) fn map(&self, name: &str) -> Result<&aya::maps::Map> {
@@ -284,6 +353,16 @@ impl Probes {
 
 fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
     ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+}
+
+/// Maps indexed by thread id, sized to the kernel's pid_max.
+const PER_THREAD_ARRAYS: [&str; 2] = ["RUNQ_START", "SYSCALL_START"];
+
+/// The kernel's bound on thread ids.
+fn pid_max() -> Result<u32> {
+    let path = "/proc/sys/kernel/pid_max";
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+    text.trim().parse().with_context(|| format!("{path} holds {:?}, not a number", text.trim()))
 }
 
 /// Turns a permission error from the kernel into the one-line advice users need.

@@ -47,8 +47,7 @@ pub fn forget(probes: &mut Probes, tgids: &[u32]) -> Result<()> {
     }
     let mut map: HashMap<_, ProcessBucket, u64> = HashMap::try_from(probes.map_mut("RUNQ_PROCESS_LATENCY")?)?;
     let doomed: Vec<ProcessBucket> = map.keys().filter_map(Result::ok).filter(|k| tgids.contains(&k.tgid)).collect();
-    for key in doomed {
-        let _ = map.remove(&key);
-    }
+    let removed = doomed.iter().filter(|key| map.remove(key).is_ok()).count();
+    probes.note_removed("RUNQ_PROCESS_LATENCY", removed as u64);
     Ok(())
 }

@@ -61,13 +61,11 @@ pub fn forget(probes: &mut Probes, tgids: &[u32]) -> Result<()> {
     }
     let mut stats: HashMap<_, StatsKey, SyscallStats> = HashMap::try_from(probes.map_mut("SYSCALL_STATS")?)?;
     let doomed: Vec<StatsKey> = stats.keys().filter_map(Result::ok).filter(|k| tgids.contains(&k.tgid)).collect();
-    for key in doomed {
-        let _ = stats.remove(&key);
-    }
+    let removed = doomed.iter().filter(|key| stats.remove(key).is_ok()).count();
+    probes.note_removed("SYSCALL_STATS", removed as u64);
     let mut errnos: HashMap<_, SyscallErrno, u64> = HashMap::try_from(probes.map_mut("SYSCALL_ERRNOS")?)?;
     let doomed: Vec<SyscallErrno> = errnos.keys().filter_map(Result::ok).filter(|k| tgids.contains(&k.tgid)).collect();
-    for key in doomed {
-        let _ = errnos.remove(&key);
-    }
+    let removed = doomed.iter().filter(|key| errnos.remove(key).is_ok()).count();
+    probes.note_removed("SYSCALL_ERRNOS", removed as u64);
     Ok(())
 }

@@ -170,6 +170,22 @@ pub struct ProcessSyscall {
     pub errnos: Vec<(u32, u64)>,
 }
 
+impl ProcessSyscall {
+    /// Adds another row's counts (of the same syscall) to this one.
+    pub fn absorb(&mut self, other: &ProcessSyscall) {
+        self.count = self.count.saturating_add(other.count);
+        self.errors = self.errors.saturating_add(other.errors);
+        self.total_ns = self.total_ns.saturating_add(other.total_ns);
+        for &(errno, n) in &other.errnos {
+            match self.errnos.iter_mut().find(|(e, _)| *e == errno) {
+                Some(slot) => slot.1 = slot.1.saturating_add(n),
+                None => self.errnos.push((errno, n)),
+            }
+        }
+        self.errnos.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    }
+}
+
 /// On-CPU stacks, symbolized while the processes lived, with frames interned.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stacks {

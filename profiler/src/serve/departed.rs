@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use anyhow::Result;
 
 use crate::{
-    probes::{self, Probes},
+    probes::Probes,
     recording::{LatencyHistogram, Process, ProcessSyscall, Recording},
 };
 
@@ -57,35 +57,31 @@ impl Departed {
                 self.names.insert(tgid, comm);
             }
         }
-        let exited: Vec<u32> = tgids.iter().copied().filter(|tgid| proc_comm(*tgid).is_none()).collect();
-        for &tgid in &exited {
+        let exited = probes.take_exited(tgids.iter().copied())?;
+        for &tgid in &exited.tgids {
             let name = self.names.remove(&tgid).unwrap_or_else(|| "?".to_string());
             let id = self.id_for(&name);
-            if let Some(histogram) = current.runq.as_mut().and_then(|r| r.per_process.remove(&tgid)) {
-                self.runq.entry(id).or_default().merge(&histogram);
+            // The kernel's rows, read after the process was known to be gone, are complete; the
+            // snapshot in `current` may have been read while it still ran.
+            if let Some(runq) = current.runq.as_mut() {
+                runq.per_process.remove(&tgid);
+            }
+            if let Some(histogram) = exited.runq.get(&tgid) {
+                self.runq.entry(id).or_default().merge(histogram);
             }
             if let Some(syscalls) = current.syscalls.as_mut() {
-                for row in syscalls.per_process.iter().filter(|r| r.tgid == tgid) {
-                    let folded = self.syscalls.entry((id, row.nr)).or_insert_with(|| ProcessSyscall {
-                        tgid: id,
-                        nr: row.nr,
-                        ..Default::default()
-                    });
-                    folded.count = folded.count.saturating_add(row.count);
-                    folded.errors = folded.errors.saturating_add(row.errors);
-                    folded.total_ns = folded.total_ns.saturating_add(row.total_ns);
-                    for &(errno, n) in &row.errnos {
-                        match folded.errnos.iter_mut().find(|(e, _)| *e == errno) {
-                            Some(slot) => slot.1 = slot.1.saturating_add(n),
-                            None => folded.errnos.push((errno, n)),
-                        }
-                    }
-                }
                 syscalls.per_process.retain(|r| r.tgid != tgid);
             }
+            for row in exited.syscalls.iter().filter(|r| r.tgid == tgid) {
+                let folded = self.syscalls.entry((id, row.nr)).or_insert_with(|| ProcessSyscall {
+                    tgid: id,
+                    nr: row.nr,
+                    ..Default::default()
+                });
+                folded.absorb(row);
+            }
         }
-        probes::sched::forget(probes, &exited)?;
-        probes::syscalls::forget(probes, &exited)?;
+        let exited = exited.tgids;
         self.names.retain(|tgid, _| !exited.contains(tgid));
         self.live = tgids.len() - exited.len();
         current.processes = tgids
