@@ -163,3 +163,63 @@ fn many_short_lived_processes_overflow_no_map() {
     assert_eq!(execs, CHILDREN as u64);
     assert!(recording.tgids().iter().all(|tgid| recording.processes[tgid].comm == "workload"));
 }
+
+/// Sets kernel.pid_max for the length of a test.
+struct PidMax(String);
+
+impl PidMax {
+    const PATH: &str = "/proc/sys/kernel/pid_max";
+
+    fn set(value: u32) -> PidMax {
+        let old = std::fs::read_to_string(Self::PATH).unwrap();
+        std::fs::write(Self::PATH, value.to_string()).unwrap();
+        PidMax(old.trim().to_string())
+    }
+}
+
+impl Drop for PidMax {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
+}
+
+/// Capacities of the loaded maps called `name` (the kernel keeps the first 15 bytes of a name).
+fn loaded_map_capacity(name: &str) -> Vec<u32> {
+    let kernel_name = &name[..name.len().min(15)];
+    aya::maps::loaded_maps()
+        .filter_map(Result::ok)
+        .filter(|map| map.name_as_str() == Some(kernel_name))
+        .map(|map| map.max_entries())
+        .collect()
+}
+
+/// Start times live in arrays indexed by thread id when kernel.pid_max is the kernel's default, and
+/// in hash maps when it is as large as systemd sets it (the arrays would take 32 MB each); either
+/// way the counts are exact.
+#[test]
+fn start_times_in_arrays_or_hash_maps_by_pid_max() {
+    const GETPPID: u64 = 3_000;
+    let hashed = profiler_common::process::MAX_HASHED_THREADS;
+    for (pid_max, array_len, hash_len) in [(32_768, 32_768, 1), (4_194_304, 1, hashed)] {
+        let _pid_max = PidMax::set(pid_max);
+        let dir = temp_dir();
+        let mut workload = Workload::spawn(&["syscalls", "--getppid", &GETPPID.to_string(), "--fail-open", "0"]);
+        let pid = workload.pid();
+        let args = ["-p", &pid.to_string(), "--probes", "sched,syscalls"];
+        let recorder = Recorder::start(&dir.path().join("starts.rec"), &args);
+        // An earlier recorder's maps may still be on their way out (the kernel frees them lazily).
+        for name in ["SYSCALL_START", "RUNQ_START"] {
+            assert!(loaded_map_capacity(name).contains(&array_len), "{name} at pid_max {pid_max}");
+            assert!(loaded_map_capacity(&format!("{name}_BY_TID")).contains(&hash_len), "{name}_BY_TID");
+        }
+        workload.go();
+        workload.wait();
+        let recording = recorder.finish();
+
+        assert_eq!(syscall_row(&recording, pid, "getppid").count, GETPPID);
+        let getppid_nr = syscalls::Sysno::getppid.id() as u32;
+        assert_eq!(recording.syscalls.as_ref().unwrap().latency[&getppid_nr].count(), GETPPID);
+        assert!(recording.runq.as_ref().unwrap().system.count() > 0, "run-queue latencies measured");
+        assert_eq!(recording.counters.drops.start, 0);
+    }
+}

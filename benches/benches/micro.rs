@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the userspace hot spots: percentiles from buckets, Prometheus bucket
-//! coarsening, histogram merging, and folding stacks for a flamegraph.
+//! coarsening, histogram merging, folding stacks for a flamegraph, and symbolizing user stacks.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use profiler::{
@@ -9,6 +9,7 @@ use profiler::{
         prometheus::coarse_buckets,
     },
     recording::{LatencyHistogram, Recording, Stack, Stacks},
+    symbolize::{RawStack, StackSymbolizer, maps::MapsCache},
 };
 use profiler_common::histogram::{NUM_BUCKETS, bucket_index};
 
@@ -50,6 +51,26 @@ fn benches(c: &mut Criterion) {
             .collect(),
     };
     c.bench_function("fold 10k stacks of 30 frames", |b| b.iter(|| folded(&recording, &stacks, &Selection::default())));
+
+    // Stacks of this very process: addresses inside its own code and libc's, as samples would be.
+    let pid = std::process::id();
+    let mut maps = MapsCache::default();
+    maps.snapshot(pid).expect("own memory map");
+    let code: [*const (); 4] =
+        [percentiles as *const (), folded as *const (), libc::getppid as *const (), libc::malloc as *const ()];
+    let raw: Vec<RawStack> = (0..100u64)
+        .map(|i| RawStack {
+            tgid: pid,
+            tid: pid,
+            kernel: Vec::new(),
+            user: (0..20u64).map(|d| (code[(d % 4) as usize] as u64) + (i * 20 + d) % 64).collect(),
+            count: 1,
+        })
+        .collect();
+    let symbolizer = StackSymbolizer::new(false);
+    c.bench_function("symbolize 100 stacks of 20 user frames (own binary and libc)", |b| {
+        b.iter(|| symbolizer.symbolize(&raw, &maps))
+    });
 }
 
 criterion_group!(micro, benches);

@@ -3,9 +3,9 @@
 //! from a handful of instructions: no object file, nothing but the hook and, with `clock`, the two
 //! clock reads that any latency measurement makes.
 
-use std::{ffi::CString, os::fd::RawFd};
+use std::{convert::Infallible, ffi::CString, os::fd::RawFd};
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, bail};
 
 const BPF_PROG_LOAD: i64 = 5;
 const BPF_RAW_TRACEPOINT_OPEN: i64 = 17;
@@ -33,12 +33,7 @@ fn put(attr: &mut [u8; 128], offset: usize, bytes: &[u8]) {
 /// Loads `r0 = 0; exit` (after a bpf_ktime_get_ns() call with `clock`) for BTF tracepoint `name`
 /// and attaches it; the program stays attached while the returned fd is open.
 fn attach(btf: &btf_rs::Btf, name: &str, clock: bool) -> Result<RawFd> {
-    let typedef = format!("btf_trace_{name}");
-    let id = btf
-        .resolve_ids_by_name(&typedef)
-        .ok()
-        .and_then(|ids| ids.first().copied())
-        .ok_or_else(|| anyhow!("no tracepoint {name} in the kernel's BTF"))?;
+    let id = profiler::probes::tracepoint_type_id(btf, name)?;
     let mut insns = Vec::new();
     if clock {
         insns.push(insn(0x85, BPF_FUNC_KTIME_GET_NS)); // call
@@ -63,7 +58,7 @@ fn attach(btf: &btf_rs::Btf, name: &str, clock: bool) -> Result<RawFd> {
 
 /// Attaches the empty programs, says so, and waits to be killed (SIGINT ends it; closing the fds
 /// detaches everything).
-pub fn run(tracepoints: &[String], clock: bool) -> Result<()> {
+pub fn run(tracepoints: &[String], clock: bool) -> Result<Infallible> {
     let btf = profiler::probes::load_vmlinux()?;
     let _links: Vec<RawFd> = tracepoints.iter().map(|name| attach(&btf, name, clock)).collect::<Result<_>>()?;
     println!("attached {}", tracepoints.join(", "));

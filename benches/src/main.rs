@@ -52,7 +52,6 @@ enum What {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let whats = match cli.what {
-        Some(What::Floor { clock, tracepoints }) => return floor::run(&tracepoints, clock),
         Some(what) => vec![what],
         None => vec![What::Overhead { pairs: 5 }, What::Recorder { seconds: 60 }, What::Analysis],
     };
@@ -68,7 +67,7 @@ fn main() -> Result<()> {
             What::Overhead { pairs } => overhead::run(&cli.bin, pairs)?,
             What::Recorder { seconds } => recorder::run(&cli.bin, Duration::from_secs(seconds))?,
             What::Analysis => analysis::run(&cli.bin)?,
-            What::Floor { .. } => unreachable!("handled above"),
+            What::Floor { clock, tracepoints } => match floor::run(&tracepoints, clock)? {},
         };
         println!("{section}");
         markdown.push_str(&section);

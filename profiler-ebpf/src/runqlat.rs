@@ -10,16 +10,19 @@ use aya_ebpf::{
 use profiler_common::{
     counters::Counter,
     histogram::{Histogram, NUM_BUCKETS, bucket_index},
-    process::DEFAULT_PID_MAX,
+    process::{DEFAULT_PID_MAX, MAX_HASHED_THREADS},
     runqlat::{MAX_PROCESS_BUCKETS, ProcessBucket},
 };
 
-use crate::shared::{count, increment, note_process, now_ns, store_start, take_start, task_ids, task_selected};
+use crate::shared::{PerThread, count, increment, note_process, now_ns, task_ids, task_selected};
 
-/// When each runnable thread was enqueued (0: not waiting), indexed by thread id; the loader sizes
-/// it to the kernel's pid_max.
+/// When each runnable thread was enqueued (0: not waiting), by thread id: one of these two maps, the
+/// other sized to one entry by the loader (see `PerThread`).
 #[map]
 static RUNQ_START: Array<u64> = Array::with_max_entries(DEFAULT_PID_MAX, 0);
+#[map]
+static RUNQ_START_BY_TID: HashMap<u32, u64> = HashMap::with_max_entries(MAX_HASHED_THREADS, 0);
+const RUNQ_STARTS: PerThread = PerThread { array: &RUNQ_START, hash: &RUNQ_START_BY_TID };
 
 /// Run-queue latency histogram, one per CPU (the CPU the thread ran on); their sum is system-wide.
 #[map]
@@ -40,13 +43,12 @@ fn enqueue(task: *const u8) {
     if pid == 0 || !task_selected(task, tgid) {
         return;
     }
-    store_start(&RUNQ_START, pid, now_ns());
+    RUNQ_STARTS.store(pid, now_ns());
 }
 
-/// Clears an exiting thread's entry, so that a new thread reusing its id starts clean.
 #[inline(always)]
 pub fn forget_thread(tid: u32) {
-    take_start(&RUNQ_START, tid);
+    RUNQ_STARTS.forget(tid);
 }
 
 #[btf_tracepoint(function = "sched_wakeup")]
@@ -81,7 +83,7 @@ fn switch_in(next: *const u8) {
     let Some((pid, tgid)) = task_ids(next) else {
         return;
     };
-    let ts = take_start(&RUNQ_START, pid);
+    let ts = RUNQ_STARTS.take(pid);
     if ts == 0 {
         return;
     }

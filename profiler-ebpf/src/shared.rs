@@ -84,27 +84,65 @@ pub fn increment<K>(map: &HashMap<K, u64>, key: &K, dropped: Counter) -> bool {
     false
 }
 
-/// Stores a thread's start value in a per-thread array (indexed by thread id). An array lookup is
-/// a bounds check and an add that the verifier inlines, where a hash lookup would hash the key and
-/// walk a bucket on the hottest path; the array holds `pid_max` entries of 8 bytes.
-#[inline(always)]
-pub fn store_start(map: &Array<u64>, tid: u32, value: u64) {
-    match map.get_ptr_mut(tid) {
-        Some(slot) => unsafe { *slot = value },
-        None => count(Counter::StartDrops),
-    }
+/// Per-thread start values (a timestamp, 0 for none), keyed by thread id. An array indexed by
+/// thread id when the loader sized it to kernel.pid_max (`TID_ARRAYS`): an array lookup is a bounds
+/// check and an add that the verifier inlines, where a hash lookup hashes the key and walks a bucket
+/// on the hottest path. Else a hash map, updated in place. The flag is read-only data, so the
+/// verifier drops the branch not taken.
+pub struct PerThread {
+    pub array: &'static Array<u64>,
+    pub hash: &'static HashMap<u32, u64>,
 }
 
-/// Takes a thread's start value out of a per-thread array, leaving 0 (none) behind.
-#[inline(always)]
-pub fn take_start(map: &Array<u64>, tid: u32) -> u64 {
-    let Some(slot) = map.get_ptr_mut(tid) else {
-        return 0;
-    };
-    unsafe {
-        let value = *slot;
-        *slot = 0;
-        value
+/// Non-zero: per-thread values live in the arrays (see `PerThread`).
+#[unsafe(no_mangle)]
+static TID_ARRAYS: Global<u8> = Global::new(1);
+
+impl PerThread {
+    #[inline(always)]
+    fn slot(&self, tid: u32) -> Option<*mut u64> {
+        match TID_ARRAYS.load() != 0 {
+            true => self.array.get_ptr_mut(tid),
+            false => self.hash.get_ptr_mut(&tid),
+        }
+    }
+
+    #[inline(always)]
+    pub fn store(&self, tid: u32, value: u64) {
+        if let Some(slot) = self.slot(tid) {
+            unsafe { *slot = value };
+            return;
+        }
+        // Array: a thread id at or above the pid_max it was sized for. Hash: full.
+        if TID_ARRAYS.load() != 0 || self.hash.insert(&tid, &value, 0).is_err() {
+            count(Counter::StartDrops);
+        }
+    }
+
+    /// Takes a thread's value out, leaving 0 (none) behind.
+    #[inline(always)]
+    pub fn take(&self, tid: u32) -> u64 {
+        let Some(slot) = self.slot(tid) else {
+            return 0;
+        };
+        unsafe {
+            let value = *slot;
+            *slot = 0;
+            value
+        }
+    }
+
+    /// Forgets an exiting thread, so that a new thread reusing its id starts clean.
+    #[inline(always)]
+    pub fn forget(&self, tid: u32) {
+        match TID_ARRAYS.load() != 0 {
+            true => {
+                self.take(tid);
+            }
+            false => {
+                let _ = self.hash.remove(&tid);
+            }
+        }
     }
 }
 

@@ -11,20 +11,21 @@ use aya_ebpf::{
 use profiler_common::{
     counters::Counter,
     histogram::{Histogram, NUM_BUCKETS, bucket_index},
-    process::DEFAULT_PID_MAX,
+    process::{DEFAULT_PID_MAX, MAX_HASHED_THREADS},
     syscalls::{MAX_PROCESS_SYSCALLS, MAX_SYSCALL_ERRNOS, MAX_SYSCALL_NR, ProcessSyscall, SyscallErrno, SyscallStats},
 };
 
-use crate::shared::{
-    BPF_NOEXIST, atomic_add, count, current_selected, increment, note_process, now_ns, store_start, take_start,
-};
+use crate::shared::{BPF_NOEXIST, PerThread, atomic_add, count, current_selected, increment, note_process, now_ns};
 
-/// When each thread entered which syscall (0: not in a syscall), indexed by thread id; the loader
-/// sizes it to the kernel's pid_max. One word per thread: the entry time shifted left past the
+/// When each thread entered which syscall (0: not in a syscall), by thread id: one of these two maps,
+/// the other sized to one entry by the loader (see `PerThread`). One word per thread: the entry time shifted left past the
 /// syscall number, so the time is kept modulo 2^54 ns (208 days), and differences of such times
 /// are exact for any latency shorter than that.
 #[map]
 static SYSCALL_START: Array<u64> = Array::with_max_entries(DEFAULT_PID_MAX, 0);
+#[map]
+static SYSCALL_START_BY_TID: HashMap<u32, u64> = HashMap::with_max_entries(MAX_HASHED_THREADS, 0);
+const SYSCALL_STARTS: PerThread = PerThread { array: &SYSCALL_START, hash: &SYSCALL_START_BY_TID };
 
 /// Bits of a `SYSCALL_START` word that hold the syscall number.
 const NR_BITS: u32 = 10;
@@ -55,7 +56,7 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
     if !current_selected((pid_tgid >> 32) as u32) {
         return 0;
     }
-    store_start(&SYSCALL_START, pid_tgid as u32, (now_ns() << NR_BITS) | nr as u64);
+    SYSCALL_STARTS.store(pid_tgid as u32, (now_ns() << NR_BITS) | nr as u64);
     0
 }
 
@@ -63,14 +64,14 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
 /// blocked) never reaches sys_exit, and a new thread reusing its id starts with one.
 #[inline(always)]
 pub fn forget_thread(tid: u32) {
-    take_start(&SYSCALL_START, tid);
+    SYSCALL_STARTS.forget(tid);
 }
 
 /// TP_PROTO(struct pt_regs *regs, long ret)
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let start = take_start(&SYSCALL_START, pid_tgid as u32);
+    let start = SYSCALL_STARTS.take(pid_tgid as u32);
     if start == 0 {
         return 0;
     }

@@ -90,10 +90,9 @@ fn find_member(btf: &Btf, strukt: &btf_rs::Struct, field: &str) -> Result<Option
 /// Checks that BTF tracepoint `name` exists with `params` arguments (after the hidden context one),
 /// so a kernel whose tracepoint changed shape fails with a clear message instead of wrong data.
 pub fn check_tracepoint(btf: &Btf, category: &str, name: &str, params: usize) -> Result<()> {
-    let typedef = format!("btf_trace_{name}");
     let missing = || anyhow!("this kernel has no tracepoint {category}:{name}");
-    let id = btf.resolve_ids_by_name(&typedef).map_err(|_| missing())?;
-    let mut ty = btf.resolve_type_by_id(*id.first().ok_or_else(missing)?)?;
+    let id = tracepoint_type_id(btf, name).map_err(|_| missing())?;
+    let mut ty = btf.resolve_type_by_id(id)?;
     // typedef -> pointer -> function prototype
     loop {
         ty = match ty {
@@ -113,6 +112,15 @@ pub fn check_tracepoint(btf: &Btf, category: &str, name: &str, params: usize) ->
     }
 }
 
+/// The kernel's BTF type id of BTF tracepoint `name` (its `btf_trace_<name>` typedef): the id a
+/// program attaching to it is loaded against.
+pub fn tracepoint_type_id(btf: &Btf, name: &str) -> Result<u32> {
+    btf.resolve_ids_by_name(&format!("btf_trace_{name}"))
+        .ok()
+        .and_then(|ids| ids.first().copied())
+        .ok_or_else(|| anyhow!("this kernel has no tracepoint {name}"))
+}
+
 /// What aya needs to load BTF tracepoint programs: a BTF in which each `btf_trace_<name>` typedef
 /// has the type id it has in the kernel's BTF, the id the kernel checks the program against. aya
 /// only looks these typedefs up by name, so every other type is a placeholder: parsing the whole
@@ -122,13 +130,7 @@ pub fn attach_targets(btf: &Btf, tracepoints: &[&str]) -> Result<aya::Btf> {
     const KIND_TYPEDEF: u32 = 8;
     let mut targets = Vec::new();
     for name in tracepoints {
-        let typedef = format!("btf_trace_{name}");
-        let id = btf
-            .resolve_ids_by_name(&typedef)
-            .ok()
-            .and_then(|ids| ids.first().copied())
-            .ok_or_else(|| anyhow!("this kernel has no tracepoint {name}"))?;
-        targets.push((id, typedef));
+        targets.push((tracepoint_type_id(btf, name)?, format!("btf_trace_{name}")));
     }
     let last = targets.iter().map(|(id, _)| *id).max().unwrap_or(0);
     let mut strings = vec![0u8];

@@ -20,11 +20,11 @@ use aya::{
 };
 use profiler_common::{
     counters::{Counter, NUM_COUNTERS},
-    process::ProcessName,
+    process::{MAX_HASHED_THREADS, MAX_PID_MAX_FOR_ARRAYS, ProcessName},
 };
 
 use crate::recording::{Counters, Drops, LatencyHistogram, ProcessSyscall};
-pub use btf::{KernelLayout, load_vmlinux};
+pub use btf::{KernelLayout, load_vmlinux, tracepoint_type_id};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
 
@@ -181,15 +181,22 @@ impl Probes {
         let per_thread = u8::from(options.per_thread);
 
         let pid_max = pid_max()?;
+        let tid_arrays = u8::from(pid_max <= MAX_PID_MAX_FOR_ARRAYS);
         let offsets = layout.globals();
         // No target BTF: the programs have no CO-RE relocations (the offsets above stand in for
         // them), and aya's parse of the kernel's BTF would be most of the recorder's peak memory.
         let mut ebpf = {
             let mut loader = EbpfLoader::new();
             loader.btf(None);
-            for per_thread_array in PER_THREAD_ARRAYS {
-                loader.map_max_entries(per_thread_array, pid_max);
+            let (array_len, hash_len) = match tid_arrays {
+                1 => (pid_max, 1),
+                _ => (1, MAX_HASHED_THREADS),
+            };
+            for (array, hash) in PER_THREAD_MAPS {
+                loader.map_max_entries(array, array_len);
+                loader.map_max_entries(hash, hash_len);
             }
+            loader.override_global("TID_ARRAYS", &tid_arrays, true);
             for (name, value) in &offsets {
                 loader.override_global(name, value, true);
             }
@@ -355,8 +362,10 @@ fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
     ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
 }
 
-/// Maps indexed by thread id, sized to the kernel's pid_max.
-const PER_THREAD_ARRAYS: [&str; 2] = ["RUNQ_START", "SYSCALL_START"];
+/// Per-thread start times: an array indexed by thread id and a hash map by thread id, of which the
+/// loader keeps one and shrinks the other to one entry (see `MAX_PID_MAX_FOR_ARRAYS`).
+const PER_THREAD_MAPS: [(&str, &str); 2] =
+    [("RUNQ_START", "RUNQ_START_BY_TID"), ("SYSCALL_START", "SYSCALL_START_BY_TID")];
 
 /// The kernel's bound on thread ids.
 fn pid_max() -> Result<u32> {

@@ -58,7 +58,6 @@ impl Interner {
 }
 
 pub struct StackSymbolizer {
-    symbolizer: Symbolizer,
     inline: bool,
 }
 
@@ -85,8 +84,14 @@ fn names(symbolized: &Symbolized<'_>, inline: bool) -> Option<Vec<String>> {
 
 impl StackSymbolizer {
     pub fn new(inline: bool) -> Self {
-        let symbolizer = Symbolizer::builder().enable_inlined_fns(inline).enable_code_info(inline).build();
-        Self { symbolizer, inline }
+        Self { inline }
+    }
+
+    /// A symbolizer for one source. blazesym keeps what it parsed (kallsyms, a file's symbols and
+    /// DWARF, libc's debug file among them) for as long as the symbolizer lives: one per source
+    /// lets each go before the next is parsed, so memory peaks at the largest one, not their sum.
+    fn symbolizer(&self) -> Symbolizer {
+        Symbolizer::builder().enable_inlined_fns(self.inline).enable_code_info(self.inline).build()
     }
 
     pub fn symbolize(&self, raw: &[RawStack], maps: &MapsCache) -> Stacks {
@@ -118,7 +123,8 @@ impl StackSymbolizer {
         addrs.sort_unstable();
         addrs.dedup();
         let source = Source::Kernel(Kernel::default());
-        let results = self.symbolizer.symbolize(&source, Input::AbsAddr(&addrs)).unwrap_or_default();
+        let symbolizer = self.symbolizer();
+        let results = symbolizer.symbolize(&source, Input::AbsAddr(&addrs)).unwrap_or_default();
         let module = interner.module(KERNEL_MODULE, || None);
         addrs
             .iter()
@@ -174,7 +180,8 @@ impl StackSymbolizer {
             offsets.dedup();
             let Some(file) = maps.file(key) else { continue };
             let source = Source::Elf(Elf::new(file.fd_path()));
-            let results = self.symbolizer.symbolize(&source, Input::FileOffset(offsets)).unwrap_or_default();
+            let symbolizer = self.symbolizer();
+            let results = symbolizer.symbolize(&source, Input::FileOffset(offsets)).unwrap_or_default();
             for (offset, result) in offsets.iter().zip(&results) {
                 if let Some(names) = names(result, self.inline) {
                     names_by_offset.insert((*key, *offset), names);
