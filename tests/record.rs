@@ -183,12 +183,17 @@ impl Drop for PidMax {
     }
 }
 
-/// Capacities of the loaded maps called `name` (the kernel keeps the first 15 bytes of a name).
-fn loaded_map_capacity(name: &str) -> Vec<u32> {
+fn loaded_map_ids() -> std::collections::BTreeSet<u32> {
+    aya::maps::loaded_maps().filter_map(Result::ok).map(|map| map.id()).collect()
+}
+
+/// Capacities of the maps called `name` loaded since `before` was taken (the kernel keeps the
+/// first 15 bytes of a name).
+fn new_map_capacity(name: &str, before: &std::collections::BTreeSet<u32>) -> Vec<u32> {
     let kernel_name = &name[..name.len().min(15)];
     aya::maps::loaded_maps()
         .filter_map(Result::ok)
-        .filter(|map| map.name_as_str() == Some(kernel_name))
+        .filter(|map| !before.contains(&map.id()) && map.name_as_str() == Some(kernel_name))
         .map(|map| map.max_entries())
         .collect()
 }
@@ -206,11 +211,11 @@ fn start_times_in_arrays_or_hash_maps_by_pid_max() {
         let mut workload = Workload::spawn(&["syscalls", "--getppid", &GETPPID.to_string(), "--fail-open", "0"]);
         let pid = workload.pid();
         let args = ["-p", &pid.to_string(), "--probes", "sched,syscalls"];
+        let before = loaded_map_ids();
         let recorder = Recorder::start(&dir.path().join("starts.rec"), &args);
-        // An earlier recorder's maps may still be on their way out (the kernel frees them lazily).
         for name in ["SYSCALL_START", "RUNQ_START"] {
-            assert!(loaded_map_capacity(name).contains(&array_len), "{name} at pid_max {pid_max}");
-            assert!(loaded_map_capacity(&format!("{name}_BY_TID")).contains(&hash_len), "{name}_BY_TID");
+            assert_eq!(new_map_capacity(name, &before), vec![array_len], "{name} at pid_max {pid_max}");
+            assert_eq!(new_map_capacity(&format!("{name}_BY_TID"), &before), vec![hash_len], "{name}_BY_TID");
         }
         workload.go();
         workload.wait();

@@ -2,9 +2,11 @@
 //! (A B A B ...), the ratio of each pair, and the median and range of those ratios.
 
 use std::{
+    collections::VecDeque,
     io::{BufRead as _, BufReader},
     path::Path,
     process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -169,7 +171,9 @@ fn start(tracer: &Tracer) -> Result<Child> {
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot start {}", tracer.command[0]))?;
-    // Keep the pipes drained, so that a chatty tracer never blocks on a full pipe.
+    // Keep the pipes drained, so that a chatty tracer never blocks on a full pipe, and keep the
+    // last lines to say why a tracer that fails to start failed.
+    let last_lines = Arc::new(Mutex::new(VecDeque::new()));
     for stream in [
         child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
         child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
@@ -177,12 +181,28 @@ fn start(tracer: &Tracer) -> Result<Child> {
     .into_iter()
     .flatten()
     {
-        std::thread::spawn(move || BufReader::new(stream).lines().map_while(Result::ok).for_each(drop));
+        let last_lines = Arc::clone(&last_lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let mut last = last_lines.lock().unwrap_or_else(|e| e.into_inner());
+                if last.len() == 3 {
+                    last.pop_front();
+                }
+                last.push_back(line);
+            }
+        });
     }
+    let exited_early = |status| {
+        let last = last_lines.lock().unwrap_or_else(|e| e.into_inner());
+        anyhow::anyhow!("{} exited early ({status}): {}", tracer.name, Vec::from(last.clone()).join(" / "))
+    };
+    // The first attachment: a tool attaches all its programs within milliseconds of it.
     let deadline = Instant::now() + ATTACH_TIMEOUT;
     while !holds_attachment(child.id()) {
         if let Some(status) = child.try_wait()? {
-            bail!("{} exited early: {status}", tracer.name);
+            // Let the reader threads take the last words.
+            std::thread::sleep(Duration::from_millis(100));
+            return Err(exited_early(status));
         }
         if Instant::now() > deadline {
             stop(child);
@@ -192,7 +212,7 @@ fn start(tracer: &Tracer) -> Result<Child> {
     }
     std::thread::sleep(Duration::from_millis(500));
     if let Some(status) = child.try_wait()? {
-        bail!("{} exited early: {status}", tracer.name);
+        return Err(exited_early(status));
     }
     Ok(child)
 }

@@ -19,7 +19,7 @@ pub enum Counter {
     /// Failed syscalls whose errno did not fit in the errno map.
     SyscallErrnoDrops,
     /// Per-thread start timestamps that could not be stored: a thread id at or above the `pid_max` the
-    /// probes were loaded with.
+    /// arrays were sized for, or, with hash maps (large `pid_max`), a full map.
     StartDrops,
     /// Processes whose name could not be stored in the process map.
     ProcessDrops,
@@ -35,8 +35,8 @@ pub enum Counter {
     SampleDrops,
     /// New processes not announced to userspace because the ring buffer was full.
     NewProcessDrops,
-    /// Entries created in `RUNQ_PROCESS_LATENCY`. With the per-process maps' other two counters,
-    /// minus what userspace removed, this tells how full a map is without walking it.
+    /// Entries created in `RUNQ_PROCESS_LATENCY`. Entries created minus entries userspace removed
+    /// tell how full a per-process map is without walking it.
     RunqProcessEntries,
     /// Entries created in `SYSCALL_STATS`.
     SyscallProcessEntries,

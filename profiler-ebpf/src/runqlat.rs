@@ -83,6 +83,10 @@ fn switch_in(next: *const u8) {
     let Some((pid, tgid)) = task_ids(next) else {
         return;
     };
+    // The idle task never waits in a run queue.
+    if pid == 0 {
+        return;
+    }
     let ts = RUNQ_STARTS.take(pid);
     if ts == 0 {
         return;

@@ -127,7 +127,11 @@ impl PerThread {
         };
         unsafe {
             let value = *slot;
-            *slot = 0;
+            // Only a set slot is written: a store, even of the 0 already there, would pull the
+            // slot's cache line away from the other CPUs.
+            if value != 0 {
+                *slot = 0;
+            }
             value
         }
     }

@@ -1,5 +1,5 @@
-//! Thread exit: the per-thread start-time maps drop the exiting thread's entry, so they hold only
-//! live threads however many come and go.
+//! Thread exit: the per-thread start times of the exiting thread are cleared (array) or removed
+//! (hash map), so a new thread reusing its id starts clean and the hash maps hold only live threads.
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 

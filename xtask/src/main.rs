@@ -87,7 +87,13 @@ fn run(task: Task) -> Result<()> {
             cargo(&["build", "--release", "-p", "profiler", "-p", "workload", "-p", "benches"])?;
             let runner = workspace_root().join("target/release/benches");
             let mut command = as_root(runner.to_str().unwrap());
-            command.current_dir(workspace_root()).args(&args).env("BCC_KERNEL_SOURCE", bcc_kernel_source()?);
+            command.current_dir(workspace_root()).args(&args);
+            match bcc_kernel_source() {
+                Ok(tree) => {
+                    command.env("BCC_KERNEL_SOURCE", tree);
+                }
+                Err(error) => eprintln!("xtask: bcc's tools will be skipped, they have no kernel headers: {error:#}"),
+            }
             status(&mut command)?;
             if args.is_empty() {
                 cargo(&["bench", "-p", "benches", "--bench", "micro"])?;
@@ -155,6 +161,7 @@ fn bcc_kernel_source() -> Result<PathBuf> {
     const META: &str = "linux-headers-amd64";
     if !Command::new("dpkg").args(["-s", META]).output().is_ok_and(|o| o.status.success()) {
         eprintln!("xtask: installing {META} (for bcc)");
+        status(as_root("apt-get").args(["update", "-qq"]))?;
         status(as_root("apt-get").args(["install", "-y", "-qq", "--no-install-recommends", META]))?;
     }
     let depends = output_of("dpkg-query", &["-W", "-f=${Depends}", META])?;
@@ -166,7 +173,7 @@ fn bcc_kernel_source() -> Result<PathBuf> {
     let common = format!("{}-common", headers.trim_end_matches("-amd64"));
     let tree = workspace_root().join("target/bcc-kernel-source").join(&headers);
     if !tree.exists() {
-        let partial = tree.with_extension("partial");
+        let partial = tree.with_file_name(format!("{headers}.partial"));
         let _ = std::fs::remove_dir_all(&partial);
         std::fs::create_dir_all(&partial)?;
         for (source, overwrite) in [(common, "-rs"), (headers, "-rsf")] {

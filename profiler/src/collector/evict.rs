@@ -2,7 +2,7 @@
 //! full, and added back at the end: a long recording on a machine that starts many processes (a
 //! build, a CI runner) keeps every process instead of dropping the ones that came late.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use anyhow::Result;
 
@@ -19,8 +19,6 @@ const EVICT_STEP: f64 = 0.125;
 
 #[derive(Default)]
 pub struct Evicted {
-    /// Processes already moved out.
-    tgids: BTreeSet<u32>,
     runq: BTreeMap<u32, LatencyHistogram>,
     syscalls: BTreeMap<(u32, u32), ProcessSyscall>,
     next_at: f64,
@@ -31,14 +29,12 @@ fn fullest(probes: &Probes) -> Result<f64> {
 }
 
 impl Evicted {
-    /// If a per-process map is full enough, moves out the entries of the processes among `seen` (the
-    /// processes that have entries) that exited.
-    pub fn evict_if_full(&mut self, probes: &mut Probes, seen: impl Iterator<Item = u32>) -> Result<()> {
+    /// If a per-process map is full enough, moves out the entries of processes that exited.
+    pub fn evict_if_full(&mut self, probes: &mut Probes) -> Result<()> {
         if fullest(probes)? < self.next_at.max(EVICT_AT) {
             return Ok(());
         }
-        let exited = probes.take_exited(seen.filter(|tgid| !self.tgids.contains(tgid)))?;
-        self.tgids.extend(exited.tgids);
+        let exited = probes.take_exited()?;
         for (tgid, histogram) in exited.runq {
             self.runq.entry(tgid).or_default().merge(&histogram);
         }

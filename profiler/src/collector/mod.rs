@@ -116,7 +116,10 @@ pub async fn record(config: &RecordConfig) -> Result<Recording> {
             _ = maps_ticker.tick() => maps.refresh(),
             _ = ticker.tick() => {
                 table.add_from_kernel(probes.take_process_names()?);
-                evicted.evict_if_full(&mut probes, table.tgids())?;
+                if let Err(error) = evicted.evict_if_full(&mut probes) {
+                    // The entries stay in the kernel maps; at worst some are dropped when they fill.
+                    tracing::warn!("cannot move exited processes out of the kernel maps: {error:#}");
+                }
                 if !progress.is_hidden() {
                     let counters = probes.counters()?;
                     progress.set_message(format!(

@@ -26,11 +26,6 @@ impl ProcessTable {
         }
     }
 
-    /// Processes the kernel reported so far.
-    pub fn tgids(&self) -> impl Iterator<Item = u32> + '_ {
-        self.processes.keys().copied()
-    }
-
     /// The table for the given tgids: every one gets an entry, from /proc if the kernel never
     /// named it (its map was full), else "?".
     pub fn finish(mut self, tgids: impl IntoIterator<Item = u32>) -> BTreeMap<u32, Process> {

@@ -123,8 +123,9 @@ pub fn tracepoint_type_id(btf: &Btf, name: &str) -> Result<u32> {
 
 /// What aya needs to load BTF tracepoint programs: a BTF in which each `btf_trace_<name>` typedef
 /// has the type id it has in the kernel's BTF, the id the kernel checks the program against. aya
-/// only looks these typedefs up by name, so every other type is a placeholder: parsing the whole
-/// vmlinux BTF into aya's structures would cost about 20 MB of memory for a handful of ids.
+/// only looks these typedefs up by name, so every other type up to the highest of their ids is a
+/// 12-byte placeholder: parsing the whole vmlinux BTF into aya's structures would cost about 16 MB
+/// of memory for a handful of ids.
 pub fn attach_targets(btf: &Btf, tracepoints: &[&str]) -> Result<aya::Btf> {
     const KIND_PTR: u32 = 2;
     const KIND_TYPEDEF: u32 = 8;

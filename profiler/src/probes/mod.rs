@@ -302,10 +302,6 @@ impl Probes {
         Ok(entries)
     }
 
-    pub(crate) fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
-        map(&mut self.ebpf, name)
-    }
-
     /// Programs attached now.
     pub fn programs_attached(&self) -> usize {
         tracepoints_of(&self.probes).len() + usize::from(self.probes.contains(&Probe::Cpu))
@@ -325,32 +321,59 @@ impl Probes {
             .collect())
     }
 
-    /// Takes the per-process data of the processes among `tgids` that have exited out of the kernel
-    /// maps. Which ones exited is settled before the maps are read: a process that exits while they
-    /// are being walked would otherwise lose the rows the walk passed before it wrote them.
-    pub fn take_exited(&mut self, tgids: impl IntoIterator<Item = u32>) -> Result<Exited> {
-        let gone: BTreeSet<u32> =
-            tgids.into_iter().filter(|tgid| !Path::new(&format!("/proc/{tgid}")).exists()).collect();
-        if gone.is_empty() {
-            return Ok(Exited::default());
-        }
-        let mut exited = Exited::default();
+    /// Takes what processes that have exited left in the per-process maps. Which ones exited is
+    /// settled before any entry is read: a process that exits while the maps are being walked
+    /// would otherwise lose the entries the walk passed before it wrote them.
+    pub fn take_exited(&mut self) -> Result<Exited> {
+        let mut seen = BTreeSet::new();
         if self.probes.contains(&Probe::Sched) {
-            exited.runq = sched::drain(self)?.per_process.into_iter().filter(|(tgid, _)| gone.contains(tgid)).collect();
+            seen.extend(sched::tgids(self)?);
         }
         if self.probes.contains(&Probe::Syscalls) {
-            exited.syscalls =
-                syscalls::drain(self)?.per_process.into_iter().filter(|row| gone.contains(&row.tgid)).collect();
+            seen.extend(syscalls::tgids(self)?);
+        }
+        let gone: BTreeSet<u32> =
+            seen.into_iter().filter(|tgid| !Path::new(&format!("/proc/{tgid}")).exists()).collect();
+        let mut exited = Exited::default();
+        if gone.is_empty() {
+            return Ok(exited);
+        }
+        if self.probes.contains(&Probe::Sched) {
+            exited.runq = sched::take(self, &gone)?;
+        }
+        if self.probes.contains(&Probe::Syscalls) {
+            exited.syscalls = syscalls::take(self, &gone)?;
         }
         exited.tgids = gone.into_iter().collect();
-        sched::forget(self, &exited.tgids)?;
-        syscalls::forget(self, &exited.tgids)?;
         Ok(exited)
     }
 
-    /// Records that userspace removed `count` entries from a per-process map.
-    pub(crate) fn note_removed(&mut self, map: &'static str, count: u64) {
-        *self.removed.entry(map).or_default() += count;
+    /// The processes with entries in hash map `name`.
+    fn tgids_in<K: aya::Pod, V: aya::Pod>(&self, name: &str, tgid_of: impl Fn(&K) -> u32) -> Result<BTreeSet<u32>> {
+        let map: HashMap<_, K, V> = HashMap::try_from(self.map(name)?)?;
+        Ok(map.keys().filter_map(Result::ok).map(|key| tgid_of(&key)).collect())
+    }
+
+    /// Takes the entries of processes `tgids` out of per-process map `name`: each is read, then
+    /// removed.
+    fn take_entries<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        tgids: &BTreeSet<u32>,
+        tgid_of: impl Fn(&K) -> u32,
+    ) -> Result<Vec<(K, V)>> {
+        let mut map: HashMap<_, K, V> = HashMap::try_from(map(&mut self.ebpf, name)?)?;
+        let keys: Vec<K> = map.keys().filter_map(Result::ok).filter(|key| tgids.contains(&tgid_of(key))).collect();
+        let mut taken = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Ok(value) = map.get(&key, 0)
+                && map.remove(&key).is_ok()
+            {
+                taken.push((key, value));
+            }
+        }
+        *self.removed.entry(name).or_default() += taken.len() as u64;
+        Ok(taken)
     }
 
     pub(crate) fn map(&self, name: &str) -> Result<&aya::maps::Map> {

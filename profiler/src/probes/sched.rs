@@ -1,6 +1,6 @@
 //! Run-queue latency probe: its tracepoints and the drain of its maps.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Result;
 use aya::maps::{HashMap, PerCpuArray};
@@ -29,25 +29,27 @@ pub fn drain(probes: &Probes) -> Result<RunqLatency> {
     }
 
     let process_map: HashMap<_, ProcessBucket, u64> = HashMap::try_from(probes.map("RUNQ_PROCESS_LATENCY")?)?;
+    let per_process = per_process(process_map.iter().collect::<Result<Vec<_>, _>>()?);
+    Ok(RunqLatency { system, per_cpu, per_process })
+}
+
+/// Per-process histograms from (tgid, bucket) -> count entries.
+fn per_process(entries: Vec<(ProcessBucket, u64)>) -> BTreeMap<u32, LatencyHistogram> {
     let mut dense: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
-    for entry in process_map.iter() {
-        let (key, count) = entry?;
+    for (key, count) in entries {
         if let Some(slot) = dense.entry(key.tgid).or_insert_with(|| vec![0; NUM_BUCKETS]).get_mut(key.bucket as usize) {
             *slot += count;
         }
     }
-    let per_process = dense.into_iter().map(|(tgid, counts)| (tgid, LatencyHistogram::from_dense(&counts))).collect();
-    Ok(RunqLatency { system, per_cpu, per_process })
+    dense.into_iter().map(|(tgid, counts)| (tgid, LatencyHistogram::from_dense(&counts))).collect()
 }
 
-/// Removes the entries of these processes (which exited) from the per-process map.
-pub fn forget(probes: &mut Probes, tgids: &[u32]) -> Result<()> {
-    if tgids.is_empty() || probes.map("RUNQ_PROCESS_LATENCY").is_err() {
-        return Ok(());
-    }
-    let mut map: HashMap<_, ProcessBucket, u64> = HashMap::try_from(probes.map_mut("RUNQ_PROCESS_LATENCY")?)?;
-    let doomed: Vec<ProcessBucket> = map.keys().filter_map(Result::ok).filter(|k| tgids.contains(&k.tgid)).collect();
-    let removed = doomed.iter().filter(|key| map.remove(key).is_ok()).count();
-    probes.note_removed("RUNQ_PROCESS_LATENCY", removed as u64);
-    Ok(())
+/// Processes with entries in the per-process map.
+pub fn tgids(probes: &Probes) -> Result<BTreeSet<u32>> {
+    probes.tgids_in::<ProcessBucket, u64>("RUNQ_PROCESS_LATENCY", |key| key.tgid)
+}
+
+/// Takes the entries of these processes (which exited) out of the per-process map.
+pub fn take(probes: &mut Probes, tgids: &BTreeSet<u32>) -> Result<BTreeMap<u32, LatencyHistogram>> {
+    Ok(per_process(probes.take_entries("RUNQ_PROCESS_LATENCY", tgids, |key: &ProcessBucket| key.tgid)?))
 }

@@ -1,6 +1,6 @@
 //! Syscall probe: its tracepoints and the drain of its maps.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Result;
 use aya::maps::{Array, HashMap};
@@ -29,43 +29,45 @@ pub fn drain(probes: &Probes) -> Result<Syscalls> {
     }
 
     let errno_map: HashMap<_, SyscallErrno, u64> = HashMap::try_from(probes.map("SYSCALL_ERRNOS")?)?;
-    let mut errnos: BTreeMap<(u32, u32), Vec<(u32, u64)>> = BTreeMap::new();
-    for entry in errno_map.iter() {
-        let (key, count) = entry?;
-        errnos.entry((key.tgid, key.nr)).or_default().push((key.errno, count));
-    }
-
     let stats_map: HashMap<_, StatsKey, SyscallStats> = HashMap::try_from(probes.map("SYSCALL_STATS")?)?;
-    let mut per_process = Vec::new();
-    for entry in stats_map.iter() {
-        let (key, stats) = entry?;
-        let mut errnos = errnos.remove(&(key.tgid, key.nr)).unwrap_or_default();
-        errnos.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        per_process.push(ProcessSyscall {
-            tgid: key.tgid,
-            nr: key.nr,
-            count: stats.count,
-            errors: stats.errors,
-            total_ns: stats.total_ns,
-            errnos,
-        });
-    }
-    per_process.sort_by_key(|row| (row.tgid, row.nr));
+    let per_process =
+        rows(stats_map.iter().collect::<Result<Vec<_>, _>>()?, errno_map.iter().collect::<Result<Vec<_>, _>>()?);
     Ok(Syscalls { latency, per_process })
 }
 
-/// Removes the entries of these processes (which exited) from the per-process maps.
-pub fn forget(probes: &mut Probes, tgids: &[u32]) -> Result<()> {
-    if tgids.is_empty() {
-        return Ok(());
+/// Per (process, syscall) rows, each with its errnos (commonest first), sorted by process.
+fn rows(stats: Vec<(StatsKey, SyscallStats)>, errno_counts: Vec<(SyscallErrno, u64)>) -> Vec<ProcessSyscall> {
+    let mut errnos: BTreeMap<(u32, u32), Vec<(u32, u64)>> = BTreeMap::new();
+    for (key, count) in errno_counts {
+        errnos.entry((key.tgid, key.nr)).or_default().push((key.errno, count));
     }
-    let mut stats: HashMap<_, StatsKey, SyscallStats> = HashMap::try_from(probes.map_mut("SYSCALL_STATS")?)?;
-    let doomed: Vec<StatsKey> = stats.keys().filter_map(Result::ok).filter(|k| tgids.contains(&k.tgid)).collect();
-    let removed = doomed.iter().filter(|key| stats.remove(key).is_ok()).count();
-    probes.note_removed("SYSCALL_STATS", removed as u64);
-    let mut errnos: HashMap<_, SyscallErrno, u64> = HashMap::try_from(probes.map_mut("SYSCALL_ERRNOS")?)?;
-    let doomed: Vec<SyscallErrno> = errnos.keys().filter_map(Result::ok).filter(|k| tgids.contains(&k.tgid)).collect();
-    let removed = doomed.iter().filter(|key| errnos.remove(key).is_ok()).count();
-    probes.note_removed("SYSCALL_ERRNOS", removed as u64);
-    Ok(())
+    let mut rows: Vec<ProcessSyscall> = stats
+        .into_iter()
+        .map(|(key, stats)| {
+            let mut errnos = errnos.remove(&(key.tgid, key.nr)).unwrap_or_default();
+            errnos.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            ProcessSyscall {
+                tgid: key.tgid,
+                nr: key.nr,
+                count: stats.count,
+                errors: stats.errors,
+                total_ns: stats.total_ns,
+                errnos,
+            }
+        })
+        .collect();
+    rows.sort_by_key(|row| (row.tgid, row.nr));
+    rows
+}
+
+/// Processes with rows in the per-process map.
+pub fn tgids(probes: &Probes) -> Result<BTreeSet<u32>> {
+    probes.tgids_in::<StatsKey, SyscallStats>("SYSCALL_STATS", |key| key.tgid)
+}
+
+/// Takes the rows of these processes (which exited) out of the per-process maps.
+pub fn take(probes: &mut Probes, tgids: &BTreeSet<u32>) -> Result<Vec<ProcessSyscall>> {
+    let errnos = probes.take_entries("SYSCALL_ERRNOS", tgids, |key: &SyscallErrno| key.tgid)?;
+    let stats = probes.take_entries("SYSCALL_STATS", tgids, |key: &StatsKey| key.tgid)?;
+    Ok(rows(stats, errnos))
 }

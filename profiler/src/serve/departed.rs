@@ -57,7 +57,7 @@ impl Departed {
                 self.names.insert(tgid, comm);
             }
         }
-        let exited = probes.take_exited(tgids.iter().copied())?;
+        let exited = probes.take_exited()?;
         for &tgid in &exited.tgids {
             let name = self.names.remove(&tgid).unwrap_or_else(|| "?".to_string());
             let id = self.id_for(&name);
@@ -83,7 +83,7 @@ impl Departed {
         }
         let exited = exited.tgids;
         self.names.retain(|tgid, _| !exited.contains(tgid));
-        self.live = tgids.len() - exited.len();
+        self.live = tgids.iter().filter(|tgid| !exited.contains(tgid)).count();
         current.processes = tgids
             .iter()
             .filter_map(|tgid| {
