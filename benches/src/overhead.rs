@@ -18,6 +18,35 @@ use crate::summarize;
 struct Tracer {
     name: &'static str,
     command: Vec<String>,
+    /// kernel.pid_max while the tracer starts, restored once it has attached.
+    pid_max: Option<u32>,
+}
+
+impl Tracer {
+    /// The same tracer, started while kernel.pid_max is `value` (systemd sets 4194304, which puts
+    /// the profiler's per-thread start times in hash maps instead of arrays).
+    fn with_pid_max(self, value: u32) -> Tracer {
+        Tracer { pid_max: Some(value), ..self }
+    }
+}
+
+/// Sets kernel.pid_max until dropped.
+struct PidMax(String);
+
+impl PidMax {
+    const PATH: &str = "/proc/sys/kernel/pid_max";
+
+    fn set(value: u32) -> Result<PidMax> {
+        let old = std::fs::read_to_string(Self::PATH).with_context(|| format!("cannot read {}", Self::PATH))?;
+        std::fs::write(Self::PATH, value.to_string()).with_context(|| format!("cannot write {}", Self::PATH))?;
+        Ok(PidMax(old.trim().to_string()))
+    }
+}
+
+impl Drop for PidMax {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
 }
 
 struct Workload {
@@ -31,11 +60,11 @@ fn words(s: &str) -> Vec<String> {
 }
 
 fn tracer(name: &'static str, command: &str) -> Tracer {
-    Tracer { name, command: words(command) }
+    Tracer { name, command: words(command), pid_max: None }
 }
 
 fn bpftrace(name: &'static str, program: &str) -> Tracer {
-    Tracer { name, command: vec!["bpftrace".into(), "-e".into(), program.into()] }
+    Tracer { name, command: vec!["bpftrace".into(), "-e".into(), program.into()], pid_max: None }
 }
 
 /// Empty programs on BTF tracepoints, the profiler's own kind of hook (see floor.rs).
@@ -46,8 +75,11 @@ fn floor(name: &'static str, clock: bool, tracepoints: &[&str]) -> Tracer {
         command.push("--clock".into());
     }
     command.extend(tracepoints.iter().map(|tp| tp.to_string()));
-    Tracer { name, command }
+    Tracer { name, command, pid_max: None }
 }
+
+/// kernel.pid_max as systemd sets it.
+const SYSTEMD_PID_MAX: u32 = 4_194_304;
 
 fn workloads(bin: &Path) -> Vec<Workload> {
     let profiler = bin.join("profiler").display().to_string();
@@ -60,6 +92,8 @@ fn workloads(bin: &Path) -> Vec<Workload> {
             command: words("taskset -c 1 perf bench sched pipe -l 200000"),
             tracers: vec![
                 tracer("profiler --probes sched (tp_btf, 16x finer buckets, per process and CPU)", &ours("sched")),
+                tracer("profiler --probes sched, kernel.pid_max 4194304 (start times in a hash map)", &ours("sched"))
+                    .with_pid_max(SYSTEMD_PID_MAX),
                 tracer("libbpf-tools runqlat", "runqlat"),
                 tracer(
                     "bcc runqlat-bpfcc (its task_struct offsets come from 6.1 headers: output wrong here, cost comparable)",
@@ -82,6 +116,11 @@ fn workloads(bin: &Path) -> Vec<Workload> {
             command: words("taskset -c 1 perf bench syscall basic -l 5000000"),
             tracers: vec![
                 tracer("profiler --probes syscalls (counts, errnos, latency histograms)", &ours("syscalls")),
+                tracer(
+                    "profiler --probes syscalls, kernel.pid_max 4194304 (start times in a hash map)",
+                    &ours("syscalls"),
+                )
+                .with_pid_max(SYSTEMD_PID_MAX),
                 tracer("libbpf-tools syscount (counts)", "syscount"),
                 tracer("libbpf-tools syscount -L (counts, mean latency)", "syscount -L"),
                 tracer("bcc syscount-bpfcc (counts)", "syscount-bpfcc"),
@@ -164,6 +203,7 @@ fn holds_attachment(pid: u32) -> bool {
 /// Starts a tracer and waits until it has attached, then a little more for all its programs to be
 /// live everywhere.
 fn start(tracer: &Tracer) -> Result<Child> {
+    let _pid_max = tracer.pid_max.map(PidMax::set).transpose()?;
     let mut child = Command::new(&tracer.command[0])
         .args(&tracer.command[1..])
         .env("PYTHONUNBUFFERED", "1")
