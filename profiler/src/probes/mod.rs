@@ -185,6 +185,8 @@ impl Probes {
         let offsets = layout.globals();
         // No target BTF: the programs have no CO-RE relocations (the offsets above stand in for
         // them), and aya's parse of the kernel's BTF would be most of the recorder's peak memory.
+        // aya skips CO-RE silently without one: a program that uses CO-RE needs
+        // `loader.btf(Some(&aya::Btf::from_sys_fs()?))` here.
         let mut ebpf = {
             let mut loader = EbpfLoader::new();
             loader.btf(None);
