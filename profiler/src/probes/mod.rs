@@ -323,51 +323,60 @@ impl Probes {
             .collect())
     }
 
-    /// Takes what processes that have exited left in the per-process maps. Which ones exited is
-    /// settled before any entry is read: a process that exits while the maps are being walked
-    /// would otherwise lose the entries the walk passed before it wrote them.
+    /// Takes what processes that have exited left in the per-process maps. Each map's keys are
+    /// walked once; which processes exited is settled after that and before any value is read: a
+    /// process that exits while the maps are being walked would otherwise lose the entries the walk
+    /// passed before it wrote them.
     pub fn take_exited(&mut self) -> Result<Exited> {
-        let mut seen = BTreeSet::new();
-        if self.probes.contains(&Probe::Sched) {
-            seen.extend(sched::tgids(self)?);
-        }
-        if self.probes.contains(&Probe::Syscalls) {
-            seen.extend(syscalls::tgids(self)?);
-        }
+        use profiler_common::{
+            runqlat::ProcessBucket,
+            syscalls::{ProcessSyscall as StatsKey, SyscallErrno, SyscallStats},
+        };
+        let (sched, syscalls) = (self.probes.contains(&Probe::Sched), self.probes.contains(&Probe::Syscalls));
+        let runq_keys: Vec<ProcessBucket> = self.keys::<_, u64>("RUNQ_PROCESS_LATENCY", sched)?;
+        let stats_keys: Vec<StatsKey> = self.keys::<_, SyscallStats>("SYSCALL_STATS", syscalls)?;
+        let errno_keys: Vec<SyscallErrno> = self.keys::<_, u64>("SYSCALL_ERRNOS", syscalls)?;
+        let seen: BTreeSet<u32> = runq_keys
+            .iter()
+            .map(|key| key.tgid)
+            .chain(stats_keys.iter().map(|key| key.tgid))
+            .chain(errno_keys.iter().map(|key| key.tgid))
+            .collect();
         let gone: BTreeSet<u32> =
             seen.into_iter().filter(|tgid| !Path::new(&format!("/proc/{tgid}")).exists()).collect();
-        let mut exited = Exited::default();
         if gone.is_empty() {
-            return Ok(exited);
+            return Ok(Exited::default());
         }
-        if self.probes.contains(&Probe::Sched) {
-            exited.runq = sched::take(self, &gone)?;
-        }
-        if self.probes.contains(&Probe::Syscalls) {
-            exited.syscalls = syscalls::take(self, &gone)?;
-        }
-        exited.tgids = gone.into_iter().collect();
-        Ok(exited)
+        let runq = self.take::<_, u64>("RUNQ_PROCESS_LATENCY", runq_keys, |key| gone.contains(&key.tgid))?;
+        let stats = self.take::<_, SyscallStats>("SYSCALL_STATS", stats_keys, |key| gone.contains(&key.tgid))?;
+        let errnos = self.take::<_, u64>("SYSCALL_ERRNOS", errno_keys, |key| gone.contains(&key.tgid))?;
+        Ok(Exited {
+            tgids: gone.into_iter().collect(),
+            runq: sched::per_process(runq),
+            syscalls: syscalls::rows(stats, errnos),
+        })
     }
 
-    /// The processes with entries in hash map `name`.
-    fn tgids_in<K: aya::Pod, V: aya::Pod>(&self, name: &str, tgid_of: impl Fn(&K) -> u32) -> Result<BTreeSet<u32>> {
+    /// The keys of hash map `name`, or none when its probe is off.
+    fn keys<K: aya::Pod, V: aya::Pod>(&self, name: &str, probe_on: bool) -> Result<Vec<K>> {
+        if !probe_on {
+            return Ok(Vec::new());
+        }
         let map: HashMap<_, K, V> = HashMap::try_from(self.map(name)?)?;
-        Ok(map.keys().filter_map(Result::ok).map(|key| tgid_of(&key)).collect())
+        Ok(map.keys().filter_map(Result::ok).collect())
     }
 
-    /// Takes the entries of processes `tgids` out of per-process map `name`: each is read, then
+    /// Takes the entries of per-process map `name` whose keys pass `wanted`: each is read, then
     /// removed.
-    fn take_entries<K: aya::Pod, V: aya::Pod>(
+    fn take<K: aya::Pod, V: aya::Pod>(
         &mut self,
         name: &'static str,
-        tgids: &BTreeSet<u32>,
-        tgid_of: impl Fn(&K) -> u32,
+        keys: Vec<K>,
+        wanted: impl Fn(&K) -> bool,
     ) -> Result<Vec<(K, V)>> {
         let mut map: HashMap<_, K, V> = HashMap::try_from(map(&mut self.ebpf, name)?)?;
-        let keys: Vec<K> = map.keys().filter_map(Result::ok).filter(|key| tgids.contains(&tgid_of(key))).collect();
-        let mut taken = Vec::with_capacity(keys.len());
-        for key in keys {
+        let mut taken = Vec::new();
+        for key in keys.into_iter().filter(|key| wanted(key)) {
             if let Ok(value) = map.get(&key, 0)
                 && map.remove(&key).is_ok()
             {

@@ -1,6 +1,6 @@
 //! Run-queue latency probe: its tracepoints and the drain of its maps.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use anyhow::Result;
 use aya::maps::{HashMap, PerCpuArray};
@@ -34,7 +34,7 @@ pub fn drain(probes: &Probes) -> Result<RunqLatency> {
 }
 
 /// Per-process histograms from (tgid, bucket) -> count entries.
-fn per_process(entries: Vec<(ProcessBucket, u64)>) -> BTreeMap<u32, LatencyHistogram> {
+pub(super) fn per_process(entries: Vec<(ProcessBucket, u64)>) -> BTreeMap<u32, LatencyHistogram> {
     let mut dense: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
     for (key, count) in entries {
         if let Some(slot) = dense.entry(key.tgid).or_insert_with(|| vec![0; NUM_BUCKETS]).get_mut(key.bucket as usize) {
@@ -42,14 +42,4 @@ fn per_process(entries: Vec<(ProcessBucket, u64)>) -> BTreeMap<u32, LatencyHisto
         }
     }
     dense.into_iter().map(|(tgid, counts)| (tgid, LatencyHistogram::from_dense(&counts))).collect()
-}
-
-/// Processes with entries in the per-process map.
-pub fn tgids(probes: &Probes) -> Result<BTreeSet<u32>> {
-    probes.tgids_in::<ProcessBucket, u64>("RUNQ_PROCESS_LATENCY", |key| key.tgid)
-}
-
-/// Takes the entries of these processes (which exited) out of the per-process map.
-pub fn take(probes: &mut Probes, tgids: &BTreeSet<u32>) -> Result<BTreeMap<u32, LatencyHistogram>> {
-    Ok(per_process(probes.take_entries("RUNQ_PROCESS_LATENCY", tgids, |key: &ProcessBucket| key.tgid)?))
 }

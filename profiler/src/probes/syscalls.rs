@@ -1,6 +1,6 @@
 //! Syscall probe: its tracepoints and the drain of its maps.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use anyhow::Result;
 use aya::maps::{Array, HashMap};
@@ -36,7 +36,10 @@ pub fn drain(probes: &Probes) -> Result<Syscalls> {
 }
 
 /// Per (process, syscall) rows, each with its errnos (commonest first), sorted by process.
-fn rows(stats: Vec<(StatsKey, SyscallStats)>, errno_counts: Vec<(SyscallErrno, u64)>) -> Vec<ProcessSyscall> {
+pub(super) fn rows(
+    stats: Vec<(StatsKey, SyscallStats)>,
+    errno_counts: Vec<(SyscallErrno, u64)>,
+) -> Vec<ProcessSyscall> {
     let mut errnos: BTreeMap<(u32, u32), Vec<(u32, u64)>> = BTreeMap::new();
     for (key, count) in errno_counts {
         errnos.entry((key.tgid, key.nr)).or_default().push((key.errno, count));
@@ -58,16 +61,4 @@ fn rows(stats: Vec<(StatsKey, SyscallStats)>, errno_counts: Vec<(SyscallErrno, u
         .collect();
     rows.sort_by_key(|row| (row.tgid, row.nr));
     rows
-}
-
-/// Processes with rows in the per-process map.
-pub fn tgids(probes: &Probes) -> Result<BTreeSet<u32>> {
-    probes.tgids_in::<StatsKey, SyscallStats>("SYSCALL_STATS", |key| key.tgid)
-}
-
-/// Takes the rows of these processes (which exited) out of the per-process maps.
-pub fn take(probes: &mut Probes, tgids: &BTreeSet<u32>) -> Result<Vec<ProcessSyscall>> {
-    let errnos = probes.take_entries("SYSCALL_ERRNOS", tgids, |key: &SyscallErrno| key.tgid)?;
-    let stats = probes.take_entries("SYSCALL_STATS", tgids, |key: &StatsKey| key.tgid)?;
-    Ok(rows(stats, errnos))
 }
