@@ -7,24 +7,14 @@ use std::time::Duration;
 
 use common::{Recorder, temp_dir};
 
-const OUR_PROGRAMS: [&str; 8] = [
-    "sched_wakeup",
-    "sched_wakeup_new",
-    "sched_switch",
-    "sys_enter",
-    "sys_exit",
-    "sched_process_exit",
-    "sched_process_exec",
-    "on_cpu_sample",
-];
+use profiler::probes::{Probe, program_count, program_names};
 
 fn our_programs_loaded() -> usize {
+    let ours = program_names(&Probe::ALL);
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         // The kernel keeps the first 15 bytes of a program's name.
-        .filter(|p| {
-            p.name_as_str().is_some_and(|name| OUR_PROGRAMS.iter().any(|ours| &ours[..ours.len().min(15)] == name))
-        })
+        .filter(|p| p.name_as_str().is_some_and(|name| ours.iter().any(|ours| &ours[..ours.len().min(15)] == name)))
         .count()
 }
 
@@ -39,7 +29,7 @@ fn programs_are_gone_after_every_kind_of_exit() {
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGKILL] {
         let dir = temp_dir();
         let recorder = Recorder::start(&dir.path().join("x.rec"), &[]);
-        assert_eq!(our_programs_loaded(), OUR_PROGRAMS.len(), "the check sees our programs while recording");
+        assert_eq!(our_programs_loaded(), program_count(&Probe::ALL), "the check sees our programs while recording");
         std::thread::sleep(Duration::from_millis(200));
         let _ = recorder.stop_with(signal);
         // The kernel frees programs asynchronously (RCU) after the last reference goes.

@@ -121,7 +121,8 @@ fn serve_exposes_live_metrics_and_survives_a_scrape_flood() {
     assert_eq!(status, 200);
     promtool_accepts(&page);
     assert!(page.contains("profiler_runqueue_latency_seconds_bucket"));
-    assert_eq!(metric_value(&page, "profiler_programs_attached"), 6.0);
+    // sched: wakeup, wakeup_new, switch, thread exit; syscalls: enter, exit, thread exit.
+    assert_eq!(metric_value(&page, "profiler_programs_attached"), 7.0);
     let (status, openmetrics) = http_get(&server.addr, "/metrics", Some("application/openmetrics-text"));
     assert_eq!(status, 200);
     assert!(openmetrics.trim_end().ends_with("# EOF"));

@@ -66,11 +66,25 @@ pub fn bucket_bounds(index: u32) -> (u64, u64) {
     (lower, lower + width)
 }
 
-/// Bucket counts of one latency distribution, as the kernel keeps them.
+/// Slots of a kernel-side histogram: `NUM_BUCKETS` rounded up to a power of two, so that the eBPF
+/// programs bound an index with a mask on the very register that addresses the slot. Older
+/// verifiers (Linux 5.10, 6.1) do not carry a bounds check over to a copy of the index, which is
+/// what a compare-and-branch becomes after LLVM's register allocation.
+pub const HISTOGRAM_SLOTS: usize = NUM_BUCKETS.next_power_of_two();
+
+/// Bucket counts of one latency distribution, as the kernel keeps them; slots from `NUM_BUCKETS`
+/// on stay zero.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Histogram {
-    pub buckets: [u64; NUM_BUCKETS],
+    pub buckets: [u64; HISTOGRAM_SLOTS],
+}
+
+impl Histogram {
+    /// The counts of the real buckets.
+    pub fn counts(&self) -> &[u64] {
+        &self.buckets[..NUM_BUCKETS]
+    }
 }
 
 crate::user_pod!(Histogram);

@@ -8,7 +8,6 @@ mod oncpu;
 mod runqlat;
 mod shared;
 mod syscalls;
-mod threads;
 
 #[cfg(not(test))]
 #[panic_handler]

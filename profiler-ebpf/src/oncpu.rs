@@ -39,7 +39,7 @@ const EEXIST: i32 = 17;
 const EFAULT: i32 = 14;
 
 #[perf_event]
-pub fn on_cpu_sample(ctx: PerfEventContext) -> u32 {
+pub fn oncpu_sample(ctx: PerfEventContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
     if tid == 0 {
@@ -85,7 +85,7 @@ fn stack_id(ctx: &PerfEventContext, flags: u64) -> i32 {
 
 /// TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 #[btf_tracepoint(function = "sched_process_exec")]
-pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
+pub fn oncpu_sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     if let Some((_, tgid)) = task_ids(ctx.arg(0)) {
         // The process has a new address space: announce it again on its next sample.
         let _ = SAMPLED_PROCESSES.remove(&tgid);

@@ -9,12 +9,14 @@ use aya_ebpf::{
 };
 use profiler_common::{
     counters::Counter,
-    histogram::{Histogram, NUM_BUCKETS, bucket_index},
+    histogram::{Histogram, bucket_index},
     process::{DEFAULT_PID_MAX, MAX_HASHED_THREADS},
     runqlat::{MAX_PROCESS_BUCKETS, ProcessBucket},
 };
 
-use crate::shared::{PerThread, count, increment, note_process, now_ns, task_ids, task_selected};
+use crate::shared::{
+    PerThread, count, histogram_slot, increment, note_process, now_ns, task_ids, task_selected, task_state,
+};
 
 /// When each runnable thread was enqueued (0: not waiting), by thread id: one of these two maps, the
 /// other sized to one entry by the loader (see `PerThread`).
@@ -46,35 +48,57 @@ fn enqueue(task: *const u8) {
     RUNQ_STARTS.store(pid, now_ns());
 }
 
-#[inline(always)]
-pub fn forget_thread(tid: u32) {
-    RUNQ_STARTS.forget(tid);
-}
-
 #[btf_tracepoint(function = "sched_wakeup")]
-pub fn sched_wakeup(ctx: BtfTracePointContext) -> i32 {
+pub fn runq_sched_wakeup(ctx: BtfTracePointContext) -> i32 {
     count(Counter::Wakeups);
     enqueue(ctx.arg(0));
     0
 }
 
 #[btf_tracepoint(function = "sched_wakeup_new")]
-pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> i32 {
+pub fn runq_sched_wakeup_new(ctx: BtfTracePointContext) -> i32 {
     count(Counter::Wakeups);
     enqueue(ctx.arg(0));
     0
 }
 
-/// TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next, unsigned int prev_state)
+/// Linux 5.18 and later: TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next,
+/// unsigned int prev_state).
 #[btf_tracepoint(function = "sched_switch")]
-pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
-    count(Counter::SchedSwitches);
+pub fn runq_sched_switch(ctx: BtfTracePointContext) -> i32 {
     let prev_state: u32 = ctx.arg(3);
-    if prev_state == TASK_RUNNING {
-        count(Counter::InvoluntarySwitches);
-        enqueue(ctx.arg(1));
+    switch(ctx.arg::<u8>(0) != 0, ctx.arg(1), ctx.arg(2), prev_state)
+}
+
+/// Before Linux 5.18: TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next).
+/// The switched-out task's state is read from the task.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn runq_sched_switch_task_state(ctx: BtfTracePointContext) -> i32 {
+    let prev: *const u8 = ctx.arg(1);
+    let prev_state = task_state(prev).unwrap_or(TASK_RUNNING);
+    switch(ctx.arg::<u8>(0) != 0, prev, ctx.arg(2), prev_state)
+}
+
+/// TP_PROTO(struct task_struct *p, ...): the exiting thread's start time is cleared, so a new
+/// thread reusing its id starts clean and the hash map holds only live threads.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn runq_thread_exit(ctx: BtfTracePointContext) -> i32 {
+    if let Some((tid, _)) = task_ids(ctx.arg(0)) {
+        RUNQ_STARTS.forget(tid);
     }
-    switch_in(ctx.arg(2));
+    0
+}
+
+/// A task switched out while still runnable (preempted, or its state still TASK_RUNNING) waits in
+/// the run queue from now on; the task switched in stops waiting.
+#[inline(always)]
+fn switch(preempt: bool, prev: *const u8, next: *const u8, prev_state: u32) -> i32 {
+    count(Counter::SchedSwitches);
+    if preempt || prev_state == TASK_RUNNING {
+        count(Counter::InvoluntarySwitches);
+        enqueue(prev);
+    }
+    switch_in(next);
     0
 }
 
@@ -96,14 +120,10 @@ fn switch_in(next: *const u8) {
         return;
     }
     let bucket = bucket_index(now - ts);
-
     if let Some(histogram) = RUNQ_LATENCY.get_ptr_mut(0) {
-        let index = bucket as usize;
-        if index < NUM_BUCKETS {
-            unsafe { (*histogram).buckets[index] += 1 };
-        }
+        // SAFETY: a per-CPU slot, and programs do not migrate while they run: a plain add is race-free.
+        unsafe { *histogram_slot(histogram, bucket) += 1 };
     }
-
     if increment(&RUNQ_PROCESS_LATENCY, &ProcessBucket { tgid, bucket }, Counter::RunqProcessDrops) {
         count(Counter::RunqProcessEntries);
         note_process(next, tgid);

@@ -9,6 +9,7 @@ use aya_ebpf::{
 };
 use profiler_common::{
     counters::{Counter, NUM_COUNTERS},
+    histogram::{HISTOGRAM_SLOTS, Histogram},
     process::{COMM_LEN, MAX_PROCESSES, ProcessName},
 };
 
@@ -21,6 +22,9 @@ static TASK_TGID_OFFSET: Global<u32> = Global::new(0);
 static TASK_GROUP_LEADER_OFFSET: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static TASK_COMM_OFFSET: Global<u32> = Global::new(0);
+/// `task_struct.__state` (Linux 5.14 and later) or `task_struct.state` (before).
+#[unsafe(no_mangle)]
+static TASK_STATE_OFFSET: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static TASK_CGROUPS_OFFSET: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
@@ -82,6 +86,16 @@ pub fn increment<K>(map: &HashMap<K, u64>, key: &K, dropped: Counter) -> bool {
         None => count(dropped),
     }
     false
+}
+
+/// The slot of `histogram` that counts `bucket`. The index is masked to the array's power-of-two
+/// length on the register that addresses the slot, which every verifier from Linux 5.10 on follows;
+/// `black_box` keeps LLVM from dropping a mask it can prove redundant (`bucket_index` is bounded).
+#[inline(always)]
+pub fn histogram_slot(histogram: *mut Histogram, bucket: u32) -> *mut u64 {
+    let index = core::hint::black_box(bucket as usize) & (HISTOGRAM_SLOTS - 1);
+    // SAFETY: `index` < HISTOGRAM_SLOTS, the length of `buckets`.
+    unsafe { (&raw mut (*histogram).buckets).cast::<u64>().add(index) }
 }
 
 /// Per-thread start values (a timestamp, 0 for none), keyed by thread id. An array indexed by
@@ -166,6 +180,13 @@ pub fn task_ids(task: *const u8) -> Option<(u32, u32)> {
     let pid: i32 = unsafe { read_field(task, TASK_PID_OFFSET.load()) }?;
     let tgid: i32 = unsafe { read_field(task, TASK_TGID_OFFSET.load()) }?;
     Some((pid as u32, tgid as u32))
+}
+
+/// The scheduler state of a task (0: runnable), for kernels whose sched_switch does not pass it.
+#[inline(always)]
+pub fn task_state(task: *const u8) -> Option<u32> {
+    // `state` was a long before 5.14: its low 32 bits (little-endian) hold every state bit.
+    unsafe { read_field(task, TASK_STATE_OFFSET.load()) }
 }
 
 /// cgroup v2 id of a task: task->cgroups->dfl_cgrp->kn->id.

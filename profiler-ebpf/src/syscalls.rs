@@ -10,12 +10,15 @@ use aya_ebpf::{
 };
 use profiler_common::{
     counters::Counter,
-    histogram::{Histogram, NUM_BUCKETS, bucket_index},
+    histogram::{Histogram, bucket_index},
     process::{DEFAULT_PID_MAX, MAX_HASHED_THREADS},
     syscalls::{MAX_PROCESS_SYSCALLS, MAX_SYSCALL_ERRNOS, MAX_SYSCALL_NR, ProcessSyscall, SyscallErrno, SyscallStats},
 };
 
-use crate::shared::{BPF_NOEXIST, PerThread, atomic_add, count, current_selected, increment, note_process, now_ns};
+use crate::shared::{
+    BPF_NOEXIST, PerThread, atomic_add, count, current_selected, histogram_slot, increment, note_process, now_ns,
+    task_ids,
+};
 
 /// When each thread entered which syscall (0: not in a syscall), by thread id: one of these two maps,
 /// the other sized to one entry by the loader (see `PerThread`). One word per thread: the entry time shifted left past the
@@ -47,7 +50,7 @@ const MAX_ERRNO: i64 = 4095;
 
 /// TP_PROTO(struct pt_regs *regs, long id)
 #[btf_tracepoint(function = "sys_enter")]
-pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
+pub fn syscall_sys_enter(ctx: BtfTracePointContext) -> i32 {
     let nr: i64 = ctx.arg(1);
     if !(0..MAX_SYSCALL_NR as i64).contains(&nr) {
         return 0;
@@ -60,34 +63,33 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// Clears an exiting thread's entry: a thread that dies inside a syscall (exit, or killed while
-/// blocked) never reaches sys_exit, and a new thread reusing its id starts with one.
-#[inline(always)]
-pub fn forget_thread(tid: u32) {
-    SYSCALL_STARTS.forget(tid);
+/// TP_PROTO(struct task_struct *p, ...): clears an exiting thread's entry. A thread that dies
+/// inside a syscall (exit, or killed while blocked) never reaches sys_exit, and a new thread
+/// reusing its id would start with its entry.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn syscall_thread_exit(ctx: BtfTracePointContext) -> i32 {
+    if let Some((tid, _)) = task_ids(ctx.arg(0)) {
+        SYSCALL_STARTS.forget(tid);
+    }
+    0
 }
 
 /// TP_PROTO(struct pt_regs *regs, long ret)
 #[btf_tracepoint(function = "sys_exit")]
-pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
+pub fn syscall_sys_exit(ctx: BtfTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let start = SYSCALL_STARTS.take(pid_tgid as u32);
     if start == 0 {
         return 0;
     }
     let nr = (start & NR_MASK) as u32;
-    // Opaque to the optimiser: knowing the top bits are clear, LLVM rewrites the bucket arithmetic
-    // into a form whose bounds the verifier can no longer follow.
-    let latency = core::hint::black_box((now_ns() << NR_BITS).wrapping_sub(start & !NR_MASK) >> NR_BITS);
+    let latency = (now_ns() << NR_BITS).wrapping_sub(start & !NR_MASK) >> NR_BITS;
     let ret: i64 = ctx.arg(1);
     let errno = if (-MAX_ERRNO..0).contains(&ret) { (-ret) as u32 } else { 0 };
     let tgid = (pid_tgid >> 32) as u32;
 
     if let Some(histogram) = SYSCALL_LATENCY.get_ptr_mut(nr) {
-        let index = bucket_index(latency) as usize;
-        if index < NUM_BUCKETS {
-            atomic_add(unsafe { &raw mut (*histogram).buckets[index] }, 1);
-        }
+        atomic_add(histogram_slot(histogram, bucket_index(latency)), 1);
     }
 
     let key = ProcessSyscall { tgid, nr };

@@ -34,6 +34,24 @@ pub enum Command {
     /// Keep the probes attached and serve cumulative histograms and counters on /metrics for
     /// Prometheus, with the profiler's health and anomaly flags.
     Serve(ServeArgs),
+    /// Write the man page or shell completions to standard output (for packagers).
+    #[command(hide = true)]
+    Generate {
+        #[arg(value_enum)]
+        what: Generated,
+    },
+}
+
+/// What `generate` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Generated {
+    /// The man page, profiler(1), in roff.
+    Man,
+    Bash,
+    Zsh,
+    Fish,
+    Elvish,
+    Powershell,
 }
 
 #[derive(Debug, Args)]
@@ -41,8 +59,8 @@ pub struct ServeArgs {
     /// Address to listen on; loopback unless told otherwise.
     #[arg(long, default_value = "127.0.0.1:9924")]
     pub listen: std::net::SocketAddr,
-    /// Probes to run, comma-separated (sched, syscalls).
-    #[arg(long, value_delimiter = ',', value_name = "PROBE", default_values = ["sched", "syscalls"])]
+    /// Probes to run, comma-separated; default: sched, syscalls.
+    #[arg(long, value_delimiter = ',', value_name = "PROBE")]
     pub probes: Vec<Probe>,
     /// Only this process (repeatable); filtered in the kernel.
     #[arg(short, long = "pid", value_name = "PID")]

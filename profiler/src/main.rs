@@ -8,7 +8,10 @@ use profiler::{
         summary::Summary,
     },
     atomic_file,
-    cli::{Cli, Command, DiffArgs, ExportCommand, FlamegraphArgs, RecordArgs, ReportArgs, ReportOptions, ServeArgs},
+    cli::{
+        Cli, Command, DiffArgs, ExportCommand, FlamegraphArgs, Generated, RecordArgs, ReportArgs, ReportOptions,
+        ServeArgs,
+    },
     collector::{self, RecordConfig},
     output::{
         self,
@@ -17,7 +20,7 @@ use profiler::{
         prometheus::{Exposition, ProcessSeries},
         report,
     },
-    probes::{Probe, ProbeOptions},
+    probes::{Probe, ProbeOptions, ProbeSelection},
     recording::{self, Recording},
     serve::ServeConfig,
 };
@@ -27,7 +30,7 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     // `diff` keeps 1 for "regression found", so its errors exit with 2.
     let error_code = if matches!(cli.command, Command::Diff(_)) { 2 } else { 1 };
-    match run(cli.command) {
+    match run(cli.command, cli.verbose > 0) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("profiler: error: {error:#}");
@@ -47,22 +50,51 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
-fn run(command: Command) -> Result<ExitCode> {
+fn run(command: Command, verbose: bool) -> Result<ExitCode> {
     match command {
-        Command::Record(args) => record(args).map(|()| ExitCode::SUCCESS),
+        Command::Record(args) => record(args, verbose).map(|()| ExitCode::SUCCESS),
         Command::Report(args) => report(args).map(|()| ExitCode::SUCCESS),
         Command::Flamegraph(args) => render_flamegraph(args).map(|()| ExitCode::SUCCESS),
         Command::Diff(args) => compare(args),
         Command::Export(command) => export(command).map(|()| ExitCode::SUCCESS),
-        Command::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => serve(args, verbose).map(|()| ExitCode::SUCCESS),
+        Command::Generate { what } => generate(what).map(|()| ExitCode::SUCCESS),
     }
 }
 
-fn serve(args: ServeArgs) -> Result<()> {
+fn generate(what: Generated) -> Result<()> {
+    use clap::CommandFactory as _;
+    use clap_complete::Shell;
+    let mut command = Cli::command();
+    let mut out = std::io::stdout().lock();
+    let shell = match what {
+        Generated::Man => return Ok(clap_mangen::Man::new(command).render(&mut out)?),
+        Generated::Bash => Shell::Bash,
+        Generated::Zsh => Shell::Zsh,
+        Generated::Fish => Shell::Fish,
+        Generated::Elvish => Shell::Elvish,
+        Generated::Powershell => Shell::PowerShell,
+    };
+    clap_complete::generate(shell, &mut command, "profiler", &mut out);
+    Ok(())
+}
+
+fn serve(args: ServeArgs, verbose: bool) -> Result<()> {
+    let named = !args.probes.is_empty();
+    let probes = match named {
+        true => args.probes.into_iter().filter(|p| *p != Probe::Cpu).collect(),
+        false => vec![Probe::Sched, Probe::Syscalls],
+    };
     let config = ServeConfig {
         listen: args.listen,
-        probes: args.probes.into_iter().filter(|p| *p != Probe::Cpu).collect(),
-        options: ProbeOptions { pids: args.pids, cgroup: args.cgroup, frequency_hz: 99, per_thread: false },
+        probes: ProbeSelection { probes, named },
+        options: ProbeOptions {
+            pids: args.pids,
+            cgroup: args.cgroup,
+            frequency_hz: 99,
+            per_thread: false,
+            keep_verifier_log: verbose,
+        },
         interval: args.interval,
         processes: ProcessSeries { top: args.top_processes },
         baseline: args.baseline,
@@ -118,20 +150,22 @@ fn compare(args: DiffArgs) -> Result<ExitCode> {
     Ok(if args.fail_on_regression && !result.regressions.is_empty() { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
-fn record(args: RecordArgs) -> Result<()> {
-    let mut probes = if args.probes.is_empty() { Probe::ALL.to_vec() } else { args.probes.clone() };
+fn record(args: RecordArgs, verbose: bool) -> Result<()> {
+    let named = !args.probes.is_empty();
+    let mut probes = if named { args.probes.clone() } else { Probe::ALL.to_vec() };
     probes.sort();
     probes.dedup();
     if args.flamegraph.is_some() && !probes.contains(&Probe::Cpu) {
         anyhow::bail!("--flamegraph draws CPU stacks: add the cpu probe (--probes ...,cpu)");
     }
     let config = RecordConfig {
-        probes,
+        probes: ProbeSelection { probes, named },
         options: ProbeOptions {
             pids: args.pids.clone(),
             cgroup: args.cgroup.clone(),
             frequency_hz: args.frequency,
             per_thread: args.per_thread,
+            keep_verifier_log: verbose,
         },
         duration: args.duration,
         quiet: args.quiet,

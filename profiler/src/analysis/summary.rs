@@ -8,7 +8,7 @@ use super::{
     histogram::{Percentiles, percentiles},
     hotpaths::HotPaths,
 };
-use crate::recording::{Drops, LatencyHistogram, Recording};
+use crate::recording::{Drops, LatencyHistogram, LeftOutProbe, Recording};
 
 /// Processes with fewer run-queue samples than this are left out of the worst-p99 list: a p99 of
 /// a handful of samples is noise.
@@ -22,6 +22,8 @@ pub struct Summary {
     pub start_unix_ns: u64,
     pub duration_s: f64,
     pub probes: Vec<String>,
+    /// Probes this kernel could not run, with the reason.
+    pub left_out: Vec<LeftOutProbe>,
     pub pids: Vec<u32>,
     pub cgroup: Option<String>,
     pub events: u64,
@@ -187,6 +189,7 @@ impl Summary {
             start_unix_ns: meta.start_unix_ns,
             duration_s: meta.duration_ns as f64 / 1e9,
             probes: meta.options.probes.clone(),
+            left_out: meta.left_out.clone(),
             pids: meta.options.pids.clone(),
             cgroup: meta.options.cgroup.clone(),
             events: recording.counters.events(),

@@ -18,8 +18,8 @@ use tokio::{
 };
 
 use crate::{
-    probes::{self, Probe, ProbeOptions, Probes},
-    recording::{Metadata, RecordOptions, Recording},
+    probes::{self, Probe, ProbeOptions, ProbeSelection, Probes},
+    recording::{LeftOutProbe, Metadata, RecordOptions, Recording},
     symbolize::{StackSymbolizer, maps::MapsCache},
 };
 use evict::Evicted;
@@ -32,7 +32,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(250);
 const MAPS_REFRESH_INTERVAL: Duration = Duration::from_secs(2);
 
 pub struct RecordConfig {
-    pub probes: Vec<Probe>,
+    pub probes: ProbeSelection,
     pub options: ProbeOptions,
     pub duration: Option<Duration>,
     pub quiet: bool,
@@ -71,7 +71,10 @@ pub async fn record(config: &RecordConfig) -> Result<Recording> {
 
     raise_open_file_limit();
     let mut probes = Probes::attach(&config.probes, &config.options)?;
-    let mut ring = match config.probes.contains(&Probe::Cpu) {
+    if !config.quiet {
+        report_left_out(&probes);
+    }
+    let mut ring = match probes.probes().contains(&Probe::Cpu) {
         // SAFETY: the ring buffer owns its fd and AsyncFd owns the ring buffer, so the fd stays
         // open and unchanged while registered.
         true => Some(
@@ -87,7 +90,7 @@ pub async fn record(config: &RecordConfig) -> Result<Recording> {
     let started = Instant::now();
     let start_unix_ns = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
     if !config.quiet {
-        let names: Vec<&str> = config.probes.iter().map(|p| p.name()).collect();
+        let names: Vec<&str> = probes.probes().iter().map(|p| p.name()).collect();
         let until = match config.duration {
             Some(d) => format!("for {}", humantime::format_duration(d)),
             None => "until Ctrl-C".into(),
@@ -135,7 +138,7 @@ pub async fn record(config: &RecordConfig) -> Result<Recording> {
     progress.finish_and_clear();
 
     let mut recording = Recording {
-        meta: metadata(config, start_unix_ns, duration),
+        meta: metadata(config, &probes, start_unix_ns, duration),
         counters: probes.counters()?,
         runq: None,
         syscalls: None,
@@ -175,7 +178,14 @@ fn progress_bar(quiet: bool) -> ProgressBar {
     bar
 }
 
-fn metadata(config: &RecordConfig, start_unix_ns: u64, duration: Duration) -> Metadata {
+/// One line per selected probe that this kernel cannot run.
+pub fn report_left_out(probes: &Probes) {
+    for left_out in probes.left_out() {
+        eprintln!("profiler: leaving out the {} probe: {}", left_out.probe.name(), left_out.reason);
+    }
+}
+
+fn metadata(config: &RecordConfig, probes: &Probes, start_unix_ns: u64, duration: Duration) -> Metadata {
     let uname = nix::sys::utsname::uname().ok();
     Metadata {
         hostname: nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default(),
@@ -185,12 +195,18 @@ fn metadata(config: &RecordConfig, start_unix_ns: u64, duration: Duration) -> Me
         duration_ns: duration.as_nanos() as u64,
         profiler_version: env!("CARGO_PKG_VERSION").into(),
         options: RecordOptions {
-            probes: config.probes.iter().map(|p| p.name().to_string()).collect(),
+            probes: probes.probes().iter().map(|p| p.name().to_string()).collect(),
             pids: config.options.pids.clone(),
             cgroup: config.options.cgroup.as_ref().map(|p| p.display().to_string()),
             duration_limit_ns: config.duration.map(|d| d.as_nanos() as u64),
             frequency_hz: config.options.frequency_hz,
             per_thread: config.options.per_thread,
         },
+        left_out: probes
+            .left_out()
+            .iter()
+            .map(|l| LeftOutProbe { probe: l.probe.name().into(), reason: l.reason.clone() })
+            .collect(),
+        kernel_features: probes.features().names().into_iter().map(String::from).collect(),
     }
 }

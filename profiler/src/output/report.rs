@@ -24,6 +24,9 @@ pub fn text(summary: &Summary) -> String {
         summary.duration_s,
         summary.probes.join(", ")
     );
+    for left_out in &summary.left_out {
+        let _ = writeln!(w, "Left out: the {} probe ({})", left_out.probe, left_out.reason);
+    }
     if !summary.pids.is_empty() {
         let pids: Vec<String> = summary.pids.iter().map(u32::to_string).collect();
         let _ = writeln!(w, "Filter: pid {}", pids.join(", "));

@@ -1,10 +1,12 @@
 //! Offsets of the kernel struct fields the eBPF programs read, taken from the running kernel's BTF.
 //! This is what CO-RE relocations do for C programs; Rust eBPF has none, so the loader does it.
 
-use std::path::Path;
+use std::{os::fd::AsRawFd as _, path::Path};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use btf_rs::{Btf, Type};
+
+use super::program::tracepoint_type_id;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -16,6 +18,8 @@ pub struct KernelLayout {
     pub task_tgid: u32,
     pub task_group_leader: u32,
     pub task_comm: u32,
+    /// `__state` since Linux 5.14, `state` before.
+    pub task_state: u32,
     pub task_cgroups: u32,
     pub css_set_dfl_cgrp: u32,
     pub cgroup_kn: u32,
@@ -30,6 +34,7 @@ impl KernelLayout {
             task_tgid: offset("task_struct", "tgid")?,
             task_group_leader: offset("task_struct", "group_leader")?,
             task_comm: offset("task_struct", "comm")?,
+            task_state: offset("task_struct", "__state").or_else(|_| offset("task_struct", "state"))?,
             task_cgroups: offset("task_struct", "cgroups")?,
             css_set_dfl_cgrp: offset("css_set", "dfl_cgrp")?,
             cgroup_kn: offset("cgroup", "kn")?,
@@ -38,12 +43,13 @@ impl KernelLayout {
     }
 
     /// (global name, value) pairs for the loader.
-    pub fn globals(&self) -> [(&'static str, u32); 8] {
+    pub fn globals(&self) -> [(&'static str, u32); 9] {
         [
             ("TASK_PID_OFFSET", self.task_pid),
             ("TASK_TGID_OFFSET", self.task_tgid),
             ("TASK_GROUP_LEADER_OFFSET", self.task_group_leader),
             ("TASK_COMM_OFFSET", self.task_comm),
+            ("TASK_STATE_OFFSET", self.task_state),
             ("TASK_CGROUPS_OFFSET", self.task_cgroups),
             ("CSS_SET_DFL_CGRP_OFFSET", self.css_set_dfl_cgrp),
             ("CGROUP_KN_OFFSET", self.cgroup_kn),
@@ -85,40 +91,6 @@ fn find_member(btf: &Btf, strukt: &btf_rs::Struct, field: &str) -> Result<Option
         }
     }
     Ok(None)
-}
-
-/// Checks that BTF tracepoint `name` exists with `params` arguments (after the hidden context one),
-/// so a kernel whose tracepoint changed shape fails with a clear message instead of wrong data.
-pub fn check_tracepoint(btf: &Btf, category: &str, name: &str, params: usize) -> Result<()> {
-    let missing = || anyhow!("this kernel has no tracepoint {category}:{name}");
-    let id = tracepoint_type_id(btf, name).map_err(|_| missing())?;
-    let mut ty = btf.resolve_type_by_id(id)?;
-    // typedef -> pointer -> function prototype
-    loop {
-        ty = match ty {
-            Type::Typedef(t) => btf.resolve_chained_type(&t)?,
-            Type::Ptr(p) => btf.resolve_chained_type(&p)?,
-            Type::FuncProto(proto) => {
-                let found = proto.parameters.len().saturating_sub(1);
-                if found != params {
-                    bail!(
-                        "tracepoint {category}:{name} takes {found} arguments on this kernel, expected {params}: this kernel is not supported"
-                    );
-                }
-                return Ok(());
-            }
-            _ => return Err(missing()),
-        }
-    }
-}
-
-/// The kernel's BTF type id of BTF tracepoint `name` (its `btf_trace_<name>` typedef): the id a
-/// program attaching to it is loaded against.
-pub fn tracepoint_type_id(btf: &Btf, name: &str) -> Result<u32> {
-    btf.resolve_ids_by_name(&format!("btf_trace_{name}"))
-        .ok()
-        .and_then(|ids| ids.first().copied())
-        .ok_or_else(|| anyhow!("this kernel has no tracepoint {name}"))
 }
 
 /// What aya needs to load BTF tracepoint programs: a BTF in which each `btf_trace_<name>` typedef
@@ -163,15 +135,40 @@ pub fn attach_targets(btf: &Btf, tracepoints: &[&str]) -> Result<aya::Btf> {
     aya::Btf::parse(&blob, aya::Endianness::default()).context("cannot build the BTF for the tracepoint programs")
 }
 
-/// The running kernel's BTF, or a clear error on kernels built without it.
-pub fn load_vmlinux() -> Result<Btf> {
+/// The running kernel's BTF, and how it was read.
+pub struct KernelBtf {
+    pub btf: Btf,
+    /// Whether the kernel let us map /sys/kernel/btf/vmlinux (Linux 6.16 and later).
+    pub mapped: bool,
+}
+
+/// The running kernel's BTF, or a clear error on kernels built without it. Mapped where the kernel
+/// allows it, since only the few types we look up are then ever parsed; older kernels refuse to map
+/// the file (ENODEV), so it is read into a memory file and that is mapped instead: the same lazy
+/// parsing, for the memory of the raw BTF (a few MB) while the loader runs.
+pub fn load_vmlinux() -> Result<KernelBtf> {
     if !Path::new(VMLINUX_BTF).exists() {
         bail!(
             "this kernel exposes no BTF ({VMLINUX_BTF} is missing): a kernel built with CONFIG_DEBUG_INFO_BTF=y is required"
         );
     }
-    Btf::from_file_with_backend(VMLINUX_BTF, btf_rs::Backend::Mmap)
-        .with_context(|| format!("cannot parse {VMLINUX_BTF}"))
+    match Btf::from_file_with_backend(VMLINUX_BTF, btf_rs::Backend::Mmap) {
+        Ok(btf) => return Ok(KernelBtf { btf, mapped: true }),
+        Err(error) => tracing::debug!("cannot map {VMLINUX_BTF} ({error}); reading it instead"),
+    }
+    let copy = read_into_memory_file(Path::new(VMLINUX_BTF)).with_context(|| format!("cannot read {VMLINUX_BTF}"))?;
+    let btf = Btf::from_file_with_backend(format!("/proc/self/fd/{}", copy.as_raw_fd()), btf_rs::Backend::Mmap)
+        .with_context(|| format!("cannot parse {VMLINUX_BTF}"))?;
+    Ok(KernelBtf { btf, mapped: false })
+}
+
+/// A copy of `path` in an anonymous memory file (memfd), which can always be mapped. The mapping
+/// made from it keeps the memory alive after the returned descriptor is closed.
+fn read_into_memory_file(path: &Path) -> Result<std::fs::File> {
+    let fd = nix::sys::memfd::memfd_create(c"profiler-btf", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
+    let mut file = std::fs::File::from(fd);
+    std::io::copy(&mut std::fs::File::open(path)?, &mut file)?;
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -186,13 +183,25 @@ mod tests {
             eprintln!("skipped: no {VMLINUX_BTF}");
             return;
         }
-        let btf = load_vmlinux().unwrap();
+        let btf = load_vmlinux().unwrap().btf;
         let layout = KernelLayout::from_btf(&btf).unwrap();
         assert_eq!(layout.task_tgid, layout.task_pid + 4);
         assert!(layout.task_comm > layout.task_pid);
-        check_tracepoint(&btf, "sched", "sched_switch", 4).unwrap();
-        check_tracepoint(&btf, "raw_syscalls", "sys_exit", 2).unwrap();
-        assert!(check_tracepoint(&btf, "sched", "no_such_tracepoint", 1).is_err());
+        assert!(layout.task_state < layout.task_pid, "the state is near the top of task_struct");
+    }
+
+    /// The copy made where the kernel refuses to map the file parses to the same types.
+    #[test]
+    fn memory_file_copy_parses_like_the_mapped_file() {
+        if !Path::new(VMLINUX_BTF).exists() {
+            eprintln!("skipped: no {VMLINUX_BTF}");
+            return;
+        }
+        let copy = read_into_memory_file(Path::new(VMLINUX_BTF)).unwrap();
+        let from_copy =
+            Btf::from_file_with_backend(format!("/proc/self/fd/{}", copy.as_raw_fd()), btf_rs::Backend::Mmap).unwrap();
+        let direct = load_vmlinux().unwrap().btf;
+        assert_eq!(KernelLayout::from_btf(&from_copy).unwrap(), KernelLayout::from_btf(&direct).unwrap());
     }
 
     /// The skeleton BTF gives each tracepoint typedef the id the full kernel BTF gives it.
@@ -203,7 +212,7 @@ mod tests {
             return;
         }
         let names = ["sched_switch", "sys_exit", "sched_process_exit"];
-        let skeleton = attach_targets(&load_vmlinux().unwrap(), &names).unwrap();
+        let skeleton = attach_targets(&load_vmlinux().unwrap().btf, &names).unwrap();
         let full = aya::Btf::from_sys_fs().unwrap();
         for name in names {
             let typedef = format!("btf_trace_{name}");
@@ -214,6 +223,6 @@ mod tests {
                 "{typedef}"
             );
         }
-        assert!(attach_targets(&load_vmlinux().unwrap(), &["no_such_tracepoint"]).is_err());
+        assert!(attach_targets(&load_vmlinux().unwrap().btf, &["no_such_tracepoint"]).is_err());
     }
 }

@@ -1,10 +1,16 @@
 //! Loading and attaching the eBPF programs, one module per probe (its programs and its drain).
+//! At start the loader asks the kernel what it offers; each probe's programs are chosen to fit the
+//! running kernel, and a probe that cannot run here is left out with the reason (or, when the user
+//! asked for it by name, is an error).
 
 mod btf;
+mod features;
 pub mod oncpu;
 mod privileges;
+pub mod program;
 pub mod sched;
 pub mod syscalls;
+mod verifier;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -24,7 +30,10 @@ use profiler_common::{
 };
 
 use crate::recording::{Counters, Drops, LatencyHistogram, ProcessSyscall};
-pub use btf::{KernelLayout, load_vmlinux, tracepoint_type_id};
+pub use btf::{KernelLayout, load_vmlinux};
+pub use features::{Feature, KernelFeatures};
+pub use program::tracepoint_type_id;
+use program::{Alternatives, Attach, Program};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
 
@@ -50,35 +59,60 @@ impl Probe {
         }
     }
 
-    fn tracepoints(self) -> &'static [Tracepoint] {
+    /// The probe's programs: one slot each, filled by the first alternative that fits the kernel.
+    fn programs(self) -> &'static [Alternatives] {
         match self {
-            Probe::Sched => sched::TRACEPOINTS,
-            Probe::Syscalls => syscalls::TRACEPOINTS,
-            Probe::Cpu => oncpu::TRACEPOINTS,
+            Probe::Sched => sched::PROGRAMS,
+            Probe::Syscalls => syscalls::PROGRAMS,
+            Probe::Cpu => oncpu::PROGRAMS,
         }
+    }
+
+    /// The kernel features the probe cannot run without.
+    fn requires(self) -> &'static [Feature] {
+        match self {
+            Probe::Sched => sched::REQUIRES,
+            Probe::Syscalls => syscalls::REQUIRES,
+            Probe::Cpu => oncpu::REQUIRES,
+        }
+    }
+
+    /// The programs that run this probe on this kernel, or why it cannot run here.
+    fn fit(self, features: &KernelFeatures, btf: &btf_rs::Btf) -> Result<Vec<&'static Program>, String> {
+        if let Some(feature) = features.missing(self.requires()) {
+            return Err(format!("this kernel ({}) lacks {}", features.release, feature.describe()));
+        }
+        self.programs()
+            .iter()
+            .map(|alternatives| program::choose(alternatives, btf))
+            .collect::<Result<_>>()
+            .map_err(|error| format!("{error:#} (kernel {})", features.release))
     }
 }
 
-/// The tracepoints of these probes, each once (probes share some).
-fn tracepoints_of(probes: &[Probe]) -> Vec<&'static Tracepoint> {
-    let mut all: Vec<&'static Tracepoint> = Vec::new();
-    for tp in probes.iter().flat_map(|p| p.tracepoints()) {
-        if !all.iter().any(|seen| seen.name == tp.name) {
-            all.push(tp);
-        }
-    }
-    all
+/// Every program name of these probes, each variant included.
+pub fn program_names(probes: &[Probe]) -> Vec<&'static str> {
+    probes.iter().flat_map(|p| p.programs().iter().flat_map(|slot| slot.iter().map(|program| program.name))).collect()
 }
 
-/// Thread exit, which clears the per-thread start times of the sched and syscalls probes.
-pub const THREAD_EXIT: Tracepoint = Tracepoint { category: "sched", name: "sched_process_exit", args: 2 };
+/// How many programs these probes load: one per slot, whichever variant fills it.
+pub fn program_count(probes: &[Probe]) -> usize {
+    probes.iter().map(|p| p.programs().len()).sum()
+}
 
-/// A BTF tracepoint program: the eBPF function has the tracepoint's name.
-pub struct Tracepoint {
-    pub category: &'static str,
-    pub name: &'static str,
-    /// Arguments the program reads, checked against the kernel's prototype.
-    pub args: usize,
+/// The probes to run, and whether the user named them (then each must run) or took the default
+/// (then a probe this kernel cannot host is left out).
+#[derive(Clone, Debug)]
+pub struct ProbeSelection {
+    pub probes: Vec<Probe>,
+    pub named: bool,
+}
+
+/// A probe left out because this kernel cannot run it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeftOut {
+    pub probe: Probe,
+    pub reason: String,
 }
 
 /// What to record: filters applied in the kernel, and how to sample.
@@ -92,6 +126,8 @@ pub struct ProbeOptions {
     pub frequency_hz: u32,
     /// Keep threads apart in stack samples.
     pub per_thread: bool,
+    /// Save the whole verifier log of a rejected program to a file (`-v`).
+    pub keep_verifier_log: bool,
 }
 
 /// The loaded eBPF object with the chosen probes attached. Dropping it detaches and unloads
@@ -99,6 +135,10 @@ pub struct ProbeOptions {
 pub struct Probes {
     pub(crate) ebpf: Ebpf,
     probes: Vec<Probe>,
+    /// The programs loaded, of every probe.
+    programs: Vec<&'static Program>,
+    left_out: Vec<LeftOut>,
+    features: KernelFeatures,
     /// Entries userspace removed from each per-process map.
     removed: BTreeMap<&'static str, u64>,
 }
@@ -167,15 +207,39 @@ fn cgroup_id(path: &Path) -> Result<u64> {
     Ok(std::fs::metadata(&path)?.ino())
 }
 
-impl Probes {
-    /// Loads the programs of `probes` and attaches them, with `filter` applied in the kernel.
-    pub fn attach(probes: &[Probe], options: &ProbeOptions) -> Result<Self> {
-        privileges::check()?;
-        let kernel_btf = load_vmlinux()?;
-        let layout = KernelLayout::from_btf(&kernel_btf)?;
-        for tp in tracepoints_of(probes) {
-            btf::check_tracepoint(&kernel_btf, tp.category, tp.name, tp.args)?;
+/// Decides which of the selected probes run here and with which programs.
+fn plan(
+    selection: &ProbeSelection,
+    features: &KernelFeatures,
+    btf: &btf_rs::Btf,
+) -> Result<(Vec<Probe>, Vec<&'static Program>, Vec<LeftOut>)> {
+    let (mut probes, mut programs, mut left_out) = (Vec::new(), Vec::new(), Vec::new());
+    for &probe in &selection.probes {
+        match probe.fit(features, btf) {
+            Ok(chosen) => {
+                probes.push(probe);
+                programs.extend(chosen);
+            }
+            Err(reason) if selection.named => bail!("the {} probe cannot run here: {reason}", probe.name()),
+            Err(reason) => left_out.push(LeftOut { probe, reason }),
         }
+    }
+    if probes.is_empty() {
+        let reasons: Vec<String> = left_out.iter().map(|l| format!("{}: {}", l.probe.name(), l.reason)).collect();
+        bail!("no probe can run on this kernel ({})", reasons.join("; "));
+    }
+    Ok((probes, programs, left_out))
+}
+
+impl Probes {
+    /// Loads the programs of the selected probes that fit this kernel and attaches them, with the
+    /// filters of `options` applied in the kernel.
+    pub fn attach(selection: &ProbeSelection, options: &ProbeOptions) -> Result<Self> {
+        privileges::check()?;
+        let kernel = load_vmlinux()?;
+        let features = KernelFeatures::probe(&kernel.btf, kernel.mapped);
+        let (probes, programs, left_out) = plan(selection, &features, &kernel.btf)?;
+        let layout = KernelLayout::from_btf(&kernel.btf)?;
         let cgroup_id = options.cgroup.as_deref().map(cgroup_id).transpose()?.unwrap_or(0);
         let filter_by_pid = u8::from(!options.pids.is_empty());
         let per_thread = u8::from(options.per_thread);
@@ -205,7 +269,14 @@ impl Probes {
             loader.override_global("FILTER_BY_PID", &filter_by_pid, true);
             loader.override_global("FILTER_CGROUP_ID", &cgroup_id, true);
             loader.override_global("SAMPLE_PER_THREAD", &per_thread, true);
-            loader.load(EBPF_OBJECT).map_err(|e| load_error(e.into()))?
+            loader.load(EBPF_OBJECT).map_err(|error| match error {
+                aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
+                    if verifier::is_permission_error(&io_error) =>
+                {
+                    verifier::permission_advice(&io_error)
+                }
+                other => anyhow::Error::new(other).context("cannot load the eBPF object"),
+            })?
         };
 
         let mut pids: HashMap<_, u32, u8> = HashMap::try_from(map(&mut ebpf, "FILTER_PIDS")?)?;
@@ -213,45 +284,56 @@ impl Probes {
             pids.insert(pid, 1, 0).with_context(|| format!("cannot add pid {pid} to the filter"))?;
         }
 
-        let names: Vec<&str> = tracepoints_of(probes).iter().map(|tp| tp.name).collect();
-        let aya_btf = btf::attach_targets(&kernel_btf, &names)?;
-        for tp in tracepoints_of(probes) {
-            let program: &mut BtfTracePoint = ebpf
-                .program_mut(tp.name)
-                .ok_or_else(|| anyhow!("program {} missing from the eBPF object", tp.name))?
-                .try_into()?;
-            program
-                .load(tp.name, &aya_btf)
-                .map_err(|e| load_error(e.into()))
-                .with_context(|| format!("cannot load the {}:{} program", tp.category, tp.name))?;
-            program
-                .attach()
-                .map_err(|e| load_error(e.into()))
-                .with_context(|| format!("cannot attach to {}:{}", tp.category, tp.name))?;
+        let tracepoints: Vec<&str> = programs.iter().filter_map(|p| p.tracepoint()).map(|tp| tp.name).collect();
+        let aya_btf = btf::attach_targets(&kernel.btf, &tracepoints)?;
+        drop(kernel);
+        for program in &programs {
+            let keep_log = options.keep_verifier_log;
+            match &program.attach {
+                Attach::Tracepoint(tp) => {
+                    let loaded: &mut BtfTracePoint = ebpf
+                        .program_mut(program.name)
+                        .ok_or_else(|| anyhow!("program {} missing from the eBPF object", program.name))?
+                        .try_into()?;
+                    loaded.load(tp.name, &aya_btf).map_err(|e| verifier::explain(program.name, e, keep_log))?;
+                    loaded.attach().map_err(|e| verifier::explain(program.name, e, keep_log)).with_context(|| {
+                        format!("cannot attach program {} to {}:{}", program.name, tp.category, tp.name)
+                    })?;
+                }
+                Attach::CpuClock => oncpu::attach_sampler(&mut ebpf, program.name, options)?,
+            }
         }
-        if probes.contains(&Probe::Cpu) {
-            oncpu::attach_sampler(&mut ebpf, options.frequency_hz.into()).map_err(load_error)?;
-        }
-        Ok(Self { ebpf, probes: probes.to_vec(), removed: BTreeMap::new() })
+        Ok(Self { ebpf, probes, programs, left_out, features, removed: BTreeMap::new() })
     }
 
+    /// The probes running.
     pub fn probes(&self) -> &[Probe] {
         &self.probes
     }
 
+    /// The selected probes this kernel cannot run.
+    pub fn left_out(&self) -> &[LeftOut] {
+        &self.left_out
+    }
+
+    /// What the kernel offers.
+    pub fn features(&self) -> &KernelFeatures {
+        &self.features
+    }
+
+    /// The names of the programs loaded.
+    pub fn program_names(&self) -> Vec<&'static str> {
+        self.programs.iter().map(|p| p.name).collect()
+    }
+
     /// Detaches every program; maps stay readable until `self` is dropped.
     pub fn detach(&mut self) -> Result<()> {
-        for tp in tracepoints_of(&self.probes) {
-            if let Some(program) = self.ebpf.program_mut(tp.name) {
-                let program: &mut BtfTracePoint = program.try_into()?;
-                program.unload()?;
+        for program in &self.programs {
+            let Some(loaded) = self.ebpf.program_mut(program.name) else { continue };
+            match program.attach {
+                Attach::Tracepoint(_) => <&mut BtfTracePoint>::try_from(loaded)?.unload()?,
+                Attach::CpuClock => <&mut aya::programs::PerfEvent>::try_from(loaded)?.unload()?,
             }
-        }
-        if self.probes.contains(&Probe::Cpu)
-            && let Some(program) = self.ebpf.program_mut(oncpu::SAMPLER)
-        {
-            let program: &mut aya::programs::PerfEvent = program.try_into()?;
-            program.unload()?;
         }
         Ok(())
     }
@@ -306,7 +388,7 @@ impl Probes {
 
     /// Programs attached now.
     pub fn programs_attached(&self) -> usize {
-        tracepoints_of(&self.probes).len() + usize::from(self.probes.contains(&Probe::Cpu))
+        self.programs.len()
     }
 
     /// How full each bounded per-process map of the running probes is (entries / capacity).
@@ -406,16 +488,4 @@ fn pid_max() -> Result<u32> {
     let path = "/proc/sys/kernel/pid_max";
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
     text.trim().parse().with_context(|| format!("{path} holds {:?}, not a number", text.trim()))
-}
-
-/// Turns a permission error from the kernel into the one-line advice users need.
-fn load_error(error: anyhow::Error) -> anyhow::Error {
-    let text = format!("{error:#}");
-    if text.contains("EPERM") || text.contains("Operation not permitted") || text.contains("permission denied") {
-        anyhow!(
-            "the kernel refused to load eBPF programs ({text}): run as root with CAP_BPF and CAP_PERFMON, and check kernel.unprivileged_bpf_disabled and lockdown"
-        )
-    } else {
-        error
-    }
 }

@@ -13,20 +13,28 @@ use aya::{
 };
 use profiler_common::oncpu::StackKey;
 
-use super::{Probes, Tracepoint};
+use super::{
+    Feature, ProbeOptions, Probes,
+    program::{Alternatives, Attach, Program, TASK, tracepoint},
+    verifier,
+};
 use crate::symbolize::RawStack;
 
-/// The perf_event program.
-pub const SAMPLER: &str = "on_cpu_sample";
+pub const REQUIRES: &[Feature] = &[Feature::BtfTracepoints, Feature::RingBuffer, Feature::StackTraces];
 
-pub const TRACEPOINTS: &[Tracepoint] = &[Tracepoint { category: "sched", name: "sched_process_exec", args: 3 }];
+pub const PROGRAMS: &[Alternatives] = &[
+    &[Program { name: "oncpu_sample", attach: Attach::CpuClock }],
+    &[Program { name: "oncpu_sched_process_exec", attach: tracepoint("sched", "sched_process_exec", &[TASK]) }],
+];
 
 /// Attaches the sampler to the software CPU clock of every online CPU. The software clock exists
 /// everywhere, including VMs without a hardware PMU.
-pub fn attach_sampler(ebpf: &mut Ebpf, frequency_hz: u64) -> Result<()> {
+pub fn attach_sampler(ebpf: &mut Ebpf, name: &str, options: &ProbeOptions) -> Result<()> {
+    let keep_log = options.keep_verifier_log;
     let program: &mut PerfEvent =
-        ebpf.program_mut(SAMPLER).context("program on_cpu_sample missing from the eBPF object")?.try_into()?;
-    program.load().context("cannot load the CPU sampling program")?;
+        ebpf.program_mut(name).with_context(|| format!("program {name} missing from the eBPF object"))?.try_into()?;
+    program.load().map_err(|e| verifier::explain(name, e, keep_log))?;
+    let frequency_hz = u64::from(options.frequency_hz);
     let cpus = online_cpus().map_err(|(_, error)| error).context("cannot list online CPUs")?;
     for cpu in cpus {
         program
@@ -36,6 +44,7 @@ pub fn attach_sampler(ebpf: &mut Ebpf, frequency_hz: u64) -> Result<()> {
                 SamplePolicy::Frequency(frequency_hz),
                 false,
             )
+            .map_err(|e| verifier::explain(name, e, keep_log))
             .with_context(|| format!("cannot open the CPU clock event on CPU {cpu}"))?;
     }
     Ok(())

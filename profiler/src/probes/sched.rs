@@ -9,20 +9,38 @@ use profiler_common::{
     runqlat::ProcessBucket,
 };
 
-use super::{Probes, Tracepoint};
+use super::{
+    Feature, Probes,
+    program::{Alternatives, Arg, Program, TASK, tracepoint},
+};
 use crate::recording::{LatencyHistogram, RunqLatency};
 
-pub const TRACEPOINTS: &[Tracepoint] = &[
-    Tracepoint { category: "sched", name: "sched_wakeup", args: 1 },
-    Tracepoint { category: "sched", name: "sched_wakeup_new", args: 1 },
-    Tracepoint { category: "sched", name: "sched_switch", args: 4 },
-    super::THREAD_EXIT,
+pub const REQUIRES: &[Feature] = &[Feature::BtfTracepoints];
+
+/// `bool preempt`.
+const PREEMPT: Arg = Arg::Int(1);
+
+pub const PROGRAMS: &[Alternatives] = &[
+    &[Program { name: "runq_sched_wakeup", attach: tracepoint("sched", "sched_wakeup", &[TASK]) }],
+    &[Program { name: "runq_sched_wakeup_new", attach: tracepoint("sched", "sched_wakeup_new", &[TASK]) }],
+    &[
+        // 5.18 and later pass the switched-out task's state; before, the program reads it from the task.
+        Program {
+            name: "runq_sched_switch",
+            attach: tracepoint("sched", "sched_switch", &[PREEMPT, TASK, TASK, Arg::Int(4)]),
+        },
+        Program {
+            name: "runq_sched_switch_task_state",
+            attach: tracepoint("sched", "sched_switch", &[PREEMPT, TASK, TASK]),
+        },
+    ],
+    &[Program { name: "runq_thread_exit", attach: tracepoint("sched", "sched_process_exit", &[TASK]) }],
 ];
 
 pub fn drain(probes: &Probes) -> Result<RunqLatency> {
     let per_cpu_map: PerCpuArray<_, Histogram> = PerCpuArray::try_from(probes.map("RUNQ_LATENCY")?)?;
     let per_cpu: Vec<LatencyHistogram> =
-        per_cpu_map.get(&0, 0)?.iter().map(|h| LatencyHistogram::from_dense(&h.buckets)).collect();
+        per_cpu_map.get(&0, 0)?.iter().map(|h| LatencyHistogram::from_dense(h.counts())).collect();
     let mut system = LatencyHistogram::default();
     for histogram in &per_cpu {
         system.merge(histogram);

@@ -9,20 +9,29 @@ use profiler_common::{
     syscalls::{ProcessSyscall as StatsKey, SyscallErrno, SyscallStats},
 };
 
-use super::{Probes, Tracepoint};
+use super::{
+    Feature, Probes,
+    program::{Alternatives, Arg, Program, TASK, tracepoint},
+};
 use crate::recording::{LatencyHistogram, ProcessSyscall, Syscalls};
 
-pub const TRACEPOINTS: &[Tracepoint] = &[
-    Tracepoint { category: "raw_syscalls", name: "sys_enter", args: 2 },
-    Tracepoint { category: "raw_syscalls", name: "sys_exit", args: 2 },
-    super::THREAD_EXIT,
+pub const REQUIRES: &[Feature] = &[Feature::BtfTracepoints];
+
+/// sys_enter(struct pt_regs *regs, long id) and sys_exit(struct pt_regs *regs, long ret): the
+/// programs read the second.
+const NUMBER_OR_RESULT: &[Arg] = &[Arg::Unread, Arg::Int(8)];
+
+pub const PROGRAMS: &[Alternatives] = &[
+    &[Program { name: "syscall_sys_enter", attach: tracepoint("raw_syscalls", "sys_enter", NUMBER_OR_RESULT) }],
+    &[Program { name: "syscall_sys_exit", attach: tracepoint("raw_syscalls", "sys_exit", NUMBER_OR_RESULT) }],
+    &[Program { name: "syscall_thread_exit", attach: tracepoint("sched", "sched_process_exit", &[TASK]) }],
 ];
 
 pub fn drain(probes: &Probes) -> Result<Syscalls> {
     let latency_map: Array<_, Histogram> = Array::try_from(probes.map("SYSCALL_LATENCY")?)?;
     let mut latency = BTreeMap::new();
     for (nr, histogram) in latency_map.iter().enumerate() {
-        let histogram = LatencyHistogram::from_dense(&histogram?.buckets);
+        let histogram = LatencyHistogram::from_dense(histogram?.counts());
         if !histogram.is_empty() {
             latency.insert(nr as u32, histogram);
         }

@@ -2,6 +2,7 @@
 //! analysed on another machine. `format` reads and writes it.
 
 mod format;
+mod v1;
 
 pub use format::{FORMAT_VERSION, MAGIC, RecordingError, frame, read, read_file, write, write_file};
 
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 /// One recording, as stored in the file.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Recording {
     pub meta: Metadata,
     pub counters: Counters,
@@ -53,6 +55,7 @@ impl Recording {
 
 /// Where, when and how the recording was made.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Metadata {
     pub hostname: String,
     pub kernel_release: String,
@@ -62,10 +65,22 @@ pub struct Metadata {
     pub duration_ns: u64,
     pub profiler_version: String,
     pub options: RecordOptions,
+    /// Probes that were asked for (by default) but that this kernel cannot run, with the reason.
+    pub left_out: Vec<LeftOutProbe>,
+    /// What the kernel offered the probes (feature names, as `profiler record -v` logs them).
+    pub kernel_features: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LeftOutProbe {
+    pub probe: String,
+    pub reason: String,
 }
 
 /// The `record` options that shape what the recording contains.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RecordOptions {
     pub probes: Vec<String>,
     pub pids: Vec<u32>,
@@ -78,6 +93,7 @@ pub struct RecordOptions {
 
 /// Event and drop counts, summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Counters {
     pub sched_switches: u64,
     pub involuntary_switches: u64,
@@ -101,6 +117,7 @@ impl Counters {
 
 /// What the kernel side could not keep, by reason. Nothing is lost silently.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Drops {
     /// Run-queue latencies missing from per-process histograms (map full).
     pub runq_process: u64,
@@ -142,6 +159,7 @@ impl Drops {
 
 /// Run-queue latency histograms.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RunqLatency {
     pub system: LatencyHistogram,
     /// Indexed by CPU number.
@@ -152,6 +170,7 @@ pub struct RunqLatency {
 
 /// Syscall statistics.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Syscalls {
     /// Latency of each syscall, all processes together, by syscall number.
     pub latency: BTreeMap<u32, LatencyHistogram>,
@@ -160,6 +179,7 @@ pub struct Syscalls {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ProcessSyscall {
     pub tgid: u32,
     pub nr: u32,
@@ -188,6 +208,7 @@ impl ProcessSyscall {
 
 /// On-CPU stacks, symbolized while the processes lived, with frames interned.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Stacks {
     pub frames: Vec<Frame>,
     pub modules: Vec<Module>,
@@ -205,6 +226,7 @@ impl Stacks {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Frame {
     /// The function, demangled; for a frame that could not be named, `module+0xoffset`.
     pub function: String,
@@ -216,6 +238,7 @@ pub struct Frame {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Module {
     pub path: String,
     /// GNU build-id, hex, for offline symbolization elsewhere.
@@ -224,6 +247,7 @@ pub struct Module {
 
 /// One distinct stack of one process (or thread) and how often it was sampled.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Stack {
     pub tgid: u32,
     /// Thread id when recorded with `--per-thread`, else 0.
@@ -234,6 +258,7 @@ pub struct Stack {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Process {
     pub comm: String,
     /// The executable's path, when the process was alive long enough to read it.
@@ -245,6 +270,7 @@ pub struct Process {
 /// (bucket index, count) pairs in ascending index order. This is exact: the bucket counts the
 /// kernel kept, nothing re-binned.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LatencyHistogram {
     pub buckets: Vec<(u16, u64)>,
 }

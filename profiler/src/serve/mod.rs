@@ -24,7 +24,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     output::prometheus::{Exposition, Gauge, ProcessSeries, prometheus_text},
-    probes::{self, Probe, ProbeOptions, Probes},
+    probes::{self, Probe, ProbeOptions, ProbeSelection, Probes},
     recording::{LatencyHistogram, Recording},
 };
 use anomaly::Detector;
@@ -32,7 +32,7 @@ use departed::Departed;
 
 pub struct ServeConfig {
     pub listen: SocketAddr,
-    pub probes: Vec<Probe>,
+    pub probes: ProbeSelection,
     pub options: ProbeOptions,
     pub interval: Duration,
     pub processes: ProcessSeries,
@@ -54,6 +54,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let mut probes = Probes::attach(&config.probes, &config.options)?;
+    crate::collector::report_left_out(&probes);
     eprintln!("serving metrics on http://{}/metrics", listener.local_addr()?);
 
     let page = Arc::new(Mutex::new(Page::default()));
