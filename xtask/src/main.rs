@@ -1,5 +1,7 @@
-//! Project tasks: `cargo xtask setup | build | demo | test`. Each installs only what is missing, so
-//! every command works on a fresh machine and is quick on a prepared one.
+//! Project tasks: `cargo xtask setup | build | demo | bench | test | kernels`. Each installs only
+//! what is missing, so every command works on a fresh machine and is quick on a prepared one.
+
+mod kernels;
 
 use std::{
     path::PathBuf,
@@ -43,9 +45,16 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Boot Debian's kernels (5.10, 6.1, 6.12) under qemu with this machine's filesystem and run
+    /// the kernel-dependent integration tests, or a command, in each; writes
+    /// target/kernels/results.json.
+    Kernels(kernels::Args),
 }
 
-/// Versions that build on this kind of machine; see ../shared/TOOLCHAIN.md.
+/// Versions that build here (Debian 12, rustup with stable 1.95 and a nightly, both on LLVM 22):
+/// bpf-linker 0.13.0 with its `llvm-22` feature (its default wants LLVM 23), linked against
+/// Debian's llvm-22-dev. Rust's LLVM and bpf-linker's must match: a rustup update of the nightly
+/// toolchain that moves its LLVM needs a matching bpf-linker feature.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_MAJOR: u32 = 22;
 
@@ -110,6 +119,7 @@ fn run(task: Task) -> Result<()> {
             test_args.extend(args.iter().map(String::as_str));
             cargo(&test_args)
         }
+        Task::Kernels(args) => kernels::run(args),
     }
 }
 
@@ -122,7 +132,8 @@ const BENCH_PACKAGES: [(&str, &str); 4] =
 fn setup() -> Result<()> {
     if !output_of("rustup", &["toolchain", "list"])?.lines().any(|l| l.starts_with("nightly")) {
         bail!(
-            "no nightly Rust toolchain: the eBPF programs build with `rustup run nightly` (see ../shared/TOOLCHAIN.md)"
+            "no nightly Rust toolchain: the eBPF programs build with `rustup run nightly cargo build -Z build-std=core \
+             --target bpfel-unknown-none`, and that nightly's LLVM must be {LLVM_MAJOR}, like bpf-linker's"
         );
     }
     if !output_of("rustup", &["component", "list", "--installed", "--toolchain", "nightly"])?
