@@ -1,6 +1,7 @@
-//! Project tasks: `cargo xtask setup | build | demo | bench | test | kernels`. Each installs only
-//! what is missing, so every command works on a fresh machine and is quick on a prepared one.
+//! Project tasks: `cargo xtask setup | build | demo | bench | test | kernels | dist`. Each installs
+//! only what is missing, so every command works on a fresh machine and is quick on a prepared one.
 
+mod dist;
 mod kernels;
 
 use std::{
@@ -49,6 +50,10 @@ enum Task {
     /// the kernel-dependent integration tests, or a command, in each; writes
     /// target/kernels/results.json.
     Kernels(kernels::Args),
+    /// Set up, build the static (musl) release binary and write
+    /// target/dist/profiler-VERSION-x86_64-linux/ (binary, man page, shell completions, README), its
+    /// .tar.gz and sha256; `--check` then runs it in a Debian 11 chroot (glibc 2.31).
+    Dist(dist::Args),
 }
 
 /// Versions that build here (Debian 12, rustup with stable 1.95 and a nightly, both on LLVM 22):
@@ -120,6 +125,7 @@ fn run(task: Task) -> Result<()> {
             cargo(&test_args)
         }
         Task::Kernels(args) => kernels::run(args),
+        Task::Dist(args) => dist::run(args),
     }
 }
 
