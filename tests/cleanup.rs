@@ -10,7 +10,7 @@ use common::{Recorder, temp_dir};
 use profiler::probes::{Probe, program_count, program_names};
 
 fn our_programs_loaded() -> usize {
-    let ours = program_names(&Probe::ALL);
+    let ours = program_names(&Probe::all());
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         // The kernel keeps the first 15 bytes of a program's name.
@@ -29,7 +29,7 @@ fn programs_are_gone_after_every_kind_of_exit() {
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGKILL] {
         let dir = temp_dir();
         let recorder = Recorder::start(&dir.path().join("x.rec"), &[]);
-        assert_eq!(our_programs_loaded(), program_count(&Probe::ALL), "the check sees our programs while recording");
+        assert_eq!(our_programs_loaded(), program_count(&Probe::all()), "the check sees our programs while recording");
         std::thread::sleep(Duration::from_millis(200));
         let _ = recorder.stop_with(signal);
         // The kernel frees programs asynchronously (RCU) after the last reference goes.

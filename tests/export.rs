@@ -92,6 +92,7 @@ impl Server {
     }
 
     fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill has no memory effects; the child is ours and not reaped yet.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let status = self.child.wait().unwrap();
         std::mem::forget(self);

@@ -7,8 +7,10 @@ use std::{collections::BTreeSet, path::Path};
 
 use common::{Recorder, Workload, record_workload, run_profiler, temp_dir};
 use profiler::{
-    analysis::hotpaths::HotPaths,
-    output::flamegraph::{Selection, folded},
+    analysis::{
+        fold::{Selection, folded},
+        hotpaths::HotPaths,
+    },
     recording::{Recording, Stacks},
 };
 

@@ -19,6 +19,7 @@ fn insn(code: u8, imm: i32) -> u64 {
 }
 
 fn bpf(cmd: i64, attr: &mut [u8; 128]) -> Result<RawFd> {
+    // SAFETY: `attr` is a live buffer of the length passed; the kernel reads and writes only it.
     let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
     if fd < 0 {
         bail!("bpf({cmd}): {}", std::io::Error::last_os_error());
@@ -59,10 +60,11 @@ fn attach(btf: &btf_rs::Btf, name: &str, clock: bool) -> Result<RawFd> {
 /// Attaches the empty programs, says so, and waits to be killed (SIGINT ends it; closing the fds
 /// detaches everything).
 pub fn run(tracepoints: &[String], clock: bool) -> Result<Infallible> {
-    let btf = profiler::probes::load_vmlinux()?;
+    let btf = profiler::probes::load_vmlinux()?.btf;
     let _links: Vec<RawFd> = tracepoints.iter().map(|name| attach(&btf, name, clock)).collect::<Result<_>>()?;
     println!("attached {}", tracepoints.join(", "));
     loop {
+        // SAFETY: pause has no arguments and no memory effects.
         unsafe { libc::pause() };
     }
 }

@@ -144,7 +144,7 @@ fn workloads(bin: &Path) -> Vec<Workload> {
         Workload {
             name: "CPU-bound: `workload burn --threads 2 --millions 1500`",
             command: vec![
-                workload.clone(),
+                workload,
                 "--no-wait".into(),
                 "burn".into(),
                 "--threads".into(),
@@ -261,6 +261,7 @@ fn start(tracer: &Tracer) -> Result<Child> {
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn stop(mut child: Child) {
+    // SAFETY: kill has no memory effects; the child is not reaped until `try_wait` below.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {

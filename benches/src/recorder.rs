@@ -24,10 +24,13 @@ fn measure(command: &[String], duration: Duration) -> Result<Usage> {
         .with_context(|| format!("cannot start {}", command[0]))?;
     std::thread::sleep(duration);
     let pid = child.id() as i32;
+    // SAFETY: kill has no memory effects; `pid` is our child, not yet reaped.
     unsafe { libc::kill(pid, libc::SIGINT) };
     let mut status = 0;
+    // SAFETY: rusage is plain data, valid when zeroed.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // wait4 reports the child's own rusage, threads included.
+    // SAFETY: both pointers are to live locals of the right types.
     let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     anyhow::ensure!(rc == pid, "wait4 failed for {}", command[0]);
     let seconds = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;

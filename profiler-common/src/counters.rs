@@ -45,4 +45,7 @@ pub enum Counter {
 }
 
 /// Number of slots in the `COUNTERS` array.
-pub const NUM_COUNTERS: u32 = 17;
+pub const NUM_COUNTERS: u32 = Counter::SyscallErrnoEntries as u32 + 1;
+
+/// Per-CPU array of `NUM_COUNTERS` u64, indexed by `Counter`.
+pub const COUNTERS: &str = "COUNTERS";

@@ -13,6 +13,11 @@ pub struct ProcessName {
 
 crate::user_pod!(ProcessName);
 
+/// LRU hash map tgid -> `ProcessName`, filled when a probe first sees a process.
+pub const PROCESSES: &str = "PROCESSES";
+/// Hash map tgid -> 1 of the processes `--pid` selects.
+pub const FILTER_PIDS: &str = "FILTER_PIDS";
+
 /// Capacity of the `PROCESSES` map (an LRU: the oldest entries give way; userspace reads it often).
 pub const MAX_PROCESSES: u32 = 16384;
 

@@ -36,3 +36,14 @@ crate::user_pod!(ProcessSyscall, SyscallStats, SyscallErrno);
 pub const MAX_PROCESS_SYSCALLS: u32 = 32768;
 /// Capacity of `SYSCALL_ERRNOS`.
 pub const MAX_SYSCALL_ERRNOS: u32 = 8192;
+
+/// Per-thread syscall entry words (time and number): an array indexed by thread id, or a hash
+/// map by thread id; the loader shrinks the one not used to one entry.
+pub const SYSCALL_START: &str = "SYSCALL_START";
+pub const SYSCALL_START_BY_TID: &str = "SYSCALL_START_BY_TID";
+/// Hash map `ProcessSyscall` -> `SyscallStats`.
+pub const SYSCALL_STATS: &str = "SYSCALL_STATS";
+/// Hash map `SyscallErrno` -> count.
+pub const SYSCALL_ERRNOS: &str = "SYSCALL_ERRNOS";
+/// Array of `MAX_SYSCALL_NR` `histogram::Histogram`, by syscall number.
+pub const SYSCALL_LATENCY: &str = "SYSCALL_LATENCY";

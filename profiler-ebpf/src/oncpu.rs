@@ -8,7 +8,7 @@ use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
     macros::{btf_tracepoint, map, perf_event},
-    maps::{HashMap, LruHashMap, RingBuf, StackTrace},
+    maps::{Array, HashMap, LruHashMap, RingBuf, StackTrace},
     programs::{BtfTracePointContext, PerfEventContext, tracing::StackIdContext as _},
 };
 use profiler_common::{
@@ -25,8 +25,14 @@ static SAMPLE_PER_THREAD: Global<u8> = Global::new(0);
 #[map]
 static STACKS: StackTrace = StackTrace::with_max_entries(MAX_STACKS, 0);
 
+/// Two sample maps: the sampler counts into the one `STACK_BUFFER` names while userspace drains and
+/// empties the other.
 #[map]
-static STACK_SAMPLES: HashMap<StackKey, u64> = HashMap::with_max_entries(MAX_STACK_KEYS, 0);
+static STACK_SAMPLES_A: HashMap<StackKey, u64> = HashMap::with_max_entries(MAX_STACK_KEYS, 0);
+#[map]
+static STACK_SAMPLES_B: HashMap<StackKey, u64> = HashMap::with_max_entries(MAX_STACK_KEYS, 0);
+#[map]
+static STACK_BUFFER: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Processes announced on `NEW_PROCESSES`; removed on exec, so an exec is announced again.
 #[map]
@@ -56,8 +62,12 @@ pub fn oncpu_sample(ctx: PerfEventContext) -> u32 {
         kernel_stack_id: stack_id(&ctx, 0),
         user_stack_id: stack_id(&ctx, BPF_F_USER_STACK as u64),
     };
-    increment(&STACK_SAMPLES, &key, Counter::SampleDrops);
-    if SAMPLED_PROCESSES.insert(&tgid, &1, BPF_NOEXIST).is_ok() {
+    match STACK_BUFFER.get(0).copied() {
+        Some(1) => increment(&STACK_SAMPLES_B, &key, Counter::SampleDrops),
+        _ => increment(&STACK_SAMPLES_A, &key, Counter::SampleDrops),
+    };
+    if SAMPLED_PROCESSES.insert(tgid, 1, BPF_NOEXIST).is_ok() {
+        // SAFETY: the helper takes no arguments.
         note_process(unsafe { bpf_get_current_task() } as *const u8, tgid);
         if NEW_PROCESSES.output::<u32>(&tgid, 0).is_err() {
             count(Counter::NewProcessDrops);
@@ -88,7 +98,7 @@ fn stack_id(ctx: &PerfEventContext, flags: u64) -> i32 {
 pub fn oncpu_sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     if let Some((_, tgid)) = task_ids(ctx.arg(0)) {
         // The process has a new address space: announce it again on its next sample.
-        let _ = SAMPLED_PROCESSES.remove(&tgid);
+        let _ = SAMPLED_PROCESSES.remove(tgid);
     }
     0
 }

@@ -56,7 +56,8 @@ pub const BPF_NOEXIST: u64 = 1;
 #[inline(always)]
 pub fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
-        // Per-CPU slot, and programs do not migrate while they run: a plain add is race-free.
+        // SAFETY: the pointer is the map's, to a live per-CPU slot, and programs do not migrate
+        // while they run: a plain add is race-free.
         unsafe { *slot += 1 };
     }
 }
@@ -66,6 +67,7 @@ pub fn count(counter: Counter) {
 pub fn atomic_add(target: *mut u64, value: u64) {
     use core::intrinsics::{AtomicOrdering, atomic_xadd};
     // `AtomicU64::fetch_add` is not offered for the BPF target; the intrinsic lowers to BPF_ATOMIC_ADD.
+    // SAFETY: callers pass pointers into map values, valid for the program's run.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(target, value) };
 }
 
@@ -77,7 +79,7 @@ pub fn increment<K>(map: &HashMap<K, u64>, key: &K, dropped: Counter) -> bool {
         atomic_add(slot, 1);
         return false;
     }
-    if map.insert(key, &1, BPF_NOEXIST).is_ok() {
+    if map.insert(key, 1, BPF_NOEXIST).is_ok() {
         return true;
     }
     // Another CPU created it between our lookup and insert, or the map is full.
@@ -94,7 +96,7 @@ pub fn increment<K>(map: &HashMap<K, u64>, key: &K, dropped: Counter) -> bool {
 #[inline(always)]
 pub fn histogram_slot(histogram: *mut Histogram, bucket: u32) -> *mut u64 {
     let index = core::hint::black_box(bucket as usize) & (HISTOGRAM_SLOTS - 1);
-    // SAFETY: `index` < HISTOGRAM_SLOTS, the length of `buckets`.
+    // SAFETY: `histogram` points into a map value; `index` < HISTOGRAM_SLOTS, the length of `buckets`.
     unsafe { (&raw mut (*histogram).buckets).cast::<u64>().add(index) }
 }
 
@@ -117,18 +119,20 @@ impl PerThread {
     fn slot(&self, tid: u32) -> Option<*mut u64> {
         match TID_ARRAYS.load() != 0 {
             true => self.array.get_ptr_mut(tid),
-            false => self.hash.get_ptr_mut(&tid),
+            false => self.hash.get_ptr_mut(tid),
         }
     }
 
     #[inline(always)]
     pub fn store(&self, tid: u32, value: u64) {
         if let Some(slot) = self.slot(tid) {
+            // SAFETY: the slot is the map's, live while the program runs; one thread's slot is only
+            // written by that thread's events.
             unsafe { *slot = value };
             return;
         }
         // Array: a thread id at or above the pid_max it was sized for. Hash: full.
-        if TID_ARRAYS.load() != 0 || self.hash.insert(&tid, &value, 0).is_err() {
+        if TID_ARRAYS.load() != 0 || self.hash.insert(tid, value, 0).is_err() {
             count(Counter::StartDrops);
         }
     }
@@ -139,6 +143,7 @@ impl PerThread {
         let Some(slot) = self.slot(tid) else {
             return 0;
         };
+        // SAFETY: as in `store`.
         unsafe {
             let value = *slot;
             // Only a set slot is written: a store, even of the 0 already there, would pull the
@@ -158,7 +163,7 @@ impl PerThread {
                 self.take(tid);
             }
             false => {
-                let _ = self.hash.remove(&tid);
+                let _ = self.hash.remove(tid);
             }
         }
     }
@@ -166,19 +171,23 @@ impl PerThread {
 
 #[inline(always)]
 pub fn now_ns() -> u64 {
+    // SAFETY: the helper takes no arguments.
     unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
 }
 
+/// Reads a `T` at `offset` bytes into the kernel object at `base`.
 #[inline(always)]
-unsafe fn read_field<T>(base: *const u8, offset: u32) -> Option<T> {
-    unsafe { bpf_probe_read_kernel(base.add(offset as usize).cast::<T>()) }.ok()
+fn read_field<T>(base: *const u8, offset: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel copies with fault handling: a bad address gives an error, never
+    // a fault, and the copy goes into a value of our own.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.ok()
 }
 
 /// Thread id and process id of a task.
 #[inline(always)]
 pub fn task_ids(task: *const u8) -> Option<(u32, u32)> {
-    let pid: i32 = unsafe { read_field(task, TASK_PID_OFFSET.load()) }?;
-    let tgid: i32 = unsafe { read_field(task, TASK_TGID_OFFSET.load()) }?;
+    let pid: i32 = read_field(task, TASK_PID_OFFSET.load())?;
+    let tgid: i32 = read_field(task, TASK_TGID_OFFSET.load())?;
     Some((pid as u32, tgid as u32))
 }
 
@@ -186,21 +195,22 @@ pub fn task_ids(task: *const u8) -> Option<(u32, u32)> {
 #[inline(always)]
 pub fn task_state(task: *const u8) -> Option<u32> {
     // `state` was a long before 5.14: its low 32 bits (little-endian) hold every state bit.
-    unsafe { read_field(task, TASK_STATE_OFFSET.load()) }
+    read_field(task, TASK_STATE_OFFSET.load())
 }
 
 /// cgroup v2 id of a task: task->cgroups->dfl_cgrp->kn->id.
 #[inline(always)]
 fn task_cgroup_id(task: *const u8) -> Option<u64> {
-    let css_set: *const u8 = unsafe { read_field(task, TASK_CGROUPS_OFFSET.load()) }?;
-    let cgroup: *const u8 = unsafe { read_field(css_set, CSS_SET_DFL_CGRP_OFFSET.load()) }?;
-    let kernfs_node: *const u8 = unsafe { read_field(cgroup, CGROUP_KN_OFFSET.load()) }?;
-    unsafe { read_field(kernfs_node, KERNFS_NODE_ID_OFFSET.load()) }
+    let css_set: *const u8 = read_field(task, TASK_CGROUPS_OFFSET.load())?;
+    let cgroup: *const u8 = read_field(css_set, CSS_SET_DFL_CGRP_OFFSET.load())?;
+    let kernfs_node: *const u8 = read_field(cgroup, CGROUP_KN_OFFSET.load())?;
+    read_field(kernfs_node, KERNFS_NODE_ID_OFFSET.load())
 }
 
 #[inline(always)]
 fn pid_selected(tgid: u32) -> bool {
-    FILTER_BY_PID.load() == 0 || unsafe { FILTER_PIDS.get(&tgid) }.is_some()
+    // SAFETY: the value is only tested for presence, never read.
+    FILTER_BY_PID.load() == 0 || unsafe { FILTER_PIDS.get(tgid) }.is_some()
 }
 
 /// Whether a task (not necessarily the current one) passes the --pid and --cgroup filters.
@@ -220,6 +230,7 @@ pub fn current_selected(tgid: u32) -> bool {
         return false;
     }
     let cgroup = FILTER_CGROUP_ID.load();
+    // SAFETY: the helper takes no arguments.
     cgroup == 0 || unsafe { bpf_get_current_cgroup_id() } == cgroup
 }
 
@@ -227,14 +238,14 @@ pub fn current_selected(tgid: u32) -> bool {
 /// creates a new per-process entry, so it stays off the common path.
 #[inline(always)]
 pub fn note_process(task: *const u8, tgid: u32) {
-    let Some(leader) = (unsafe { read_field::<*const u8>(task, TASK_GROUP_LEADER_OFFSET.load()) }) else {
+    let Some(leader) = read_field::<*const u8>(task, TASK_GROUP_LEADER_OFFSET.load()) else {
         return;
     };
-    let Some(comm) = (unsafe { read_field::<[u8; COMM_LEN]>(leader, TASK_COMM_OFFSET.load()) }) else {
+    let Some(comm) = read_field::<[u8; COMM_LEN]>(leader, TASK_COMM_OFFSET.load()) else {
         return;
     };
-    if PROCESSES.insert(&tgid, &ProcessName { comm }, BPF_NOEXIST).is_err() && unsafe { PROCESSES.get(&tgid) }.is_none()
-    {
+    // SAFETY: the value is only tested for presence, never read.
+    if PROCESSES.insert(tgid, ProcessName { comm }, BPF_NOEXIST).is_err() && unsafe { PROCESSES.get(tgid) }.is_none() {
         count(Counter::ProcessDrops);
     }
 }

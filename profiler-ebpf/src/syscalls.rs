@@ -93,25 +93,28 @@ pub fn syscall_sys_exit(ctx: BtfTracePointContext) -> i32 {
     }
 
     let key = ProcessSyscall { tgid, nr };
-    let stats = match SYSCALL_STATS.get_ptr_mut(&key) {
+    let stats = match SYSCALL_STATS.get_ptr_mut(key) {
         Some(stats) => stats,
         None => {
-            if SYSCALL_STATS.insert(&key, &SyscallStats::default(), BPF_NOEXIST).is_ok() {
+            if SYSCALL_STATS.insert(key, SyscallStats::default(), BPF_NOEXIST).is_ok() {
                 count(Counter::SyscallProcessEntries);
             }
-            let Some(stats) = SYSCALL_STATS.get_ptr_mut(&key) else {
+            let Some(stats) = SYSCALL_STATS.get_ptr_mut(key) else {
                 count(Counter::SyscallProcessDrops);
                 return 0;
             };
+            // SAFETY: the helper takes no arguments.
             note_process(unsafe { bpf_get_current_task() } as *const u8, tgid);
             stats
         }
     };
+    // SAFETY: `stats` points into the map's value, live while the program runs.
     unsafe {
         atomic_add(&raw mut (*stats).count, 1);
         atomic_add(&raw mut (*stats).total_ns, latency);
     }
     if errno != 0 {
+        // SAFETY: as above.
         unsafe { atomic_add(&raw mut (*stats).errors, 1) };
         if increment(&SYSCALL_ERRNOS, &SyscallErrno { tgid, nr, errno, _pad: 0 }, Counter::SyscallErrnoDrops) {
             count(Counter::SyscallErrnoEntries);

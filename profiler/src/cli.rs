@@ -4,7 +4,20 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::probes::Probe;
+use crate::{
+    analysis::fold::Selection,
+    collector::SessionConfig,
+    output::prometheus::ProcessSeries,
+    probes::{Probe, ProbeOptions, ProbeParser, ProbeSelection},
+    serve::ServeConfig,
+};
+
+/// Stack samples per second on each CPU, unless told otherwise (perf's default for `-a` is 4000;
+/// bcc's `profile` and Parca take 49 or 99 Hz: off the timer tick, cheap enough to leave on).
+pub const DEFAULT_FREQUENCY_HZ: u32 = 99;
+/// How often `record` drains the kernel maps: each drain walks the per-process maps, so often
+/// enough that exited processes leave them, seldom enough to cost nothing.
+const RECORD_DRAIN_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Parser)]
 #[command(name = "profiler", version, about = "eBPF profiler: run-queue latency, syscalls and on-CPU stacks")]
@@ -60,7 +73,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:9924")]
     pub listen: std::net::SocketAddr,
     /// Probes to run, comma-separated; default: sched, syscalls.
-    #[arg(long, value_delimiter = ',', value_name = "PROBE")]
+    #[arg(long, value_delimiter = ',', value_name = "PROBE", value_parser = ProbeParser)]
     pub probes: Vec<Probe>,
     /// Only this process (repeatable); filtered in the kernel.
     #[arg(short, long = "pid", value_name = "PID")]
@@ -151,10 +164,10 @@ pub struct RecordArgs {
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
     /// Probes to run, comma-separated; default: all.
-    #[arg(long, value_delimiter = ',', value_name = "PROBE")]
+    #[arg(long, value_delimiter = ',', value_name = "PROBE", value_parser = ProbeParser)]
     pub probes: Vec<Probe>,
     /// Stack samples per second on each CPU.
-    #[arg(short = 'F', long, default_value_t = 99, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(short = 'F', long, default_value_t = DEFAULT_FREQUENCY_HZ, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub frequency: u32,
     /// Keep threads apart in stack samples.
     #[arg(long)]
@@ -215,6 +228,57 @@ pub struct ReportOptions {
     /// Rows in each top-N table.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
+}
+
+impl RecordArgs {
+    pub fn session_config(&self, verbose: bool) -> anyhow::Result<SessionConfig> {
+        let probes = ProbeSelection::from_args(&self.probes, &Probe::all());
+        if self.flamegraph.is_some() && !probes.probes.iter().any(|p| p.name() == "cpu") {
+            anyhow::bail!("--flamegraph draws CPU stacks: add the cpu probe (--probes ...,cpu)");
+        }
+        Ok(SessionConfig {
+            probes,
+            options: ProbeOptions {
+                pids: self.pids.clone(),
+                cgroup: self.cgroup.clone(),
+                frequency_hz: self.frequency,
+                per_thread: self.per_thread,
+                keep_verifier_log: verbose,
+            },
+            duration: self.duration,
+            interval: RECORD_DRAIN_INTERVAL,
+            inline: self.inline,
+            progress: !self.quiet,
+        })
+    }
+}
+
+impl ServeArgs {
+    pub fn config(self, verbose: bool) -> ServeConfig {
+        let default: Vec<Probe> = ["sched", "syscalls"].into_iter().filter_map(Probe::by_name).collect();
+        // Stacks are not served (yet): only the Prometheus metrics.
+        let named: Vec<Probe> = self.probes.into_iter().filter(|p| p.name() != "cpu").collect();
+        ServeConfig {
+            listen: self.listen,
+            probes: ProbeSelection::from_args(&named, &default),
+            options: ProbeOptions {
+                pids: self.pids,
+                cgroup: self.cgroup,
+                frequency_hz: DEFAULT_FREQUENCY_HZ,
+                per_thread: false,
+                keep_verifier_log: verbose,
+            },
+            interval: self.interval,
+            processes: ProcessSeries { top: self.top_processes },
+            baseline: self.baseline,
+        }
+    }
+}
+
+impl FlamegraphArgs {
+    pub fn selection(&self) -> Selection {
+        Selection { pids: self.pids.clone(), kernel_only: self.kernel_only, user_only: self.user_only }
+    }
 }
 
 /// Plain numbers are seconds (as in perf and bcc tools); anything else is a humantime duration.

@@ -1,11 +1,12 @@
-//! The profiler's pipeline: probes → collector → recording → analysis → output.
+//! The profiler's pipeline: probes → collector → recording → analysis → outputs. This crate is the
+//! live half (loading probes, the session that drains them, symbolization, `serve`); the recording,
+//! its analysis and its outputs are `profiler-core`, re-exported here.
 
-pub mod analysis;
-pub mod atomic_file;
 pub mod cli;
 pub mod collector;
-pub mod output;
+pub mod commands;
 pub mod probes;
-pub mod recording;
 pub mod serve;
 pub mod symbolize;
+
+pub use profiler_core::{analysis, atomic_file, output, recording};

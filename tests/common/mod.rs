@@ -79,6 +79,7 @@ impl Recorder {
 
     /// Sends `signal` and waits for the profiler to finish; returns its status and stdout.
     pub fn stop_with(self, signal: i32) -> (ExitStatus, String, String) {
+        // SAFETY: kill has no memory effects; the child is ours and not reaped yet.
         unsafe { libc::kill(self.pid(), signal) };
         self.wait()
     }

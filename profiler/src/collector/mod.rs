@@ -1,8 +1,10 @@
-//! `record`: attach the probes, poll while the recording runs, then drain everything into a
-//! [`Recording`]. Ends on --duration, Ctrl-C or SIGTERM, always with a complete recording.
+//! The collector: one session attaches the probes, drains them every interval and hands each
+//! interval's deltas (counters, histograms, syscall rows, named stacks, new processes) to its sinks:
+//! the recording file for `record`, the metrics for `serve`. Signals, progress, process names and
+//! the memory maps symbolization needs live here, once.
 
-mod evict;
 mod processes;
+mod record;
 
 use std::{
     io::IsTerminal as _,
@@ -14,30 +16,233 @@ use aya::maps::{MapData, RingBuf};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::{
     io::{Interest, unix::AsyncFd},
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
 };
 
 use crate::{
-    probes::{self, Probe, ProbeOptions, ProbeSelection, Probes},
+    probes::{self, ProbeOptions, ProbeSelection, ProbeSpec as _, Probes},
     recording::{LeftOutProbe, Metadata, RecordOptions, Recording},
     symbolize::{StackSymbolizer, maps::MapsCache},
 };
-use evict::Evicted;
 use processes::ProcessTable;
 pub use processes::comm_to_string;
+pub use record::RecordingSink;
 
 /// How often process names are collected and progress refreshed.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// How often the memory maps of sampled processes are read again (they change: dlopen, JIT).
 const MAPS_REFRESH_INTERVAL: Duration = Duration::from_secs(2);
+/// A bounded kernel map this full is drained at once, not at the end of the interval: processes
+/// that start by the thousand (a build) would fill it first.
+const EARLY_DRAIN_AT: f64 = 0.5;
+/// After an early drain, the next waits until the fill has grown by this much: when live processes
+/// are what fills a map, draining again would take nothing out.
+const EARLY_DRAIN_STEP: f64 = 0.125;
 
-pub struct RecordConfig {
+pub struct SessionConfig {
     pub probes: ProbeSelection,
     pub options: ProbeOptions,
+    /// Stop after this long; else at SIGINT, SIGTERM or SIGHUP.
     pub duration: Option<Duration>,
-    pub quiet: bool,
+    /// How often the kernel maps are drained and the sinks fed.
+    pub interval: Duration,
     /// Name inlined functions as frames of their own (needs DWARF).
     pub inline: bool,
+    /// Show a progress line on a terminal.
+    pub progress: bool,
+}
+
+/// One interval, as every sink sees it.
+pub struct Interval<'a> {
+    /// What the probes aggregated during the interval, with stacks named and the processes first
+    /// seen in it described.
+    pub delta: &'a Recording,
+    /// Processes that exited: the kernel maps no longer hold them.
+    pub exited: &'a [u32],
+    /// How full each bounded kernel map is (entries over capacity).
+    pub fills: &'a [(&'static str, f64)],
+    pub programs_attached: usize,
+    /// Since the session started.
+    pub elapsed: Duration,
+}
+
+/// Where intervals go.
+pub trait Sink {
+    fn interval(&mut self, interval: &Interval<'_>) -> Result<()>;
+}
+
+/// The attached probes and what turns their drains into intervals.
+pub struct Session {
+    config: SessionConfig,
+    probes: Probes,
+    signals: [Signal; 3],
+    new_processes: Option<AsyncFd<RingBuf<MapData>>>,
+    maps: MapsCache,
+    symbolizer: StackSymbolizer,
+    processes: ProcessTable,
+    /// Processes seen exited at the last drain: their last samples may be in the next one, so
+    /// their memory maps are forgotten one drain later.
+    forget_next: Vec<u32>,
+    /// Set for the feed after the probes are detached.
+    last_feed: bool,
+    started: Instant,
+    start_unix_ns: u64,
+}
+
+impl Session {
+    /// Attaches the probes. Signal handlers are installed first, so a signal during start-up still
+    /// ends the session cleanly.
+    pub async fn start(config: SessionConfig) -> Result<Session> {
+        let signals = [
+            signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
+        ];
+        raise_open_file_limit();
+        let mut probes = Probes::attach(&config.probes, &config.options)?;
+        for left_out in probes.left_out() {
+            eprintln!("profiler: leaving out the {} probe: {}", left_out.probe.name(), left_out.reason);
+        }
+        let new_processes = match probes::oncpu::new_processes(&mut probes)? {
+            // SAFETY: the ring buffer owns its fd and AsyncFd owns the ring buffer, so the fd stays
+            // open and unchanged while registered.
+            Some(ring) => Some(
+                unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+                    .map_err(std::io::Error::from)
+                    .context("cannot watch the new-process ring buffer")?,
+            ),
+            None => None,
+        };
+        Ok(Session {
+            symbolizer: StackSymbolizer::new(config.inline),
+            config,
+            probes,
+            signals,
+            new_processes,
+            maps: MapsCache::default(),
+            processes: ProcessTable::default(),
+            forget_next: Vec::new(),
+            last_feed: false,
+            started: Instant::now(),
+            start_unix_ns: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64,
+        })
+    }
+
+    pub fn probes(&self) -> &Probes {
+        &self.probes
+    }
+
+    /// Runs until the duration ends or a signal comes, feeding `sinks` every interval and once
+    /// more after the probes are detached; returns the session's metadata.
+    pub async fn run(mut self, sinks: &mut [&mut dyn Sink]) -> Result<Metadata> {
+        let progress = progress_bar(!self.config.progress);
+        let mut poll = tokio::time::interval(POLL_INTERVAL);
+        let mut maps_refresh = tokio::time::interval(MAPS_REFRESH_INTERVAL);
+        let mut drain =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.config.interval, self.config.interval);
+        let mut early_drain_at = EARLY_DRAIN_AT;
+        let deadline = tokio::time::sleep(self.config.duration.unwrap_or(Duration::MAX / 4));
+        tokio::pin!(deadline);
+        loop {
+            let [interrupt, terminate, hangup] = &mut self.signals;
+            tokio::select! {
+                _ = &mut deadline => break,
+                _ = interrupt.recv() => break,
+                _ = terminate.recv() => break,
+                _ = hangup.recv() => break,
+                tgids = new_processes(&mut self.new_processes) => {
+                    for tgid in tgids.context("cannot read the new-process ring buffer")? {
+                        // The process may already be gone; its samples then keep module+offset frames.
+                        let _ = self.maps.snapshot(tgid);
+                    }
+                }
+                _ = maps_refresh.tick() => {
+                    let gone = self.maps.refresh();
+                    self.forget_next.extend(gone);
+                }
+                _ = poll.tick() => {
+                    self.processes.add_from_kernel(self.probes.take_process_names()?);
+                    let (counters, fullest) = self.probes.status()?;
+                    progress.set_message(format!(
+                        "{:.1}s · {} events · {} dropped",
+                        self.started.elapsed().as_secs_f64(), counters.events(), counters.drops.total()
+                    ));
+                    if fullest >= early_drain_at {
+                        self.feed(sinks)?;
+                        drain.reset();
+                        early_drain_at = EARLY_DRAIN_AT.max(self.probes.status()?.1 + EARLY_DRAIN_STEP);
+                    }
+                }
+                _ = drain.tick() => self.feed(sinks)?,
+            }
+        }
+        let duration = self.started.elapsed();
+        self.probes.detach()?;
+        progress.finish_and_clear();
+        self.maps.refresh();
+        self.last_feed = true;
+        self.feed(sinks)?;
+        Ok(self.metadata(duration))
+    }
+
+    /// Drains the probes into one interval and hands it to every sink.
+    fn feed(&mut self, sinks: &mut [&mut dyn Sink]) -> Result<()> {
+        let (drained, exited) = self.probes.drain()?;
+        // After the drain: a program names a process just after it creates the process's entry.
+        self.processes.add_from_kernel(self.probes.take_process_names()?);
+        let mut delta = drained.recording;
+        if self.probes.runs(probes::oncpu::Cpu.name()) {
+            for tgid in drained.stacks.iter().map(|s| s.tgid) {
+                if !self.maps.knows(tgid) {
+                    let _ = self.maps.snapshot(tgid);
+                }
+            }
+            delta.stacks = Some(self.symbolizer.symbolize(&drained.stacks, &self.maps));
+        }
+        delta.processes = self.processes.describe(delta.tgids(), self.last_feed);
+        let interval = Interval {
+            delta: &delta,
+            exited: &exited,
+            fills: &drained.fills,
+            programs_attached: self.probes.programs_attached(),
+            elapsed: self.started.elapsed(),
+        };
+        for sink in sinks.iter_mut() {
+            sink.interval(&interval)?;
+        }
+        let forget = std::mem::replace(&mut self.forget_next, exited);
+        self.maps.forget(&forget);
+        self.symbolizer.forget(&forget);
+        self.processes.forget(&forget);
+        Ok(())
+    }
+
+    fn metadata(&self, duration: Duration) -> Metadata {
+        let uname = nix::sys::utsname::uname().ok();
+        let (config, probes) = (&self.config, &self.probes);
+        Metadata {
+            hostname: nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default(),
+            kernel_release: uname.map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
+            cpus: aya::util::online_cpus().map_or(0, |cpus| cpus.len() as u32),
+            start_unix_ns: self.start_unix_ns,
+            duration_ns: duration.as_nanos() as u64,
+            profiler_version: env!("CARGO_PKG_VERSION").into(),
+            options: RecordOptions {
+                probes: probes.probes().iter().map(|p| p.name().to_string()).collect(),
+                pids: config.options.pids.clone(),
+                cgroup: config.options.cgroup.as_ref().map(|p| p.display().to_string()),
+                duration_limit_ns: config.duration.map(|d| d.as_nanos() as u64),
+                frequency_hz: config.options.frequency_hz,
+                per_thread: config.options.per_thread,
+            },
+            left_out: probes
+                .left_out()
+                .iter()
+                .map(|l| LeftOutProbe { probe: l.probe.name().into(), reason: l.reason.clone() })
+                .collect(),
+            kernel_features: probes.features().names().into_iter().map(String::from).collect(),
+        }
+    }
 }
 
 /// Waits for the next announcements of newly sampled processes; never, without the `cpu` probe.
@@ -64,149 +269,12 @@ fn raise_open_file_limit() {
     }
 }
 
-pub async fn record(config: &RecordConfig) -> Result<Recording> {
-    // Install the handlers before loading anything, so a signal during start-up still ends cleanly.
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-
-    raise_open_file_limit();
-    let mut probes = Probes::attach(&config.probes, &config.options)?;
-    if !config.quiet {
-        report_left_out(&probes);
-    }
-    let mut ring = match probes.probes().contains(&Probe::Cpu) {
-        // SAFETY: the ring buffer owns its fd and AsyncFd owns the ring buffer, so the fd stays
-        // open and unchanged while registered.
-        true => Some(
-            unsafe {
-                AsyncFd::register_with_interest(probes::oncpu::take_new_processes(&mut probes)?, Interest::READABLE)
-            }
-            .map_err(std::io::Error::from)
-            .context("cannot watch the new-process ring buffer")?,
-        ),
-        false => None,
-    };
-    let mut maps = MapsCache::default();
-    let started = Instant::now();
-    let start_unix_ns = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
-    if !config.quiet {
-        let names: Vec<&str> = probes.probes().iter().map(|p| p.name()).collect();
-        let until = match config.duration {
-            Some(d) => format!("for {}", humantime::format_duration(d)),
-            None => "until Ctrl-C".into(),
-        };
-        eprintln!("recording {} {until}", names.join(", "));
-    }
-
-    let progress = progress_bar(config.quiet);
-    let mut table = ProcessTable::default();
-    let mut evicted = Evicted::default();
-    let mut ticker = tokio::time::interval(POLL_INTERVAL);
-    let mut maps_ticker = tokio::time::interval(MAPS_REFRESH_INTERVAL);
-    let deadline = tokio::time::sleep(config.duration.unwrap_or(Duration::MAX / 4));
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            _ = &mut deadline => break,
-            _ = interrupt.recv() => break,
-            _ = terminate.recv() => break,
-            tgids = new_processes(&mut ring) => {
-                for tgid in tgids.context("cannot read the new-process ring buffer")? {
-                    // The process may already be gone; its samples then keep module+offset frames.
-                    let _ = maps.snapshot(tgid);
-                }
-            }
-            _ = maps_ticker.tick() => maps.refresh(),
-            _ = ticker.tick() => {
-                table.add_from_kernel(probes.take_process_names()?);
-                if let Err(error) = evicted.evict_if_full(&mut probes) {
-                    // The entries stay in the kernel maps; at worst some are dropped when they fill.
-                    tracing::warn!("cannot move exited processes out of the kernel maps: {error:#}");
-                }
-                if !progress.is_hidden() {
-                    let counters = probes.counters()?;
-                    progress.set_message(format!(
-                        "{:.1}s · {} events · {} dropped",
-                        started.elapsed().as_secs_f64(), counters.events(), counters.drops.total()
-                    ));
-                }
-            }
-        }
-    }
-    let duration = started.elapsed();
-    probes.detach()?;
-    progress.finish_and_clear();
-
-    let mut recording = Recording {
-        meta: metadata(config, &probes, start_unix_ns, duration),
-        counters: probes.counters()?,
-        runq: None,
-        syscalls: None,
-        stacks: None,
-        processes: Default::default(),
-    };
-    table.add_from_kernel(probes.take_process_names()?);
-    for probe in probes.probes() {
-        match probe {
-            Probe::Sched => recording.runq = Some(probes::sched::drain(&probes)?),
-            Probe::Syscalls => recording.syscalls = Some(probes::syscalls::drain(&probes)?),
-            Probe::Cpu => {
-                let raw = probes::oncpu::drain(&probes)?;
-                maps.refresh();
-                let unknown: std::collections::BTreeSet<u32> =
-                    raw.iter().map(|s| s.tgid).filter(|&tgid| !maps.knows(tgid)).collect();
-                for tgid in unknown {
-                    let _ = maps.snapshot(tgid);
-                }
-                recording.stacks = Some(StackSymbolizer::new(config.inline).symbolize(&raw, &maps));
-            }
-        }
-    }
-    evicted.restore(&mut recording);
-    recording.derive_counts();
-    recording.processes = table.finish(recording.tgids());
-    Ok(recording)
-}
-
-fn progress_bar(quiet: bool) -> ProgressBar {
-    if quiet || !std::io::stderr().is_terminal() {
+fn progress_bar(hidden: bool) -> ProgressBar {
+    if hidden || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new_spinner();
     bar.set_style(ProgressStyle::with_template("{spinner} recording {msg}").expect("valid template"));
     bar.enable_steady_tick(Duration::from_millis(100));
     bar
-}
-
-/// One line per selected probe that this kernel cannot run.
-pub fn report_left_out(probes: &Probes) {
-    for left_out in probes.left_out() {
-        eprintln!("profiler: leaving out the {} probe: {}", left_out.probe.name(), left_out.reason);
-    }
-}
-
-fn metadata(config: &RecordConfig, probes: &Probes, start_unix_ns: u64, duration: Duration) -> Metadata {
-    let uname = nix::sys::utsname::uname().ok();
-    Metadata {
-        hostname: nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default(),
-        kernel_release: uname.map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
-        cpus: aya::util::online_cpus().map_or(0, |cpus| cpus.len() as u32),
-        start_unix_ns,
-        duration_ns: duration.as_nanos() as u64,
-        profiler_version: env!("CARGO_PKG_VERSION").into(),
-        options: RecordOptions {
-            probes: probes.probes().iter().map(|p| p.name().to_string()).collect(),
-            pids: config.options.pids.clone(),
-            cgroup: config.options.cgroup.as_ref().map(|p| p.display().to_string()),
-            duration_limit_ns: config.duration.map(|d| d.as_nanos() as u64),
-            frequency_hz: config.options.frequency_hz,
-            per_thread: config.options.per_thread,
-        },
-        left_out: probes
-            .left_out()
-            .iter()
-            .map(|l| LeftOutProbe { probe: l.probe.name().into(), reason: l.reason.clone() })
-            .collect(),
-        kernel_features: probes.features().names().into_iter().map(String::from).collect(),
-    }
 }

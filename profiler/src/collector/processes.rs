@@ -1,7 +1,10 @@
 //! Names of the processes the probes saw. The kernel notes each new process's comm; we read its
 //! executable and command line from /proc within a poll interval, while it most likely still lives.
 
-use std::{collections::BTreeMap, fs};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    fs,
+};
 
 use profiler_common::process::ProcessName;
 
@@ -9,7 +12,12 @@ use crate::recording::Process;
 
 #[derive(Default)]
 pub struct ProcessTable {
+    /// Named by the kernel, not yet handed to the sinks.
     processes: BTreeMap<u32, Process>,
+    /// Handed to the sinks already.
+    described: HashSet<u32>,
+    /// Seen in the probes' data, but neither the kernel nor /proc has named them yet.
+    pending: BTreeSet<u32>,
 }
 
 impl ProcessTable {
@@ -26,19 +34,37 @@ impl ProcessTable {
         }
     }
 
-    /// The table for the given tgids: every one gets an entry, from /proc if the kernel never
-    /// named it (its map was full), else "?".
-    pub fn finish(mut self, tgids: impl IntoIterator<Item = u32>) -> BTreeMap<u32, Process> {
+    /// Descriptions of the given tgids (and of those still pending) not described before: from
+    /// what the kernel named, else from /proc (the kernel's map was full). One that neither names
+    /// waits for the kernel's name, which may come a moment after its data; at the `last` call it
+    /// is "?".
+    pub fn describe(&mut self, tgids: BTreeSet<u32>, last: bool) -> BTreeMap<u32, Process> {
         let mut result = BTreeMap::new();
-        for tgid in tgids {
-            let process = self
-                .processes
-                .remove(&tgid)
-                .or_else(|| read_proc(tgid))
-                .unwrap_or_else(|| Process { comm: "?".into(), ..Default::default() });
+        let candidates: BTreeSet<u32> = std::mem::take(&mut self.pending).into_iter().chain(tgids).collect();
+        for tgid in candidates {
+            if self.described.contains(&tgid) {
+                continue;
+            }
+            let process = match self.processes.remove(&tgid).or_else(|| read_proc(tgid)) {
+                Some(process) => process,
+                None if last => Process { comm: "?".into(), ..Default::default() },
+                None => {
+                    self.pending.insert(tgid);
+                    continue;
+                }
+            };
+            self.described.insert(tgid);
             result.insert(tgid, process);
         }
         result
+    }
+
+    /// Forgets processes that exited.
+    pub fn forget(&mut self, tgids: &[u32]) {
+        for tgid in tgids {
+            self.processes.remove(tgid);
+            self.described.remove(tgid);
+        }
     }
 }
 
@@ -70,7 +96,9 @@ mod tests {
         let me = std::process::id();
         let mut table = ProcessTable::default();
         table.add_from_kernel(vec![(me, ProcessName { comm: *b"kernel-name\0\0\0\0\0" })]);
-        let processes = table.finish([me, u32::MAX]);
+        assert!(table.describe([u32::MAX].into(), false).is_empty(), "an unnamed process waits");
+        let processes = table.describe([me].into(), true);
+        assert!(table.describe([me].into(), true).is_empty(), "each process is described once");
         let this = &processes[&me];
         assert!(!this.comm.is_empty() && this.comm != "kernel-name", "/proc wins while the process lives");
         assert!(this.exe.as_deref().is_some_and(|exe| exe.starts_with('/')));

@@ -81,9 +81,8 @@ fn find_member(btf: &Btf, strukt: &btf_rs::Struct, field: &str) -> Result<Option
             return Ok(Some(member.bit_offset()));
         }
         if member_name.is_empty() {
-            let inner = match btf.resolve_chained_type(member)? {
-                Type::Struct(s) | Type::Union(s) => s,
-                _ => continue,
+            let (Type::Struct(inner) | Type::Union(inner)) = btf.resolve_chained_type(member)? else {
+                continue;
             };
             if let Some(bits) = find_member(btf, &inner, field)? {
                 return Ok(Some(member.bit_offset() + bits));

@@ -1,31 +1,60 @@
-//! On-CPU sampling probe: a perf_event program on every online CPU, the exec tracepoint that
-//! re-announces a process after exec, and the drain of the stack maps.
+//! On-CPU sampling probe (`profiler-ebpf/src/oncpu.rs`): a perf_event program on every online CPU,
+//! the exec tracepoint that re-announces a process after exec, and the drain of the stack maps.
+
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, RingBuf, StackTraceMap},
+    maps::{Array, HashMap, MapData, RingBuf, StackTraceMap},
     programs::{
         PerfEvent,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
     util::online_cpus,
 };
-use profiler_common::oncpu::StackKey;
+use profiler_common::oncpu::{NEW_PROCESSES, STACK_BUFFER, STACK_SAMPLES, STACKS, StackKey};
 
 use super::{
-    Feature, ProbeOptions, Probes,
+    Drain, Drained, Feature, Kernel, ProbeOptions, ProbeSpec, Probes,
+    loader::{map, map_mut},
     program::{Alternatives, Attach, Program, TASK, tracepoint},
     verifier,
 };
 use crate::symbolize::RawStack;
 
-pub const REQUIRES: &[Feature] = &[Feature::BtfTracepoints, Feature::RingBuffer, Feature::StackTraces];
+pub struct Cpu;
 
-pub const PROGRAMS: &[Alternatives] = &[
+const PROGRAMS: &[Alternatives] = &[
     &[Program { name: "oncpu_sample", attach: Attach::CpuClock }],
     &[Program { name: "oncpu_sched_process_exec", attach: tracepoint("sched", "sched_process_exec", &[TASK]) }],
 ];
+
+/// How long a sample that read the old buffer index may still be counting into that buffer after
+/// the flip: a perf_event program runs for microseconds, in interrupt context.
+const FLIP_GRACE: Duration = Duration::from_millis(5);
+
+impl ProbeSpec for Cpu {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn about(&self) -> &'static str {
+        "kernel and user stacks sampled on the CPU clock of every CPU"
+    }
+
+    fn requires(&self) -> &'static [Feature] {
+        &[Feature::BtfTracepoints, Feature::RingBuffer, Feature::StackTraces]
+    }
+
+    fn programs(&self) -> &'static [Alternatives] {
+        PROGRAMS
+    }
+
+    fn drain(&self) -> Box<dyn Drain> {
+        Box::new(StackDrain { active: 0 })
+    }
+}
 
 /// Attaches the sampler to the software CPU clock of every online CPU. The software clock exists
 /// everywhere, including VMs without a hardware PMU.
@@ -50,32 +79,50 @@ pub fn attach_sampler(ebpf: &mut Ebpf, name: &str, options: &ProbeOptions) -> Re
     Ok(())
 }
 
-/// The ring buffer on which the kernel announces processes as they are first sampled.
-pub fn take_new_processes(probes: &mut Probes) -> Result<RingBuf<MapData>> {
-    let map = probes.ebpf.take_map("NEW_PROCESSES").context("map NEW_PROCESSES missing")?;
-    Ok(RingBuf::try_from(map)?)
+/// The ring buffer on which the kernel announces processes as they are first sampled, when the
+/// cpu probe runs.
+pub fn new_processes(probes: &mut Probes) -> Result<Option<RingBuf<MapData>>> {
+    if !probes.runs(Cpu.name()) {
+        return Ok(None);
+    }
+    let map = probes.ebpf.take_map(NEW_PROCESSES).with_context(|| format!("map {NEW_PROCESSES} missing"))?;
+    Ok(Some(RingBuf::try_from(map)?))
 }
 
-/// Every sampled (process, thread, kernel stack, user stack) with its count.
-pub fn drain(probes: &Probes) -> Result<Vec<RawStack>> {
-    let samples: HashMap<_, StackKey, u64> = HashMap::try_from(probes.map("STACK_SAMPLES")?)?;
-    let stacks = StackTraceMap::try_from(probes.map("STACKS")?)?;
-    let frames = |id: i32| -> Vec<u64> {
-        if id < 0 {
-            return Vec::new();
+/// Drains the two sample maps in turn: the sampler is pointed at the other map, and once no sample
+/// can still be counting into this one, it is read and emptied.
+struct StackDrain {
+    /// The index of the sample map the sampler counts into.
+    active: usize,
+}
+
+impl Drain for StackDrain {
+    fn drain(&mut self, kernel: &mut Kernel<'_>, interval: &mut Drained) -> Result<()> {
+        let draining = self.active;
+        self.active = 1 - draining;
+        let mut buffer: Array<_, u32> = Array::try_from(map_mut(kernel.ebpf, STACK_BUFFER)?)?;
+        buffer.set(0, self.active as u32, 0).context("cannot switch the sample map")?;
+        std::thread::sleep(FLIP_GRACE);
+
+        let mut samples: HashMap<_, StackKey, u64> = HashMap::try_from(map_mut(kernel.ebpf, STACK_SAMPLES[draining])?)?;
+        let entries: Vec<(StackKey, u64)> = samples.iter().collect::<Result<_, _>>()?;
+        for (key, _) in &entries {
+            samples.remove(key)?;
         }
-        stacks.get(&(id as u32), 0).map(|trace| trace.frames().iter().map(|f| f.ip).collect()).unwrap_or_default()
-    };
-    let mut raw = Vec::new();
-    for entry in samples.iter() {
-        let (key, count) = entry?;
-        raw.push(RawStack {
+        let stacks = StackTraceMap::try_from(map(kernel.ebpf, STACKS)?)?;
+        let frames = |id: i32| -> Vec<u64> {
+            if id < 0 {
+                return Vec::new();
+            }
+            stacks.get(&(id as u32), 0).map(|trace| trace.frames().iter().map(|f| f.ip).collect()).unwrap_or_default()
+        };
+        interval.stacks.extend(entries.into_iter().map(|(key, count)| RawStack {
             tgid: key.tgid,
             tid: key.tid,
             kernel: frames(key.kernel_stack_id),
             user: frames(key.user_stack_id),
             count,
-        });
+        }));
+        Ok(())
     }
-    Ok(raw)
 }

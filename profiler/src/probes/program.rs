@@ -123,7 +123,7 @@ impl Arg {
         match self {
             Arg::Unread => "anything".into(),
             Arg::StructPtr(name) => format!("struct {name} *"),
-            Arg::Int(bytes) => format!("a {}-byte integer", bytes),
+            Arg::Int(bytes) => format!("a {bytes}-byte integer"),
         }
     }
 }

@@ -1,26 +1,29 @@
-//! Run-queue latency probe: its tracepoints and the drain of its maps.
+//! Run-queue latency probe (`profiler-ebpf/src/runqlat.rs`): its programs and the drain of its maps.
 
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use aya::maps::{HashMap, PerCpuArray};
+use aya::maps::PerCpuArray;
 use profiler_common::{
+    counters::Counter,
     histogram::{Histogram, NUM_BUCKETS},
-    runqlat::ProcessBucket,
+    runqlat::{MAX_PROCESS_BUCKETS, ProcessBucket, RUNQ_LATENCY, RUNQ_PROCESS_LATENCY},
 };
 
 use super::{
-    Feature, Probes,
+    Drain, Drained, Feature, Kernel, ProbeSpec,
+    counter_map::{CounterMap, dense_growth},
+    loader::map,
     program::{Alternatives, Arg, Program, TASK, tracepoint},
 };
 use crate::recording::{LatencyHistogram, RunqLatency};
 
-pub const REQUIRES: &[Feature] = &[Feature::BtfTracepoints];
+pub struct Sched;
 
 /// `bool preempt`.
 const PREEMPT: Arg = Arg::Int(1);
 
-pub const PROGRAMS: &[Alternatives] = &[
+const PROGRAMS: &[Alternatives] = &[
     &[Program { name: "runq_sched_wakeup", attach: tracepoint("sched", "sched_wakeup", &[TASK]) }],
     &[Program { name: "runq_sched_wakeup_new", attach: tracepoint("sched", "sched_wakeup_new", &[TASK]) }],
     &[
@@ -37,22 +40,71 @@ pub const PROGRAMS: &[Alternatives] = &[
     &[Program { name: "runq_thread_exit", attach: tracepoint("sched", "sched_process_exit", &[TASK]) }],
 ];
 
-pub fn drain(probes: &Probes) -> Result<RunqLatency> {
-    let per_cpu_map: PerCpuArray<_, Histogram> = PerCpuArray::try_from(probes.map("RUNQ_LATENCY")?)?;
-    let per_cpu: Vec<LatencyHistogram> =
-        per_cpu_map.get(&0, 0)?.iter().map(|h| LatencyHistogram::from_dense(h.counts())).collect();
-    let mut system = LatencyHistogram::default();
-    for histogram in &per_cpu {
-        system.merge(histogram);
+impl ProbeSpec for Sched {
+    fn name(&self) -> &'static str {
+        "sched"
     }
 
-    let process_map: HashMap<_, ProcessBucket, u64> = HashMap::try_from(probes.map("RUNQ_PROCESS_LATENCY")?)?;
-    let per_process = per_process(process_map.iter().collect::<Result<Vec<_>, _>>()?);
-    Ok(RunqLatency { system, per_cpu, per_process })
+    fn about(&self) -> &'static str {
+        "run-queue latency from sched_wakeup, sched_wakeup_new and sched_switch"
+    }
+
+    fn requires(&self) -> &'static [Feature] {
+        &[Feature::BtfTracepoints]
+    }
+
+    fn programs(&self) -> &'static [Alternatives] {
+        PROGRAMS
+    }
+
+    fn drain(&self) -> Box<dyn Drain> {
+        Box::new(SchedDrain {
+            per_cpu: Vec::new(),
+            per_process: CounterMap::new(
+                RUNQ_PROCESS_LATENCY,
+                MAX_PROCESS_BUCKETS,
+                Counter::RunqProcessEntries,
+                |key: &ProcessBucket| key.tgid,
+            ),
+        })
+    }
+}
+
+struct SchedDrain {
+    /// Each CPU's histogram at the last drain.
+    per_cpu: Vec<Vec<u64>>,
+    per_process: CounterMap<ProcessBucket, u64>,
+}
+
+impl Drain for SchedDrain {
+    fn drain(&mut self, kernel: &mut Kernel<'_>, interval: &mut Drained) -> Result<()> {
+        let per_cpu_map: PerCpuArray<_, Histogram> = PerCpuArray::try_from(map(kernel.ebpf, RUNQ_LATENCY)?)?;
+        let now: Vec<Vec<u64>> = per_cpu_map.get(&0, 0)?.iter().map(|h| h.counts().to_vec()).collect();
+        let per_cpu: Vec<LatencyHistogram> = now
+            .iter()
+            .enumerate()
+            .map(|(cpu, counts)| {
+                LatencyHistogram::from_dense(&dense_growth(counts, self.per_cpu.get(cpu).map_or(&[], Vec::as_slice)))
+            })
+            .collect();
+        self.per_cpu = now;
+        let mut system = LatencyHistogram::default();
+        for histogram in &per_cpu {
+            system.merge(histogram);
+        }
+        let per_process = per_process(self.per_process.drain(kernel.ebpf, kernel.exits)?);
+        interval.fills.push(self.per_process.fill());
+        interval.recording.runq = Some(RunqLatency { system, per_cpu, per_process });
+        Ok(())
+    }
+
+    fn fullest(&self, counters: &[u64]) -> f64 {
+        self.per_process.fill_now(counters)
+    }
 }
 
 /// Per-process histograms from (tgid, bucket) -> count entries.
-pub(super) fn per_process(entries: Vec<(ProcessBucket, u64)>) -> BTreeMap<u32, LatencyHistogram> {
+fn per_process(entries: Vec<(ProcessBucket, u64)>) -> BTreeMap<u32, LatencyHistogram> {
     let mut dense: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
     for (key, count) in entries {
         if let Some(slot) = dense.entry(key.tgid).or_insert_with(|| vec![0; NUM_BUCKETS]).get_mut(key.bucket as usize) {

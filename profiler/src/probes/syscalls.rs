@@ -1,73 +1,150 @@
-//! Syscall probe: its tracepoints and the drain of its maps.
+//! Syscall probe (`profiler-ebpf/src/syscalls.rs`): its programs and the drain of its maps.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Result;
-use aya::maps::{Array, HashMap};
+use aya::maps::Array;
 use profiler_common::{
+    counters::Counter,
     histogram::Histogram,
-    syscalls::{ProcessSyscall as StatsKey, SyscallErrno, SyscallStats},
+    syscalls::{
+        MAX_PROCESS_SYSCALLS, MAX_SYSCALL_ERRNOS, ProcessSyscall as StatsKey, SYSCALL_ERRNOS, SYSCALL_LATENCY,
+        SYSCALL_STATS, SyscallErrno, SyscallStats,
+    },
 };
 
 use super::{
-    Feature, Probes,
+    Drain, Drained, Feature, Kernel, ProbeSpec,
+    counter_map::{CounterMap, Growth, dense_growth},
+    loader::map,
     program::{Alternatives, Arg, Program, TASK, tracepoint},
 };
-use crate::recording::{LatencyHistogram, ProcessSyscall, Syscalls};
+use crate::recording::{LatencyHistogram, ProcessSyscall, Syscalls as SyscallData};
 
-pub const REQUIRES: &[Feature] = &[Feature::BtfTracepoints];
+pub struct Syscalls;
 
 /// sys_enter(struct pt_regs *regs, long id) and sys_exit(struct pt_regs *regs, long ret): the
 /// programs read the second.
 const NUMBER_OR_RESULT: &[Arg] = &[Arg::Unread, Arg::Int(8)];
 
-pub const PROGRAMS: &[Alternatives] = &[
+const PROGRAMS: &[Alternatives] = &[
     &[Program { name: "syscall_sys_enter", attach: tracepoint("raw_syscalls", "sys_enter", NUMBER_OR_RESULT) }],
     &[Program { name: "syscall_sys_exit", attach: tracepoint("raw_syscalls", "sys_exit", NUMBER_OR_RESULT) }],
     &[Program { name: "syscall_thread_exit", attach: tracepoint("sched", "sched_process_exit", &[TASK]) }],
 ];
 
-pub fn drain(probes: &Probes) -> Result<Syscalls> {
-    let latency_map: Array<_, Histogram> = Array::try_from(probes.map("SYSCALL_LATENCY")?)?;
-    let mut latency = BTreeMap::new();
-    for (nr, histogram) in latency_map.iter().enumerate() {
-        let histogram = LatencyHistogram::from_dense(histogram?.counts());
-        if !histogram.is_empty() {
-            latency.insert(nr as u32, histogram);
+impl ProbeSpec for Syscalls {
+    fn name(&self) -> &'static str {
+        "syscalls"
+    }
+
+    fn about(&self) -> &'static str {
+        "syscall counts, errors and latency from raw_syscalls sys_enter and sys_exit"
+    }
+
+    fn requires(&self) -> &'static [Feature] {
+        &[Feature::BtfTracepoints]
+    }
+
+    fn programs(&self) -> &'static [Alternatives] {
+        PROGRAMS
+    }
+
+    fn drain(&self) -> Box<dyn Drain> {
+        Box::new(SyscallDrain {
+            latency: HashMap::new(),
+            stats: CounterMap::new(SYSCALL_STATS, MAX_PROCESS_SYSCALLS, Counter::SyscallProcessEntries, |key: &StatsKey| {
+                key.tgid
+            }),
+            errnos: CounterMap::new(SYSCALL_ERRNOS, MAX_SYSCALL_ERRNOS, Counter::SyscallErrnoEntries, |key: &SyscallErrno| {
+                key.tgid
+            }),
+        })
+    }
+}
+
+impl Growth for SyscallStats {
+    fn since(self, before: Self) -> Self {
+        SyscallStats {
+            count: self.count.saturating_sub(before.count),
+            errors: self.errors.saturating_sub(before.errors),
+            total_ns: self.total_ns.saturating_sub(before.total_ns),
         }
     }
 
-    let errno_map: HashMap<_, SyscallErrno, u64> = HashMap::try_from(probes.map("SYSCALL_ERRNOS")?)?;
-    let stats_map: HashMap<_, StatsKey, SyscallStats> = HashMap::try_from(probes.map("SYSCALL_STATS")?)?;
-    let per_process =
-        rows(stats_map.iter().collect::<Result<Vec<_>, _>>()?, errno_map.iter().collect::<Result<Vec<_>, _>>()?);
-    Ok(Syscalls { latency, per_process })
+    fn is_zero(&self) -> bool {
+        self.count == 0
+    }
 }
 
-/// Per (process, syscall) rows, each with its errnos (commonest first), sorted by process.
-pub(super) fn rows(
-    stats: Vec<(StatsKey, SyscallStats)>,
-    errno_counts: Vec<(SyscallErrno, u64)>,
-) -> Vec<ProcessSyscall> {
-    let mut errnos: BTreeMap<(u32, u32), Vec<(u32, u64)>> = BTreeMap::new();
-    for (key, count) in errno_counts {
-        errnos.entry((key.tgid, key.nr)).or_default().push((key.errno, count));
+struct SyscallDrain {
+    /// Each syscall's histogram at the last drain, for the syscalls seen so far.
+    latency: HashMap<u32, Vec<u64>>,
+    stats: CounterMap<StatsKey, SyscallStats>,
+    errnos: CounterMap<SyscallErrno, u64>,
+}
+
+impl Drain for SyscallDrain {
+    fn drain(&mut self, kernel: &mut Kernel<'_>, interval: &mut Drained) -> Result<()> {
+        let latency_map: Array<_, Histogram> = Array::try_from(map(kernel.ebpf, SYSCALL_LATENCY)?)?;
+        let mut latency = BTreeMap::new();
+        for (nr, histogram) in latency_map.iter().enumerate() {
+            let histogram = histogram?;
+            let counts = histogram.counts();
+            if counts.iter().all(|&n| n == 0) {
+                continue;
+            }
+            let nr = nr as u32;
+            let before = self.latency.get(&nr).map_or(&[][..], Vec::as_slice);
+            let growth = LatencyHistogram::from_dense(&dense_growth(counts, before));
+            self.latency.insert(nr, counts.to_vec());
+            if !growth.is_empty() {
+                latency.insert(nr, growth);
+            }
+        }
+        let stats = self.stats.drain(kernel.ebpf, kernel.exits)?;
+        let errnos = self.errnos.drain(kernel.ebpf, kernel.exits)?;
+        interval.fills.extend([self.stats.fill(), self.errnos.fill()]);
+        interval.recording.syscalls = Some(SyscallData { latency, per_process: rows(stats, errnos) });
+        Ok(())
     }
-    let mut rows: Vec<ProcessSyscall> = stats
+
+    fn fullest(&self, counters: &[u64]) -> f64 {
+        self.stats.fill_now(counters).max(self.errnos.fill_now(counters))
+    }
+}
+
+/// Per (process, syscall) rows, each with its errnos (commonest first), sorted by process. The two
+/// maps are walked one after the other, so a call that failed between the walks has its errno in
+/// this interval and its count in the next (or the other way round): such an errno gets a row of
+/// its own, and the intervals add up.
+fn rows(stats: Vec<(StatsKey, SyscallStats)>, errno_counts: Vec<(SyscallErrno, u64)>) -> Vec<ProcessSyscall> {
+    let mut rows: BTreeMap<(u32, u32), ProcessSyscall> = stats
         .into_iter()
         .map(|(key, stats)| {
-            let mut errnos = errnos.remove(&(key.tgid, key.nr)).unwrap_or_default();
-            errnos.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-            ProcessSyscall {
+            let row = ProcessSyscall {
                 tgid: key.tgid,
                 nr: key.nr,
                 count: stats.count,
                 errors: stats.errors,
                 total_ns: stats.total_ns,
-                errnos,
-            }
+                errnos: Vec::new(),
+            };
+            ((key.tgid, key.nr), row)
         })
         .collect();
-    rows.sort_by_key(|row| (row.tgid, row.nr));
-    rows
+    for (key, count) in errno_counts {
+        let row = rows.entry((key.tgid, key.nr)).or_insert_with(|| ProcessSyscall {
+            tgid: key.tgid,
+            nr: key.nr,
+            ..Default::default()
+        });
+        row.errnos.push((key.errno, count));
+    }
+    rows.into_values()
+        .map(|mut row| {
+            row.errnos.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            row
+        })
+        .collect()
 }

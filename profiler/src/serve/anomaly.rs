@@ -27,31 +27,18 @@ impl Score {
 /// Rolling baselines, one per histogram, keyed by a label such as "runqueue" or "syscall:read".
 pub struct Detector {
     baseline_len: usize,
-    previous: BTreeMap<String, Vec<u64>>,
     baselines: BTreeMap<String, VecDeque<f64>>,
     pub scores: BTreeMap<String, Score>,
 }
 
 impl Detector {
     pub fn new(baseline_len: usize) -> Self {
-        Self {
-            baseline_len: baseline_len.max(MIN_BASELINE),
-            previous: BTreeMap::new(),
-            baselines: BTreeMap::new(),
-            scores: BTreeMap::new(),
-        }
+        Self { baseline_len: baseline_len.max(MIN_BASELINE), baselines: BTreeMap::new(), scores: BTreeMap::new() }
     }
 
-    /// Feeds a cumulative histogram; scores the interval since the last call.
-    pub fn observe(&mut self, key: &str, cumulative: &LatencyHistogram) {
-        let dense = cumulative.to_dense();
-        let interval = match self.previous.get(key) {
-            Some(before) => dense.iter().zip(before).map(|(now, then)| now.saturating_sub(*then)).collect(),
-            None => dense.clone(),
-        };
-        self.previous.insert(key.to_string(), dense);
-        let interval = LatencyHistogram::from_dense(&interval);
-        let p = percentiles(&interval);
+    /// Scores one interval's histogram against the baseline, then adds it to the baseline.
+    pub fn observe(&mut self, key: &str, interval: &LatencyHistogram) {
+        let p = percentiles(interval);
         if p.count < MIN_INTERVAL_SAMPLES {
             return;
         }
@@ -74,19 +61,14 @@ impl Detector {
 
 #[cfg(test)]
 mod tests {
-    use profiler_common::histogram::{NUM_BUCKETS, bucket_index};
-
     use super::*;
 
     #[test]
     fn a_jump_in_p99_is_anomalous_and_steady_intervals_are_not() {
         let mut detector = Detector::new(10);
-        let mut cumulative = vec![0u64; NUM_BUCKETS];
-        let mut feed = |detector: &mut Detector, latency_ns: u64| {
-            for i in 0..100u64 {
-                cumulative[bucket_index(latency_ns + i * latency_ns / 200) as usize] += 1;
-            }
-            detector.observe("runqueue", &LatencyHistogram::from_dense(&cumulative));
+        let feed = |detector: &mut Detector, latency_ns: u64| {
+            let interval = LatencyHistogram::from_values((0..100u64).map(|i| latency_ns + i * latency_ns / 200));
+            detector.observe("runqueue", &interval);
         };
         for round in 0..10 {
             feed(&mut detector, 10_000 + (round % 3) * 300);

@@ -106,12 +106,28 @@ impl MapsCache {
         Ok(())
     }
 
-    /// Takes a new snapshot of every known process that still lives (mappings change: dlopen, JIT).
-    pub fn refresh(&mut self) {
+    /// Takes a new snapshot of every known process that still lives (mappings change: dlopen, JIT);
+    /// returns the ones that are gone.
+    pub fn refresh(&mut self) -> Vec<u32> {
         let tgids: Vec<u32> = self.snapshots.keys().copied().collect();
-        for tgid in tgids {
-            let _ = self.snapshot(tgid);
+        tgids
+            .into_iter()
+            .filter(|&tgid| self.snapshot(tgid).is_err_and(|e| e.kind() == io::ErrorKind::NotFound))
+            .collect()
+    }
+
+    /// Forgets processes (once their last samples are named), and closes the files that no process
+    /// left maps: memory and open files follow the processes alive, not all that ever ran.
+    pub fn forget(&mut self, tgids: &[u32]) {
+        if tgids.is_empty() {
+            return;
         }
+        for tgid in tgids {
+            self.snapshots.remove(tgid);
+        }
+        let mapped: std::collections::HashSet<FileKey> =
+            self.snapshots.values().flatten().flatten().filter_map(|mapping| mapping.file).collect();
+        self.files.retain(|key, _| *key == VDSO || mapped.contains(key));
     }
 
     pub fn knows(&self, tgid: u32) -> bool {
@@ -166,6 +182,18 @@ mod tests {
         assert_eq!((vdso.path.as_str(), key), ("[vdso]", Some(VDSO)));
         let (anon, _) = parse_line("7f0000000000-7f0000100000 r-xp 00000000 00:00 0").unwrap();
         assert_eq!(anon.path, "");
+    }
+
+    #[test]
+    fn forgotten_processes_close_their_files() {
+        let mut cache = MapsCache::default();
+        let me = std::process::id();
+        cache.snapshot(me).unwrap();
+        assert!(cache.files.len() > 1);
+        assert!(cache.refresh().is_empty(), "this process lives");
+        cache.forget(&[me]);
+        assert!(!cache.knows(me));
+        assert_eq!(cache.files.keys().collect::<Vec<_>>(), [&VDSO], "only the vDSO copy stays");
     }
 
     #[test]

@@ -57,8 +57,13 @@ impl Interner {
     }
 }
 
+/// Names stacks, interval after interval: what an address is called is worked out once and kept
+/// (per kernel address; per process and address for user code, forgotten when the process is).
 pub struct StackSymbolizer {
     inline: bool,
+    interner: Interner,
+    kernel_frames: HashMap<u64, Vec<u32>>,
+    user_frames: HashMap<(u32, u64), Vec<u32>>,
 }
 
 const KERNEL_MODULE: &str = "[kernel.kallsyms]";
@@ -84,7 +89,7 @@ fn names(symbolized: &Symbolized<'_>, inline: bool) -> Option<Vec<String>> {
 
 impl StackSymbolizer {
     pub fn new(inline: bool) -> Self {
-        Self { inline }
+        Self { inline, interner: Interner::default(), kernel_frames: HashMap::new(), user_frames: HashMap::new() }
     }
 
     /// A symbolizer for one source. blazesym keeps what it parsed (kallsyms, a file's symbols and
@@ -94,43 +99,63 @@ impl StackSymbolizer {
         Symbolizer::builder().enable_inlined_fns(self.inline).enable_code_info(self.inline).build()
     }
 
-    pub fn symbolize(&self, raw: &[RawStack], maps: &MapsCache) -> Stacks {
-        let mut interner = Interner::default();
-        let kernel_frames = self.kernel_frames(raw, &mut interner);
-        let user_frames = self.user_frames(raw, maps, &mut interner);
+    /// The stacks, named, with their own frame and module tables: samples of the same process and
+    /// frames add up.
+    pub fn symbolize(&mut self, raw: &[RawStack], maps: &MapsCache) -> Stacks {
+        self.name_kernel_addresses(raw);
+        self.name_user_addresses(raw, maps);
         let mut merged: HashMap<(u32, u32, Vec<u32>), u64> = HashMap::new();
         for stack in raw {
             let mut frames = Vec::with_capacity(stack.kernel.len() + stack.user.len());
             for addr in &stack.kernel {
-                frames.extend_from_slice(&kernel_frames[addr]);
+                frames.extend_from_slice(&self.kernel_frames[addr]);
             }
             for addr in &stack.user {
-                frames.extend_from_slice(&user_frames[&(stack.tgid, *addr)]);
+                frames.extend_from_slice(&self.user_frames[&(stack.tgid, *addr)]);
             }
             *merged.entry((stack.tgid, stack.tid, frames)).or_default() += stack.count;
         }
-        let mut stacks: Vec<Stack> =
-            merged.into_iter().map(|((tgid, tid, frames), count)| Stack { tgid, tid, frames, count }).collect();
+        let mut tables = LocalTables::default();
+        let mut stacks: Vec<Stack> = merged
+            .into_iter()
+            .map(|((tgid, tid, frames), count)| {
+                let frames = frames.iter().map(|&id| tables.frame(&self.interner, id)).collect();
+                Stack { tgid, tid, frames, count }
+            })
+            .collect();
         stacks.sort_by(|a, b| {
             b.count.cmp(&a.count).then_with(|| (a.tgid, a.tid, &a.frames).cmp(&(b.tgid, b.tid, &b.frames)))
         });
-        Stacks { frames: interner.frames, modules: interner.modules, stacks }
+        Stacks { frames: tables.frames, modules: tables.modules, stacks }
     }
 
-    /// Frames of each kernel address, leaf first (inlined frames before the function they are in).
-    fn kernel_frames(&self, raw: &[RawStack], interner: &mut Interner) -> HashMap<u64, Vec<u32>> {
-        let mut addrs: Vec<u64> = raw.iter().flat_map(|s| s.kernel.iter().copied()).collect();
+    /// Forgets what user addresses of these processes are called (they exited).
+    pub fn forget(&mut self, tgids: &[u32]) {
+        if !tgids.is_empty() {
+            self.user_frames.retain(|(tgid, _), _| !tgids.contains(tgid));
+        }
+    }
+
+    /// Names the kernel addresses not named yet: frames leaf first (inlined frames before the
+    /// function they are in).
+    fn name_kernel_addresses(&mut self, raw: &[RawStack]) {
+        let mut addrs: Vec<u64> =
+            raw.iter().flat_map(|s| s.kernel.iter().copied()).filter(|a| !self.kernel_frames.contains_key(a)).collect();
         addrs.sort_unstable();
         addrs.dedup();
+        if addrs.is_empty() {
+            return;
+        }
         let source = Source::Kernel(Kernel::default());
         let symbolizer = self.symbolizer();
         let results = symbolizer.symbolize(&source, Input::AbsAddr(&addrs)).unwrap_or_default();
+        let (inline, interner) = (self.inline, &mut self.interner);
         let module = interner.module(KERNEL_MODULE, || None);
-        addrs
+        let named: Vec<(u64, Vec<u32>)> = addrs
             .iter()
             .enumerate()
             .map(|(i, &addr)| {
-                let names = results.get(i).and_then(|s| names(s, self.inline));
+                let names = results.get(i).and_then(|s| names(s, inline));
                 let frames = match names {
                     Some(names) => frames_for(interner, names, module, true),
                     None => vec![interner.frame(Frame {
@@ -142,19 +167,22 @@ impl StackSymbolizer {
                 };
                 (addr, frames)
             })
-            .collect()
+            .collect();
+        self.kernel_frames.extend(named);
     }
 
-    /// Frames of each (process, user address), leaf first.
-    fn user_frames(
-        &self,
-        raw: &[RawStack],
-        maps: &MapsCache,
-        interner: &mut Interner,
-    ) -> HashMap<(u32, u64), Vec<u32>> {
-        let mut pairs: Vec<(u32, u64)> = raw.iter().flat_map(|s| s.user.iter().map(move |&a| (s.tgid, a))).collect();
+    /// Names the (process, user address) pairs not named yet: frames leaf first.
+    fn name_user_addresses(&mut self, raw: &[RawStack], maps: &MapsCache) {
+        let mut pairs: Vec<(u32, u64)> = raw
+            .iter()
+            .flat_map(|s| s.user.iter().map(move |&a| (s.tgid, a)))
+            .filter(|pair| !self.user_frames.contains_key(pair))
+            .collect();
         pairs.sort_unstable();
         pairs.dedup();
+        if pairs.is_empty() {
+            return;
+        }
 
         // Group file-backed addresses by file so each file is symbolized in one batch.
         let mut by_file: HashMap<FileKey, Vec<u64>> = HashMap::new();
@@ -190,7 +218,8 @@ impl StackSymbolizer {
         }
 
         let mut perf_maps = perf_map::PerfMaps::default();
-        located
+        let interner = &mut self.interner;
+        let named: Vec<((u32, u64), Vec<u32>)> = located
             .into_iter()
             .map(|Located { tgid, addr, file, offset, path }| {
                 let module_path = if path.is_empty() { "[anon]".to_string() } else { path };
@@ -217,7 +246,36 @@ impl StackSymbolizer {
                 };
                 ((tgid, addr), frames)
             })
-            .collect()
+            .collect();
+        self.user_frames.extend(named);
+    }
+}
+
+/// The frame and module tables of one `Stacks`, taken from the symbolizer's own as they are used.
+#[derive(Default)]
+struct LocalTables {
+    frames: Vec<Frame>,
+    modules: Vec<Module>,
+    frame_ids: HashMap<u32, u32>,
+    module_ids: HashMap<u32, u32>,
+}
+
+impl LocalTables {
+    fn frame(&mut self, interner: &Interner, global: u32) -> u32 {
+        if let Some(&local) = self.frame_ids.get(&global) {
+            return local;
+        }
+        let mut frame = interner.frames[global as usize].clone();
+        frame.module = frame.module.map(|m| {
+            *self.module_ids.entry(m).or_insert_with(|| {
+                self.modules.push(interner.modules[m as usize].clone());
+                self.modules.len() as u32 - 1
+            })
+        });
+        let local = self.frames.len() as u32;
+        self.frames.push(frame);
+        self.frame_ids.insert(global, local);
+        local
     }
 }
 

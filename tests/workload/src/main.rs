@@ -111,7 +111,7 @@ fn main() {
         ),
         Workload::Sleep { cpu, count, interval_us } => sleep(cpu, count, Duration::from_micros(interval_us)),
         Workload::Hot { seconds, seventy_us, thirty_us } => {
-            hot(Duration::from_secs_f64(seconds), Duration::from_micros(seventy_us), Duration::from_micros(thirty_us))
+            hot(Duration::from_secs_f64(seconds), Duration::from_micros(seventy_us), Duration::from_micros(thirty_us));
         }
         Workload::ShortLived { children, millis } => short_lived(children, millis),
         Workload::ShortLivedChild { millis } => short_lived_spin(Duration::from_millis(millis)),
@@ -200,16 +200,19 @@ fn read_zero(duration: Duration) {
 fn syscalls(getppid: u64, fail_open: u64) {
     for _ in 0..getppid {
         // Raw syscalls: libc wrappers may cache or substitute calls.
+        // SAFETY: getppid takes no arguments.
         black_box(unsafe { libc::syscall(libc::SYS_getppid) });
     }
     let missing = CString::new("/nonexistent-profiler-test/file").unwrap();
     for _ in 0..fail_open {
+        // SAFETY: the path is a live NUL-terminated string; the call fails (ENOENT) and opens nothing.
         let fd = unsafe { libc::syscall(libc::SYS_openat, libc::AT_FDCWD, missing.as_ptr(), libc::O_RDONLY) };
         assert_eq!(fd, -1);
     }
 }
 
 fn pin_to(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data, valid when zeroed; the set outlives the call that reads it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);

@@ -20,7 +20,7 @@ use crate::{
         histogram::representative_value,
         summary::{errno_name, syscall_name},
     },
-    recording::{LatencyHistogram, Recording},
+    recording::{Counters, LatencyHistogram, Recording, RunqLatency, Syscalls},
 };
 
 /// Smallest and largest finite `le` bound, as powers of two of nanoseconds.
@@ -105,62 +105,77 @@ impl Exposition {
     pub fn new(recording: &Recording, processes: ProcessSeries) -> Self {
         let mut exposition = Exposition::default();
         if let Some(runq) = &recording.runq {
-            exposition.runq_per_cpu = runq
-                .per_cpu
-                .iter()
-                .enumerate()
-                .map(|(cpu, h)| ExposedHistogram::new(vec![("cpu".into(), cpu.to_string())], h, None))
-                .collect();
-            if processes.top > 0 {
-                let mut by_name: BTreeMap<String, LatencyHistogram> = BTreeMap::new();
-                for (&tgid, h) in &runq.per_process {
-                    by_name.entry(recording.process_name(tgid).to_string()).or_default().merge(h);
-                }
-                let mut ranked: Vec<(String, LatencyHistogram)> = by_name.into_iter().collect();
-                ranked.sort_by_key(|(_, h)| std::cmp::Reverse(h.count()));
-                let mut other = LatencyHistogram::default();
-                for (i, (name, h)) in ranked.into_iter().enumerate() {
-                    if i < processes.top {
-                        exposition.runq_per_process.push(ExposedHistogram::new(vec![("comm".into(), name)], &h, None));
-                    } else {
-                        other.merge(&h);
-                    }
-                }
-                if !other.is_empty() {
-                    exposition.runq_per_process.push(ExposedHistogram::new(
-                        vec![("comm".into(), "other".into())],
-                        &other,
-                        None,
-                    ));
-                }
-            }
+            exposition.add_runq(recording, runq, processes);
         }
         if let Some(syscalls) = &recording.syscalls {
-            let mut counts: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
-            let mut errors: BTreeMap<(u32, u32), u64> = BTreeMap::new();
-            for row in &syscalls.per_process {
-                let entry = counts.entry(row.nr).or_default();
-                entry.0 = entry.0.saturating_add(row.count);
-                entry.1 = entry.1.saturating_add(row.total_ns);
-                for &(errno, n) in &row.errnos {
-                    let slot = errors.entry((row.nr, errno)).or_default();
-                    *slot = slot.saturating_add(n);
+            exposition.add_syscalls(syscalls);
+        }
+        exposition.add_counters(&recording.counters);
+        exposition
+    }
+
+    /// Run-queue histograms per CPU and, for the busiest process names, per process.
+    fn add_runq(&mut self, recording: &Recording, runq: &RunqLatency, processes: ProcessSeries) {
+        self.runq_per_cpu = runq
+            .per_cpu
+            .iter()
+            .enumerate()
+            .map(|(cpu, h)| ExposedHistogram::new(vec![("cpu".into(), cpu.to_string())], h, None))
+            .collect();
+        if processes.top > 0 {
+            let mut by_name: BTreeMap<String, LatencyHistogram> = BTreeMap::new();
+            for (&tgid, h) in &runq.per_process {
+                by_name.entry(recording.process_name(tgid).to_string()).or_default().merge(h);
+            }
+            let mut ranked: Vec<(String, LatencyHistogram)> = by_name.into_iter().collect();
+            ranked.sort_by_key(|(_, h)| std::cmp::Reverse(h.count()));
+            let mut other = LatencyHistogram::default();
+            for (i, (name, h)) in ranked.into_iter().enumerate() {
+                if i < processes.top {
+                    self.runq_per_process.push(ExposedHistogram::new(vec![("comm".into(), name)], &h, None));
+                } else {
+                    other.merge(&h);
                 }
             }
-            exposition.syscall_latency = syscalls
-                .latency
-                .iter()
-                .map(|(nr, h)| {
-                    let exact = counts.get(nr).map(|&(_, total)| total);
-                    ExposedHistogram::new(vec![("syscall".into(), syscall_name(*nr))], h, exact)
-                })
-                .collect();
-            exposition.syscalls = counts.iter().map(|(&nr, &(count, _))| (syscall_name(nr), count)).collect();
-            exposition.syscall_errors =
-                errors.into_iter().map(|((nr, errno), n)| ((syscall_name(nr), errno_name(errno)), n)).collect();
+            if !other.is_empty() {
+                self.runq_per_process.push(ExposedHistogram::new(
+                    vec![("comm".into(), "other".into())],
+                    &other,
+                    None,
+                ));
+            }
         }
-        let c = &recording.counters;
-        exposition.counters = vec![
+    }
+
+    /// Syscall latency histograms, call and error counters.
+    fn add_syscalls(&mut self, syscalls: &Syscalls) {
+        let mut counts: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+        let mut errors: BTreeMap<(u32, u32), u64> = BTreeMap::new();
+        for row in &syscalls.per_process {
+            let entry = counts.entry(row.nr).or_default();
+            entry.0 = entry.0.saturating_add(row.count);
+            entry.1 = entry.1.saturating_add(row.total_ns);
+            for &(errno, n) in &row.errnos {
+                let slot = errors.entry((row.nr, errno)).or_default();
+                *slot = slot.saturating_add(n);
+            }
+        }
+        self.syscall_latency = syscalls
+            .latency
+            .iter()
+            .map(|(nr, h)| {
+                let exact = counts.get(nr).map(|&(_, total)| total);
+                ExposedHistogram::new(vec![("syscall".into(), syscall_name(*nr))], h, exact)
+            })
+            .collect();
+        self.syscalls = counts.iter().map(|(&nr, &(count, _))| (syscall_name(nr), count)).collect();
+        self.syscall_errors =
+            errors.into_iter().map(|((nr, errno), n)| ((syscall_name(nr), errno_name(errno)), n)).collect();
+    }
+
+    /// The probes' event and drop counters.
+    fn add_counters(&mut self, c: &Counters) {
+        self.counters = vec![
             ("profiler_context_switches", "Context switches seen", c.sched_switches),
             (
                 "profiler_involuntary_context_switches",
@@ -171,7 +186,7 @@ impl Exposition {
             ("profiler_cpu_samples", "On-CPU stack samples of non-idle tasks", c.cpu_samples),
         ];
         let d = &c.drops;
-        exposition.drops = vec![
+        self.drops = vec![
             ("runq_process_map_full", d.runq_process),
             ("syscall_process_map_full", d.syscall_process),
             ("syscall_errno_map_full", d.syscall_errno),
@@ -182,7 +197,6 @@ impl Exposition {
             ("sample_map_full", d.samples),
             ("new_process_ring_full", d.new_processes),
         ];
-        exposition
     }
 
     /// OpenMetrics text, as prometheus-client writes it (Prometheus negotiates it when scraping).
@@ -338,7 +352,7 @@ mod tests {
     #[test]
     fn renders_cumulative_histograms_and_counters() {
         let mut recording = Recording::default();
-        recording.runq = Some(crate::recording::RunqLatency {
+        recording.runq = Some(RunqLatency {
             per_cpu: vec![LatencyHistogram::from_values([1000, 3000]), LatencyHistogram::from_values([])],
             ..Default::default()
         });

@@ -1,8 +1,11 @@
 //! The recording: everything one `profiler record` captured, self-contained so that it can be
 //! analysed on another machine. `format` reads and writes it.
 
+mod accumulate;
 mod format;
 mod v1;
+
+pub use accumulate::Accumulator;
 
 pub use format::{FORMAT_VERSION, MAGIC, RecordingError, frame, read, read_file, write, write_file};
 
@@ -113,6 +116,34 @@ impl Counters {
             .into_iter()
             .fold(0u64, u64::saturating_add)
     }
+
+    /// Adds another period's counts.
+    pub fn add(&mut self, other: &Counters) {
+        let Counters {
+            sched_switches,
+            involuntary_switches,
+            wakeups,
+            runq_latencies,
+            syscalls,
+            cpu_samples,
+            idle_samples,
+            drops,
+        } = other;
+        for (mine, theirs) in [
+            (&mut self.sched_switches, sched_switches),
+            (&mut self.involuntary_switches, involuntary_switches),
+            (&mut self.wakeups, wakeups),
+            (&mut self.runq_latencies, runq_latencies),
+            (&mut self.syscalls, syscalls),
+            (&mut self.cpu_samples, cpu_samples),
+            (&mut self.idle_samples, idle_samples),
+        ] {
+            *mine = mine.saturating_add(*theirs);
+        }
+        for (mine, theirs) in self.drops.counts_mut().into_iter().zip(drops.counts()) {
+            *mine = mine.saturating_add(theirs);
+        }
+    }
 }
 
 /// What the kernel side could not keep, by reason. Nothing is lost silently.
@@ -140,20 +171,38 @@ pub struct Drops {
 }
 
 impl Drops {
-    pub fn total(&self) -> u64 {
+    /// Every count, in declaration order.
+    fn counts(&self) -> [u64; 9] {
+        self.clone().counts_mut().map(|count| *count)
+    }
+
+    fn counts_mut(&mut self) -> [&mut u64; 9] {
+        let Drops {
+            runq_process,
+            syscall_process,
+            syscall_errno,
+            start,
+            process_names,
+            stack_collisions,
+            stack_errors,
+            samples,
+            new_processes,
+        } = self;
         [
-            self.runq_process,
-            self.syscall_process,
-            self.syscall_errno,
-            self.start,
-            self.process_names,
-            self.stack_collisions,
-            self.stack_errors,
-            self.samples,
-            self.new_processes,
+            runq_process,
+            syscall_process,
+            syscall_errno,
+            start,
+            process_names,
+            stack_collisions,
+            stack_errors,
+            samples,
+            new_processes,
         ]
-        .into_iter()
-        .fold(0u64, u64::saturating_add)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts().into_iter().fold(0u64, u64::saturating_add)
     }
 }
 
@@ -216,6 +265,11 @@ pub struct Stacks {
 }
 
 impl Stacks {
+    /// Samples in all.
+    pub fn samples(&self) -> u64 {
+        self.stacks.iter().fold(0u64, |sum, s| sum.saturating_add(s.count))
+    }
+
     pub fn frame(&self, index: u32) -> Option<&Frame> {
         self.frames.get(index as usize)
     }

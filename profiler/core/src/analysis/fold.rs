@@ -1,11 +1,8 @@
-//! Flamegraphs with inferno: folded stacks (Brendan Gregg's format), then an SVG. The process name
-//! is the root frame; kernel frames carry inferno's `_[k]` annotation and inlined ones `_[i]`, so
-//! the `java` palette colours them apart from user code.
+//! Folded stacks (Brendan Gregg's format): one line per distinct path, `comm;root;...;leaf count`,
+//! with the process name as the root frame. Flamegraphs, the differential graph and `diff`'s call
+//! paths are drawn from them.
 
-use std::{collections::HashMap, io::Write};
-
-use anyhow::{Context as _, Result};
-use inferno::flamegraph::{self, Options, Palette, color::MultiPalette};
+use std::collections::HashMap;
 
 use crate::recording::{Recording, Stacks};
 
@@ -82,41 +79,12 @@ fn sanitize(name: &str) -> String {
     name.replace(';', ":").replace(['\n', '\r'], " ")
 }
 
-/// A differential flamegraph: NEW's stacks, coloured red where they grew against BASE and blue
-/// where they shrank, with BASE scaled to NEW's total (inferno's normalized differential mode).
-pub fn differential_svg(base: &[String], new: &[String], title: &str, out: impl Write) -> Result<()> {
-    let mut merged = Vec::new();
-    let diff_options = inferno::differential::Options { normalize: true, ..Default::default() };
-    inferno::differential::from_readers(
-        diff_options,
-        base.join("\n").as_bytes(),
-        new.join("\n").as_bytes(),
-        &mut merged,
-    )
-    .context("cannot merge the two recordings' stacks")?;
-    let merged = String::from_utf8(merged).context("merged stacks are not UTF-8")?;
-    let mut options = Options::default();
-    options.title = title.to_string();
-    options.count_name = "samples".to_string();
-    flamegraph::from_lines(&mut options, merged.lines(), out).context("cannot render the flamegraph")
-}
-
-/// Renders sorted folded lines (as `folded` returns them).
-pub fn svg(lines: &[String], title: &str, out: impl Write) -> Result<()> {
-    let mut options = Options::default();
-    options.no_sort = true;
-    options.title = title.to_string();
-    options.count_name = "samples".to_string();
-    options.colors = Palette::Multi(MultiPalette::Java);
-    flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), out).context("cannot render the flamegraph")
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::recording::{Frame, Module, Process, Stack};
 
-    fn recording() -> (Recording, Stacks) {
+    pub(crate) fn recording() -> (Recording, Stacks) {
         let user = |name: &str| Frame { function: name.into(), module: Some(0), kernel: false, inlined: false };
         let kernel = |name: &str| Frame { function: name.into(), module: Some(1), kernel: true, inlined: false };
         let stacks = Stacks {
@@ -145,14 +113,5 @@ mod tests {
         let kernel = folded(&recording, &stacks, &Selection { kernel_only: true, ..Default::default() });
         assert_eq!(kernel, ["app 2", "app;entry_SYSCALL_64_[k];vfs_read_[k] 5"]);
         assert!(folded(&recording, &stacks, &Selection { pids: vec![8], ..Default::default() }).is_empty());
-    }
-
-    #[test]
-    fn svg_names_the_frames() {
-        let (recording, stacks) = recording();
-        let mut out = Vec::new();
-        svg(&folded(&recording, &stacks, &Selection::default()), "test", &mut out).unwrap();
-        let text = String::from_utf8(out).unwrap();
-        assert!(text.starts_with("<?xml") && text.contains("read_file") && text.contains("vfs_read"));
     }
 }

@@ -153,7 +153,7 @@ mod tests {
     /// and 7 failing opens.
     #[test]
     fn version_1_files_stay_readable() {
-        let bytes = include_bytes!("../../../tests/fixtures/format-v1.rec");
+        let bytes = include_bytes!("../../../../tests/fixtures/format-v1.rec");
         assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 1);
         let recording = read(bytes).unwrap();
         assert_eq!(recording.meta.options.probes, ["sched", "syscalls", "cpu"]);

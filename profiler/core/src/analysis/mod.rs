@@ -1,6 +1,7 @@
 //! Turning a recording into numbers people read: percentiles and the summary behind `report`.
 
 pub mod diff;
+pub mod fold;
 pub mod histogram;
 pub mod hotpaths;
 pub mod summary;

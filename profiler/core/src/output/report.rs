@@ -7,14 +7,29 @@ use crate::{
         histogram::{Percentiles, format_ns},
         hotpaths::HotPaths,
         percent,
-        summary::{Summary, syscall_name},
+        summary::{Outliers, RunqSummary, Summary, SyscallSummary, syscall_name},
     },
     recording::{LatencyHistogram, Recording},
 };
 
 pub fn text(summary: &Summary) -> String {
     let mut out = String::new();
-    let w = &mut out;
+    header(&mut out, summary);
+    if let Some(runq) = &summary.runq {
+        run_queue(&mut out, runq);
+    }
+    if let Some(cpu) = &summary.cpu {
+        hot_paths(&mut out, cpu);
+    }
+    outliers(&mut out, &summary.outliers);
+    if let Some(syscalls) = &summary.syscalls {
+        syscall_tables(&mut out, syscalls);
+    }
+    out
+}
+
+/// Where and how the recording was made, and what was lost.
+fn header(w: &mut String, summary: &Summary) {
     let _ = writeln!(
         w,
         "Recording: {} ({}, {} CPUs), {:.1}s, probes: {}",
@@ -51,107 +66,101 @@ pub fn text(summary: &Summary) -> String {
             d.new_processes
         );
     }
+}
 
-    if let Some(runq) = &summary.runq {
-        let _ = writeln!(w, "\nRun-queue latency (wakeup or preemption -> on CPU)");
-        let _ = writeln!(
-            w,
-            "  context switches {}, involuntary {} ({:.1}%), wakeups {}",
-            runq.sched_switches,
-            runq.involuntary_switches,
-            percent(runq.involuntary_switches, runq.sched_switches),
-            runq.wakeups
-        );
-        let _ = writeln!(
-            w,
-            "  {:<24} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "", "count", "p50", "p90", "p99", "p99.9", "max"
-        );
-        latency_row(w, "system-wide", &runq.system);
-        for (cpu, p) in runq.per_cpu.iter().enumerate().filter(|(_, p)| p.count > 0) {
-            latency_row(w, &format!("cpu {cpu}"), p);
-        }
-        if !runq.worst_processes.is_empty() {
-            let _ = writeln!(w, "  worst p99 by process:");
-            for p in &runq.worst_processes {
-                latency_row(w, &format!("{} [{}]", p.comm, p.tgid), &p.latency);
-            }
+fn run_queue(w: &mut String, runq: &RunqSummary) {
+    let _ = writeln!(w, "\nRun-queue latency (wakeup or preemption -> on CPU)");
+    let _ = writeln!(
+        w,
+        "  context switches {}, involuntary {} ({:.1}%), wakeups {}",
+        runq.sched_switches,
+        runq.involuntary_switches,
+        percent(runq.involuntary_switches, runq.sched_switches),
+        runq.wakeups
+    );
+    let _ =
+        writeln!(w, "  {:<24} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}", "", "count", "p50", "p90", "p99", "p99.9", "max");
+    latency_row(w, "system-wide", &runq.system);
+    for (cpu, p) in runq.per_cpu.iter().enumerate().filter(|(_, p)| p.count > 0) {
+        latency_row(w, &format!("cpu {cpu}"), p);
+    }
+    if !runq.worst_processes.is_empty() {
+        let _ = writeln!(w, "  worst p99 by process:");
+        for p in &runq.worst_processes {
+            latency_row(w, &format!("{} [{}]", p.comm, p.tgid), &p.latency);
         }
     }
+}
 
-    if let Some(cpu) = &summary.cpu {
-        hot_paths(w, cpu);
+/// What stands out inside this one recording.
+fn outliers(w: &mut String, outliers: &Outliers) {
+    if outliers.runq_processes.is_empty() && outliers.failing_syscalls.is_empty() {
+        return;
     }
+    let _ = writeln!(w, "\nStands out");
+    for p in &outliers.runq_processes {
+        let _ = writeln!(
+            w,
+            "  {} [{}]: run-queue p99 {} against a median of {} across processes (robust z {:.1})",
+            p.comm,
+            p.tgid,
+            format_ns(p.p99_ns),
+            format_ns(p.median_p99_ns),
+            p.z
+        );
+    }
+    for f in &outliers.failing_syscalls {
+        let errno = f.top_errno.as_deref().map_or(String::new(), |e| format!(", mostly {e}"));
+        let _ = writeln!(w, "  {}: {} of {} calls failed ({:.0}%{errno})", f.name, f.errors, f.count, f.error_percent);
+    }
+}
 
-    let outliers = &summary.outliers;
-    if !outliers.runq_processes.is_empty() || !outliers.failing_syscalls.is_empty() {
-        let _ = writeln!(w, "\nStands out");
-        for p in &outliers.runq_processes {
+fn syscall_tables(w: &mut String, syscalls: &SyscallSummary) {
+    let _ = writeln!(
+        w,
+        "\nSyscalls: {} calls, {} errors ({:.2}%)",
+        syscalls.total,
+        syscalls.errors,
+        percent(syscalls.errors, syscalls.total)
+    );
+    for (title, rows) in [("by count", &syscalls.by_count), ("by total time", &syscalls.by_time)] {
+        let _ = writeln!(w, "  top {title}:");
+        let _ = writeln!(
+            w,
+            "  {:<20} {:>10} {:>10} {:>9} {:>9} {:>9} {:>8}  commonest errno",
+            "syscall", "count", "total", "mean", "p50", "p99", "errors"
+        );
+        for row in rows.iter() {
+            let errno = row.top_errno.as_ref().map_or(String::new(), |(name, n)| format!("{name} ({n})"));
             let _ = writeln!(
                 w,
-                "  {} [{}]: run-queue p99 {} against a median of {} across processes (robust z {:.1})",
-                p.comm,
-                p.tgid,
-                format_ns(p.p99_ns),
-                format_ns(p.median_p99_ns),
-                p.z
+                "  {:<20} {:>10} {:>10} {:>9} {:>9} {:>9} {:>8}  {}",
+                row.name,
+                row.count,
+                format_ns(row.total_ns),
+                format_ns(row.latency.mean_ns as u64),
+                format_ns(row.latency.p50_ns),
+                format_ns(row.latency.p99_ns),
+                row.errors,
+                errno
             );
         }
-        for f in &outliers.failing_syscalls {
-            let errno = f.top_errno.as_deref().map_or(String::new(), |e| format!(", mostly {e}"));
-            let _ =
-                writeln!(w, "  {}: {} of {} calls failed ({:.0}%{errno})", f.name, f.errors, f.count, f.error_percent);
-        }
     }
-
-    if let Some(syscalls) = &summary.syscalls {
-        let _ = writeln!(
-            w,
-            "\nSyscalls: {} calls, {} errors ({:.2}%)",
-            syscalls.total,
-            syscalls.errors,
-            percent(syscalls.errors, syscalls.total)
-        );
-        for (title, rows) in [("by count", &syscalls.by_count), ("by total time", &syscalls.by_time)] {
-            let _ = writeln!(w, "  top {title}:");
+    if !syscalls.errors_by_process.is_empty() {
+        let _ = writeln!(w, "  errors by process:");
+        for row in &syscalls.errors_by_process {
+            let errnos: Vec<String> = row.errnos.iter().map(|(name, n)| format!("{name} {n}")).collect();
             let _ = writeln!(
                 w,
-                "  {:<20} {:>10} {:>10} {:>9} {:>9} {:>9} {:>8}  commonest errno",
-                "syscall", "count", "total", "mean", "p50", "p99", "errors"
+                "  {:<24} {:<16} {:>8} of {:<10} {}",
+                format!("{} [{}]", row.comm, row.tgid),
+                row.syscall,
+                row.errors,
+                row.count,
+                errnos.join(", ")
             );
-            for row in rows.iter() {
-                let errno = row.top_errno.as_ref().map_or(String::new(), |(name, n)| format!("{name} ({n})"));
-                let _ = writeln!(
-                    w,
-                    "  {:<20} {:>10} {:>10} {:>9} {:>9} {:>9} {:>8}  {}",
-                    row.name,
-                    row.count,
-                    format_ns(row.total_ns),
-                    format_ns(row.latency.mean_ns as u64),
-                    format_ns(row.latency.p50_ns),
-                    format_ns(row.latency.p99_ns),
-                    row.errors,
-                    errno
-                );
-            }
-        }
-        if !syscalls.errors_by_process.is_empty() {
-            let _ = writeln!(w, "  errors by process:");
-            for row in &syscalls.errors_by_process {
-                let errnos: Vec<String> = row.errnos.iter().map(|(name, n)| format!("{name} {n}")).collect();
-                let _ = writeln!(
-                    w,
-                    "  {:<24} {:<16} {:>8} of {:<10} {}",
-                    format!("{} [{}]", row.comm, row.tgid),
-                    row.syscall,
-                    row.errors,
-                    row.count,
-                    errnos.join(", ")
-                );
-            }
         }
     }
-    out
 }
 
 fn hot_paths(w: &mut String, cpu: &HotPaths) {

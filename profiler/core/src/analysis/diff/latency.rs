@@ -1,0 +1,128 @@
+//! Latency: run-queue latency system-wide and per process name, syscall latency per syscall; each
+//! percentile's confidence intervals compared.
+
+use std::collections::BTreeMap;
+
+use super::{
+    Finding, FindingKind, Findings, LatencyComparison, PercentileChange,
+    stats::{change_percent, critical_z, quantile_interval},
+};
+use crate::{
+    analysis::{histogram::percentiles, summary::syscall_name},
+    recording::{LatencyHistogram, Recording},
+};
+
+const PERCENTILES: [(&str, f64); 4] = [("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p99.9", 0.999)];
+
+/// One distribution measured on both sides.
+struct Pair<'a> {
+    kind: FindingKind,
+    subject: String,
+    base: &'a LatencyHistogram,
+    new: &'a LatencyHistogram,
+}
+
+/// Per-process run-queue histograms merged by process name: pids differ between runs.
+fn runq_by_name(recording: &Recording) -> BTreeMap<String, LatencyHistogram> {
+    let mut by_name: BTreeMap<String, LatencyHistogram> = BTreeMap::new();
+    if let Some(runq) = &recording.runq {
+        for (&tgid, histogram) in &runq.per_process {
+            by_name.entry(recording.process_name(tgid).to_string()).or_default().merge(histogram);
+        }
+    }
+    by_name
+}
+
+/// Every distribution both recordings have.
+fn pairs<'a>(
+    base: &'a Recording,
+    new: &'a Recording,
+    base_procs: &'a BTreeMap<String, LatencyHistogram>,
+    new_procs: &'a BTreeMap<String, LatencyHistogram>,
+) -> Vec<Pair<'a>> {
+    let mut pairs = Vec::new();
+    if let (Some(b), Some(n)) = (&base.runq, &new.runq) {
+        pairs.push(Pair {
+            kind: FindingKind::RunqLatency,
+            subject: "system-wide".into(),
+            base: &b.system,
+            new: &n.system,
+        });
+    }
+    for (name, b) in base_procs {
+        if let Some(n) = new_procs.get(name) {
+            pairs.push(Pair { kind: FindingKind::RunqLatency, subject: format!("process {name}"), base: b, new: n });
+        }
+    }
+    if let (Some(b), Some(n)) = (&base.syscalls, &new.syscalls) {
+        for (nr, bh) in &b.latency {
+            if let Some(nh) = n.latency.get(nr) {
+                pairs.push(Pair { kind: FindingKind::SyscallLatency, subject: syscall_name(*nr), base: bh, new: nh });
+            }
+        }
+    }
+    pairs
+}
+
+pub fn compare(
+    base: &Recording,
+    new: &Recording,
+    confidence: f64,
+    threshold: f64,
+    findings: &mut Findings,
+) -> Vec<LatencyComparison> {
+    let (base_procs, new_procs) = (runq_by_name(base), runq_by_name(new));
+    let pairs = pairs(base, new, &base_procs, &new_procs);
+    let z = critical_z(confidence, pairs.len() * PERCENTILES.len());
+    pairs.iter().map(|pair| compare_pair(pair, z, threshold, findings)).collect()
+}
+
+fn compare_pair(pair: &Pair<'_>, z: f64, threshold: f64, findings: &mut Findings) -> LatencyComparison {
+    let (bp, np) = (percentiles(pair.base), percentiles(pair.new));
+    let mut changes = Vec::new();
+    for (name, q) in PERCENTILES {
+        let pick = |p: &crate::analysis::histogram::Percentiles| match name {
+            "p50" => p.p50_ns,
+            "p90" => p.p90_ns,
+            "p99" => p.p99_ns,
+            _ => p.p999_ns,
+        };
+        let (b, n) = (pick(&bp), pick(&np));
+        let (Some(bi), Some(ni)) = (quantile_interval(pair.base, q, z), quantile_interval(pair.new, q, z)) else {
+            continue;
+        };
+        let significant = ni.0 > bi.1 || ni.1 < bi.0;
+        let change = change_percent(b as f64, n as f64);
+        if significant && change.abs() > threshold {
+            findings.add(Finding {
+                kind: pair.kind,
+                subject: pair.subject.clone(),
+                metric: name.into(),
+                base: b as f64,
+                new: n as f64,
+                unit: "ns".into(),
+                change_percent: change,
+                detail: format!(
+                    "intervals [{}, {}] → [{}, {}] ns, {} → {} samples",
+                    bi.0, bi.1, ni.0, ni.1, bp.count, np.count
+                ),
+            });
+        }
+        changes.push(PercentileChange {
+            name: name.into(),
+            base_ns: b,
+            new_ns: n,
+            change_percent: change,
+            base_interval: bi,
+            new_interval: ni,
+            significant,
+        });
+    }
+    LatencyComparison {
+        kind: pair.kind,
+        subject: pair.subject.clone(),
+        base_count: bp.count,
+        new_count: np.count,
+        percentiles: changes,
+    }
+}

@@ -1,0 +1,260 @@
+//! Adding up intervals: the collector hands each interval's deltas (a partial `Recording`) to its
+//! sinks; a sink that keeps a whole recording adds them up here, with indexes that make each
+//! addition proportional to the delta, not to what was kept so far.
+
+use std::collections::HashMap;
+
+use super::{Frame, LatencyHistogram, Module, ProcessSyscall, Recording, RunqLatency, Stack, Stacks, Syscalls};
+
+/// A recording built from deltas.
+#[derive(Default)]
+pub struct Accumulator {
+    recording: Recording,
+    syscall_rows: HashMap<(u32, u32), usize>,
+    frame_ids: HashMap<Frame, u32>,
+    module_ids: HashMap<Module, u32>,
+    stack_ids: HashMap<(u32, u32, Vec<u32>), usize>,
+}
+
+impl Accumulator {
+    /// Adds one interval. Metadata is the caller's (see `finish`); processes already known keep
+    /// their first description.
+    pub fn add(&mut self, delta: &Recording) {
+        let recording = &mut self.recording;
+        recording.counters.add(&delta.counters);
+        if let Some(runq) = &delta.runq {
+            add_runq(recording.runq.get_or_insert_with(Default::default), runq);
+        }
+        if let Some(syscalls) = &delta.syscalls {
+            let kept = recording.syscalls.get_or_insert_with(Default::default);
+            add_syscalls(kept, &mut self.syscall_rows, syscalls);
+        }
+        if let Some(stacks) = &delta.stacks {
+            let kept = recording.stacks.get_or_insert_with(Default::default);
+            let mut interned = Interning { frame_ids: &mut self.frame_ids, module_ids: &mut self.module_ids, kept };
+            let frame_map: Vec<u32> = stacks.frames.iter().map(|frame| interned.frame(stacks, frame)).collect();
+            for stack in &stacks.stacks {
+                let frames: Vec<u32> =
+                    stack.frames.iter().filter_map(|&f| frame_map.get(f as usize).copied()).collect();
+                let key = (stack.tgid, stack.tid, frames);
+                match self.stack_ids.get(&key) {
+                    Some(&index) => {
+                        let count = &mut interned.kept.stacks[index].count;
+                        *count = count.saturating_add(stack.count);
+                    }
+                    None => {
+                        let (tgid, tid, frames) = key.clone();
+                        self.stack_ids.insert(key, interned.kept.stacks.len());
+                        interned.kept.stacks.push(Stack { tgid, tid, frames, count: stack.count });
+                    }
+                }
+            }
+        }
+        for (tgid, process) in &delta.processes {
+            recording.processes.entry(*tgid).or_insert_with(|| process.clone());
+        }
+    }
+
+    /// Moves everything of process `from` to process `into`, merging with what `into` has: a
+    /// process that exited folds into a per-name total, so what is kept follows the processes
+    /// alive and every total still only grows. `into` is described by `from`'s description unless
+    /// it has one.
+    pub fn fold(&mut self, from: u32, into: u32) {
+        let recording = &mut self.recording;
+        if let Some(runq) = recording.runq.as_mut()
+            && let Some(histogram) = runq.per_process.remove(&from)
+        {
+            runq.per_process.entry(into).or_default().merge(&histogram);
+        }
+        if let Some(syscalls) = recording.syscalls.as_mut() {
+            let moved: Vec<ProcessSyscall> =
+                syscalls.per_process.iter().filter(|row| row.tgid == from).cloned().collect();
+            if !moved.is_empty() {
+                syscalls.per_process.retain(|row| row.tgid != from);
+                self.syscall_rows =
+                    syscalls.per_process.iter().enumerate().map(|(i, row)| ((row.tgid, row.nr), i)).collect();
+                let moved = Syscalls {
+                    latency: Default::default(),
+                    per_process: moved.into_iter().map(|row| ProcessSyscall { tgid: into, ..row }).collect(),
+                };
+                add_syscalls(syscalls, &mut self.syscall_rows, &moved);
+            }
+        }
+        if let Some(stacks) = recording.stacks.as_mut()
+            && stacks.stacks.iter().any(|stack| stack.tgid == from)
+        {
+            let mut merged: Vec<Stack> = Vec::with_capacity(stacks.stacks.len());
+            self.stack_ids.clear();
+            for mut stack in std::mem::take(&mut stacks.stacks) {
+                if stack.tgid == from {
+                    stack.tgid = into;
+                }
+                let key = (stack.tgid, stack.tid, stack.frames.clone());
+                match self.stack_ids.get(&key) {
+                    Some(&index) => merged[index].count = merged[index].count.saturating_add(stack.count),
+                    None => {
+                        self.stack_ids.insert(key, merged.len());
+                        merged.push(stack);
+                    }
+                }
+            }
+            stacks.stacks = merged;
+        }
+        if let Some(process) = recording.processes.remove(&from) {
+            recording.processes.entry(into).or_insert(process);
+        }
+    }
+
+    /// What has been added so far, readable while adding goes on.
+    pub fn recording(&self) -> &Recording {
+        &self.recording
+    }
+
+    /// The recording, with stacks commonest first and syscall rows by process.
+    pub fn finish(self) -> Recording {
+        let mut recording = self.recording;
+        if let Some(stacks) = recording.stacks.as_mut() {
+            stacks.stacks.sort_by(|a, b| {
+                b.count.cmp(&a.count).then_with(|| (a.tgid, a.tid, &a.frames).cmp(&(b.tgid, b.tid, &b.frames)))
+            });
+        }
+        if let Some(syscalls) = recording.syscalls.as_mut() {
+            syscalls.per_process.sort_by_key(|row| (row.tgid, row.nr));
+        }
+        recording.derive_counts();
+        recording
+    }
+}
+
+fn add_runq(kept: &mut RunqLatency, delta: &RunqLatency) {
+    kept.system.merge(&delta.system);
+    if kept.per_cpu.len() < delta.per_cpu.len() {
+        kept.per_cpu.resize_with(delta.per_cpu.len(), LatencyHistogram::default);
+    }
+    for (cpu, histogram) in kept.per_cpu.iter_mut().zip(&delta.per_cpu) {
+        cpu.merge(histogram);
+    }
+    for (tgid, histogram) in &delta.per_process {
+        kept.per_process.entry(*tgid).or_default().merge(histogram);
+    }
+}
+
+fn add_syscalls(kept: &mut Syscalls, rows: &mut HashMap<(u32, u32), usize>, delta: &Syscalls) {
+    for (nr, histogram) in &delta.latency {
+        kept.latency.entry(*nr).or_default().merge(histogram);
+    }
+    for row in &delta.per_process {
+        match rows.get(&(row.tgid, row.nr)) {
+            Some(&index) => kept.per_process[index].absorb(row),
+            None => {
+                rows.insert((row.tgid, row.nr), kept.per_process.len());
+                kept.per_process.push(row.clone());
+            }
+        }
+    }
+}
+
+/// Frames and modules of a delta, re-interned into the kept stacks.
+struct Interning<'a> {
+    frame_ids: &'a mut HashMap<Frame, u32>,
+    module_ids: &'a mut HashMap<Module, u32>,
+    kept: &'a mut Stacks,
+}
+
+impl Interning<'_> {
+    fn frame(&mut self, from: &Stacks, frame: &Frame) -> u32 {
+        let module = frame.module.and_then(|m| from.modules.get(m as usize)).map(|module| self.module(module));
+        let frame = Frame { module, ..frame.clone() };
+        if let Some(&id) = self.frame_ids.get(&frame) {
+            return id;
+        }
+        let id = self.kept.frames.len() as u32;
+        self.kept.frames.push(frame.clone());
+        self.frame_ids.insert(frame, id);
+        id
+    }
+
+    fn module(&mut self, module: &Module) -> u32 {
+        if let Some(&id) = self.module_ids.get(module) {
+            return id;
+        }
+        let id = self.kept.modules.len() as u32;
+        self.kept.modules.push(module.clone());
+        self.module_ids.insert(module.clone(), id);
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recording::{Counters, Process};
+
+    fn delta(function: &str, count: u64, latency_ns: u64) -> Recording {
+        let stacks = Stacks {
+            frames: vec![Frame { function: function.into(), module: Some(0), ..Default::default() }],
+            modules: vec![Module { path: "/bin/app".into(), build_id: None }],
+            stacks: vec![Stack { tgid: 7, tid: 0, frames: vec![0], count }],
+        };
+        let syscalls = Syscalls {
+            latency: [(39, LatencyHistogram::from_values([latency_ns]))].into(),
+            per_process: vec![ProcessSyscall {
+                tgid: 7,
+                nr: 39,
+                count: 1,
+                errors: 1,
+                total_ns: latency_ns,
+                errnos: vec![(2, 1)],
+            }],
+        };
+        Recording {
+            counters: Counters { cpu_samples: count, ..Default::default() },
+            syscalls: Some(syscalls),
+            stacks: Some(stacks),
+            processes: [(7, Process { comm: format!("app-{function}"), ..Default::default() })].into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn intervals_add_up_to_one_recording() {
+        let mut accumulator = Accumulator::default();
+        accumulator.add(&delta("main", 3, 100));
+        accumulator.add(&delta("main", 4, 200));
+        accumulator.add(&delta("work", 5, 300));
+        let recording = accumulator.finish();
+        let stacks = recording.stacks.as_ref().unwrap();
+        assert_eq!(stacks.modules.len(), 1, "one module, interned once");
+        let counts: Vec<(&str, u64)> =
+            stacks.stacks.iter().map(|s| (stacks.frames[s.frames[0] as usize].function.as_str(), s.count)).collect();
+        assert_eq!(counts, [("main", 7), ("work", 5)]);
+        assert_eq!(recording.counters.cpu_samples, 12);
+        let syscalls = recording.syscalls.as_ref().unwrap();
+        assert_eq!(syscalls.per_process.len(), 1);
+        let row = &syscalls.per_process[0];
+        assert_eq!((row.count, row.errors, row.total_ns, row.errnos.clone()), (3, 3, 600, vec![(2, 3)]));
+        assert_eq!(syscalls.latency[&39].count(), 3);
+        assert_eq!(recording.counters.syscalls, 3, "derived from the histograms");
+        assert_eq!(recording.processes[&7].comm, "app-main", "a process keeps its first description");
+    }
+
+    #[test]
+    fn an_exited_process_folds_into_a_total() {
+        let mut accumulator = Accumulator::default();
+        accumulator.add(&delta("main", 3, 100));
+        accumulator.fold(7, 1000);
+        let mut again = delta("main", 2, 100);
+        again.processes.clear();
+        accumulator.add(&again);
+        accumulator.fold(7, 1000);
+        let recording = accumulator.finish();
+        let stacks = recording.stacks.as_ref().unwrap();
+        assert_eq!(stacks.stacks.len(), 1);
+        assert_eq!((stacks.stacks[0].tgid, stacks.stacks[0].count), (1000, 5));
+        let rows = &recording.syscalls.as_ref().unwrap().per_process;
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].tgid, rows[0].count, rows[0].errnos.clone()), (1000, 2, vec![(2, 2)]));
+        assert_eq!(recording.processes.keys().collect::<Vec<_>>(), [&1000]);
+        assert_eq!(recording.processes[&1000].comm, "app-main");
+    }
+}

@@ -1,0 +1,187 @@
+//! What each subcommand does, from its configuration (`cli` turns arguments into it) to its output.
+
+use std::{io::Write as _, path::Path, process::ExitCode};
+
+use anyhow::{Context as _, Result};
+use clap::CommandFactory as _;
+
+use crate::{
+    analysis::{
+        diff::{self, DiffOptions},
+        fold::{Selection, folded},
+        summary::Summary,
+    },
+    atomic_file,
+    cli::{Cli, Command, DiffArgs, ExportCommand, FlamegraphArgs, Generated, RecordArgs, ReportArgs, ReportOptions},
+    collector::{RecordingSink, Session},
+    output::{self, flamegraph, pprof, prometheus::Exposition, report},
+    recording::{self, Recording, Stacks},
+};
+
+pub fn run(command: Command, verbose: bool) -> Result<ExitCode> {
+    match command {
+        Command::Record(args) => record(&args, verbose).map(|()| ExitCode::SUCCESS),
+        Command::Report(args) => report(&args).map(|()| ExitCode::SUCCESS),
+        Command::Flamegraph(args) => render_flamegraph(&args).map(|()| ExitCode::SUCCESS),
+        Command::Diff(args) => compare(&args),
+        Command::Export(command) => export(command).map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(crate::serve::serve(args.config(verbose))).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Generate { what } => generate(what).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+fn record(args: &RecordArgs, verbose: bool) -> Result<()> {
+    let config = args.session_config(verbose)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let recording = runtime.block_on(async {
+        let session = Session::start(config).await?;
+        if !args.quiet {
+            let names: Vec<&str> = session.probes().probes().iter().map(|p| p.name()).collect();
+            let until = match args.duration {
+                Some(d) => format!("for {}", humantime::format_duration(d)),
+                None => "until Ctrl-C".into(),
+            };
+            eprintln!("recording {} {until}", names.join(", "));
+        }
+        let mut sink = RecordingSink::default();
+        let meta = session.run(&mut [&mut sink]).await?;
+        anyhow::Ok(sink.finish(meta))
+    })?;
+    recording::write_file(&args.output, &recording)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    // A quiet machine may give no samples at all: the recording stands, the graph is skipped.
+    let svg = match &args.flamegraph {
+        Some(path) if recording.stacks.as_ref().is_some_and(|s| !s.stacks.is_empty()) => {
+            write_flamegraph(&recording, &Selection::default(), "CPU flamegraph", path)?;
+            Some(path)
+        }
+        Some(_) => {
+            eprintln!("profiler: no CPU samples were taken, so no flamegraph was written");
+            None
+        }
+        None => None,
+    };
+    if !args.quiet {
+        print_report(&recording, &args.report)?;
+        eprintln!("wrote {}", args.output.display());
+        if let Some(svg) = svg {
+            eprintln!("wrote {}", svg.display());
+        }
+    }
+    Ok(())
+}
+
+fn report(args: &ReportArgs) -> Result<()> {
+    print_report(&read_recording(&args.file)?, &args.report)
+}
+
+fn print_report(recording: &Recording, options: &ReportOptions) -> Result<()> {
+    let summary = Summary::new(recording, options.top);
+    if options.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", report::text(&summary));
+        if options.histogram {
+            print!("{}", report::histograms(recording, options.top));
+        }
+    }
+    Ok(())
+}
+
+fn render_flamegraph(args: &FlamegraphArgs) -> Result<()> {
+    let recording = read_recording(&args.file)?;
+    let selection = args.selection();
+    if args.folded {
+        return print_folded(&recording, &selection);
+    }
+    match &args.output {
+        Some(path) => write_flamegraph(&recording, &selection, &args.title, path),
+        None => {
+            let lines = folded(&recording, recording_stacks(&recording)?, &selection);
+            flamegraph::svg(&lines, &args.title, std::io::stdout().lock())
+        }
+    }
+}
+
+fn print_folded(recording: &Recording, selection: &Selection) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    for line in folded(recording, recording_stacks(recording)?, selection) {
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+/// Renders to a temporary file renamed into place, so a failed render leaves no partial SVG.
+fn write_flamegraph(recording: &Recording, selection: &Selection, title: &str, path: &Path) -> Result<()> {
+    let lines = folded(recording, recording_stacks(recording)?, selection);
+    if lines.is_empty() {
+        anyhow::bail!("no stacks to draw: no samples match");
+    }
+    atomic_file::write(path, |out| flamegraph::svg(&lines, title, out))
+}
+
+fn compare(args: &DiffArgs) -> Result<ExitCode> {
+    let base = read_recording(&args.base)?;
+    let new = read_recording(&args.new)?;
+    let options = DiffOptions { threshold_percent: args.threshold, confidence: args.confidence, top: args.top };
+    let result = diff::diff(&base, &new, &options);
+    if let Some(path) = &args.flamegraph {
+        let lines = |r: &Recording| recording_stacks(r).map(|s| folded(r, s, &Selection::default()));
+        let (before, after) = (lines(&base)?, lines(&new)?);
+        atomic_file::write(path, |out| {
+            flamegraph::differential_svg(&before, &after, "Differential CPU flamegraph", out)
+        })?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print!("{}", output::diff::text(&result));
+    }
+    Ok(if args.fail_on_regression && !result.regressions.is_empty() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn export(command: ExportCommand) -> Result<()> {
+    match command {
+        ExportCommand::Prometheus { file, output, top_processes } => {
+            let recording = read_recording(&file)?;
+            let text = Exposition::new(&recording, output::prometheus::ProcessSeries { top: top_processes }).render();
+            match output {
+                Some(path) => atomic_file::write(&path, |out| Ok(out.write_all(text.as_bytes())?)),
+                None => Ok(std::io::stdout().lock().write_all(text.as_bytes())?),
+            }
+        }
+        ExportCommand::Pprof { file, output } => {
+            let recording = read_recording(&file)?;
+            let profile = pprof::encode(&recording, recording_stacks(&recording)?);
+            atomic_file::write(&output, |out| Ok(out.write_all(&profile)?))
+        }
+        ExportCommand::Folded { file } => print_folded(&read_recording(&file)?, &Selection::default()),
+    }
+}
+
+fn generate(what: Generated) -> Result<()> {
+    use clap_complete::Shell;
+    let mut command = Cli::command();
+    let mut out = std::io::stdout().lock();
+    let shell = match what {
+        Generated::Man => return Ok(clap_mangen::Man::new(command).render(&mut out)?),
+        Generated::Bash => Shell::Bash,
+        Generated::Zsh => Shell::Zsh,
+        Generated::Fish => Shell::Fish,
+        Generated::Elvish => Shell::Elvish,
+        Generated::Powershell => Shell::PowerShell,
+    };
+    clap_complete::generate(shell, &mut command, "profiler", &mut out);
+    Ok(())
+}
+
+fn read_recording(path: &Path) -> Result<Recording> {
+    recording::read_file(path).with_context(|| format!("{}", path.display()))
+}
+
+fn recording_stacks(recording: &Recording) -> Result<&Stacks> {
+    recording.stacks.as_ref().context("the recording has no stacks: record with the cpu probe (--probes cpu)")
+}

@@ -1,0 +1,116 @@
+//! Draining a kernel hash map of per-process counters: each interval, the growth of every entry
+//! since the last look, and the entries of processes that have exited taken out of the kernel, so
+//! the map holds live processes only however many come and go.
+
+use std::{collections::HashMap, hash::Hash, path::Path};
+
+use anyhow::{Context as _, Result};
+use aya::{Ebpf, Pod, maps::HashMap as BpfHashMap};
+use profiler_common::counters::Counter;
+
+/// Values the kernel only ever adds to.
+pub trait Growth: Copy + Default {
+    /// What was added since `before`.
+    fn since(self, before: Self) -> Self;
+    fn is_zero(&self) -> bool;
+}
+
+impl Growth for u64 {
+    fn since(self, before: u64) -> u64 {
+        self.saturating_sub(before)
+    }
+
+    fn is_zero(&self) -> bool {
+        *self == 0
+    }
+}
+
+/// Bucket by bucket, what `now` added to `before` (an empty `before`: nothing was there).
+pub fn dense_growth(now: &[u64], before: &[u64]) -> Vec<u64> {
+    now.iter().enumerate().map(|(i, n)| n.saturating_sub(before.get(i).copied().unwrap_or(0))).collect()
+}
+
+/// Which processes have exited, asked of /proc once per process and drain round.
+#[derive(Default)]
+pub struct Exits {
+    known: HashMap<u32, bool>,
+}
+
+impl Exits {
+    /// Whether process `tgid` no longer exists.
+    pub fn exited(&mut self, tgid: u32) -> bool {
+        *self.known.entry(tgid).or_insert_with(|| !Path::new(&format!("/proc/{tgid}")).exists())
+    }
+
+    /// The processes found exited this round, and a fresh start for the next.
+    pub fn take_exited(&mut self) -> Vec<u32> {
+        let exited = self.known.iter().filter(|(_, exited)| **exited).map(|(tgid, _)| *tgid).collect();
+        self.known.clear();
+        exited
+    }
+}
+
+/// One per-process hash map of the kernel, with what it held at the last look.
+pub struct CounterMap<K, V> {
+    name: &'static str,
+    capacity: u32,
+    /// The kernel's count of the entries it created in the map.
+    created: Counter,
+    /// Entries taken out of the kernel map so far.
+    removed: u64,
+    tgid: fn(&K) -> u32,
+    previous: HashMap<K, V>,
+}
+
+impl<K: Pod + Eq + Hash, V: Pod + Growth> CounterMap<K, V> {
+    pub fn new(name: &'static str, capacity: u32, created: Counter, tgid: fn(&K) -> u32) -> Self {
+        Self { name, capacity, created, removed: 0, tgid, previous: HashMap::new() }
+    }
+
+    /// How full the map was at the last look.
+    pub fn fill(&self) -> (&'static str, f64) {
+        (self.name, self.previous.len() as f64 / f64::from(self.capacity))
+    }
+
+    /// How full the map is now, from the kernel's count of entries created (`counters`, indexed
+    /// by `Counter`) and ours of those removed: no walk needed.
+    pub fn fill_now(&self, counters: &[u64]) -> f64 {
+        let created = counters.get(self.created as usize).copied().unwrap_or(0);
+        created.saturating_sub(self.removed) as f64 / f64::from(self.capacity)
+    }
+
+    /// Each entry's growth since the last call (entries that did not grow are left out). The map is
+    /// walked once; which of its processes exited is settled after the walk, and only then are their
+    /// entries read again and removed: a process that exits during the walk keeps what it added
+    /// after the walk passed its entry, and an entry it creates after the walk is taken next time.
+    pub fn drain(&mut self, ebpf: &mut Ebpf, exits: &mut Exits) -> Result<Vec<(K, V)>> {
+        let map = ebpf.map_mut(self.name).with_context(|| format!("map {} missing from the eBPF object", self.name))?;
+        let mut map: BpfHashMap<_, K, V> = BpfHashMap::try_from(map)?;
+        let mut now = HashMap::with_capacity(self.previous.len());
+        for entry in map.iter() {
+            let (key, value) = entry.with_context(|| format!("cannot read map {}", self.name))?;
+            now.insert(key, value);
+        }
+        let gone: Vec<K> = now.keys().filter(|key| exits.exited((self.tgid)(key))).copied().collect();
+        let mut removed = Vec::with_capacity(gone.len());
+        for key in gone {
+            if let Ok(last) = map.get(&key, 0)
+                && map.remove(&key).is_ok()
+            {
+                now.insert(key, last);
+                removed.push(key);
+            }
+        }
+        let mut growth: Vec<(K, V)> = now
+            .iter()
+            .map(|(key, value)| (*key, value.since(self.previous.get(key).copied().unwrap_or_default())))
+            .collect();
+        self.removed += removed.len() as u64;
+        for key in removed {
+            now.remove(&key);
+        }
+        growth.retain(|(_, value)| !value.is_zero());
+        self.previous = now;
+        Ok(growth)
+    }
+}

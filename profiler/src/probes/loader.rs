@@ -1,0 +1,315 @@
+//! Loading the chosen probes' programs into the kernel, attaching them, and draining their maps.
+
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, PerCpuArray},
+    programs::BtfTracePoint,
+};
+use profiler_common::{
+    counters::{COUNTERS, Counter, NUM_COUNTERS},
+    process::{self, MAX_HASHED_THREADS, MAX_PID_MAX_FOR_ARRAYS, ProcessName},
+    runqlat, syscalls as sc,
+};
+
+use super::{
+    Drain, Drained, Exits, Kernel, KernelFeatures, LeftOut, Probe, ProbeOptions, ProbeSelection, btf,
+    btf::{KernelLayout, load_vmlinux},
+    oncpu, privileges,
+    program::{self, Attach, Program},
+    verifier,
+};
+use crate::recording::{Counters, Drops};
+
+pub(super) static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
+
+/// The loaded eBPF object with the chosen probes attached. Dropping it detaches and unloads
+/// everything (the kernel also does so if the process dies).
+pub struct Probes {
+    pub(crate) ebpf: Ebpf,
+    probes: Vec<Probe>,
+    /// The programs loaded, of every probe.
+    programs: Vec<&'static Program>,
+    left_out: Vec<LeftOut>,
+    features: KernelFeatures,
+    drains: Vec<Box<dyn Drain>>,
+    /// `COUNTERS` at the last drain, summed over CPUs.
+    counters: [u64; NUM_COUNTERS as usize],
+    exits: Exits,
+}
+
+/// The programs that run `probe` on this kernel, or why it cannot run here.
+fn fit(probe: Probe, features: &KernelFeatures, btf: &btf_rs::Btf) -> Result<Vec<&'static Program>, String> {
+    if let Some(feature) = features.missing(probe.0.requires()) {
+        return Err(format!("this kernel ({}) lacks {}", features.release, feature.describe()));
+    }
+    probe
+        .0
+        .programs()
+        .iter()
+        .map(|alternatives| program::choose(alternatives, btf))
+        .collect::<Result<_>>()
+        .map_err(|error| format!("{error:#} (kernel {})", features.release))
+}
+
+/// Where the cgroup v2 hierarchy is mounted: /sys/fs/cgroup on unified systems,
+/// /sys/fs/cgroup/unified on hybrid ones.
+fn cgroup2_root() -> Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").context("cannot read /proc/self/mounts")?;
+    mounts
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|fields| fields.get(2) == Some(&"cgroup2"))
+        .and_then(|fields| fields.get(1).map(PathBuf::from))
+        .ok_or_else(|| anyhow!("no cgroup v2 hierarchy is mounted: --cgroup needs cgroup v2"))
+}
+
+/// The cgroup v2 id of a cgroup directory (absolute, or relative to the cgroup v2 root): its inode
+/// number on cgroupfs.
+fn cgroup_id(path: &Path) -> Result<u64> {
+    let path = if path.is_absolute() { path.to_path_buf() } else { cgroup2_root()?.join(path) };
+    let stat = nix::sys::statfs::statfs(&path).with_context(|| format!("cgroup {}", path.display()))?;
+    if stat.filesystem_type() != nix::sys::statfs::CGROUP2_SUPER_MAGIC {
+        bail!("{} is not a cgroup v2 directory (cgroup v1 is not supported)", path.display());
+    }
+    Ok(std::fs::metadata(&path)?.ino())
+}
+
+/// Decides which of the selected probes run here and with which programs.
+fn plan(
+    selection: &ProbeSelection,
+    features: &KernelFeatures,
+    btf: &btf_rs::Btf,
+) -> Result<(Vec<Probe>, Vec<&'static Program>, Vec<LeftOut>)> {
+    let (mut probes, mut programs, mut left_out) = (Vec::new(), Vec::new(), Vec::new());
+    for &probe in &selection.probes {
+        match fit(probe, features, btf) {
+            Ok(chosen) => {
+                probes.push(probe);
+                programs.extend(chosen);
+            }
+            Err(reason) if selection.named => bail!("the {} probe cannot run here: {reason}", probe.name()),
+            Err(reason) => left_out.push(LeftOut { probe, reason }),
+        }
+    }
+    if probes.is_empty() {
+        let reasons: Vec<String> = left_out.iter().map(|l| format!("{}: {}", l.probe.name(), l.reason)).collect();
+        bail!("no probe can run on this kernel ({})", reasons.join("; "));
+    }
+    Ok((probes, programs, left_out))
+}
+
+impl Probes {
+    /// Loads the programs of the selected probes that fit this kernel and attaches them, with the
+    /// filters of `options` applied in the kernel.
+    pub fn attach(selection: &ProbeSelection, options: &ProbeOptions) -> Result<Self> {
+        privileges::check()?;
+        let kernel = load_vmlinux()?;
+        let features = KernelFeatures::probe(&kernel.btf, kernel.mapped);
+        let (probes, programs, left_out) = plan(selection, &features, &kernel.btf)?;
+        let layout = KernelLayout::from_btf(&kernel.btf)?;
+        let cgroup_id = options.cgroup.as_deref().map(cgroup_id).transpose()?.unwrap_or(0);
+        let filter_by_pid = u8::from(!options.pids.is_empty());
+        let per_thread = u8::from(options.per_thread);
+
+        let pid_max = pid_max()?;
+        let tid_arrays = u8::from(pid_max <= MAX_PID_MAX_FOR_ARRAYS);
+        let offsets = layout.globals();
+        // No target BTF: the programs have no CO-RE relocations (the offsets above stand in for
+        // them), and aya's parse of the kernel's BTF would be most of the recorder's peak memory.
+        // aya skips CO-RE silently without one: a program that uses CO-RE needs
+        // `loader.btf(Some(&aya::Btf::from_sys_fs()?))` here.
+        let mut ebpf = {
+            let mut loader = EbpfLoader::new();
+            loader.btf(None);
+            let (array_len, hash_len) = match tid_arrays {
+                1 => (pid_max, 1),
+                _ => (1, MAX_HASHED_THREADS),
+            };
+            for (array, hash) in
+                [(runqlat::RUNQ_START, runqlat::RUNQ_START_BY_TID), (sc::SYSCALL_START, sc::SYSCALL_START_BY_TID)]
+            {
+                loader.map_max_entries(array, array_len);
+                loader.map_max_entries(hash, hash_len);
+            }
+            loader.override_global("TID_ARRAYS", &tid_arrays, true);
+            for (name, value) in &offsets {
+                loader.override_global(name, value, true);
+            }
+            loader.override_global("FILTER_BY_PID", &filter_by_pid, true);
+            loader.override_global("FILTER_CGROUP_ID", &cgroup_id, true);
+            loader.override_global("SAMPLE_PER_THREAD", &per_thread, true);
+            loader.load(EBPF_OBJECT).map_err(|error| match error {
+                aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
+                    if verifier::is_permission_error(&io_error) =>
+                {
+                    verifier::permission_advice(&io_error)
+                }
+                other => anyhow::Error::new(other).context("cannot load the eBPF object"),
+            })?
+        };
+
+        let mut pids: HashMap<_, u32, u8> = HashMap::try_from(map_mut(&mut ebpf, process::FILTER_PIDS)?)?;
+        for &pid in &options.pids {
+            pids.insert(pid, 1, 0).with_context(|| format!("cannot add pid {pid} to the filter"))?;
+        }
+
+        let tracepoints: Vec<&str> = programs.iter().filter_map(|p| p.tracepoint()).map(|tp| tp.name).collect();
+        let aya_btf = btf::attach_targets(&kernel.btf, &tracepoints)?;
+        drop(kernel);
+        for program in &programs {
+            let keep_log = options.keep_verifier_log;
+            match &program.attach {
+                Attach::Tracepoint(tp) => {
+                    let loaded: &mut BtfTracePoint = ebpf
+                        .program_mut(program.name)
+                        .ok_or_else(|| anyhow!("program {} missing from the eBPF object", program.name))?
+                        .try_into()?;
+                    loaded.load(tp.name, &aya_btf).map_err(|e| verifier::explain(program.name, e, keep_log))?;
+                    loaded.attach().map_err(|e| verifier::explain(program.name, e, keep_log)).with_context(|| {
+                        format!("cannot attach program {} to {}:{}", program.name, tp.category, tp.name)
+                    })?;
+                }
+                Attach::CpuClock => oncpu::attach_sampler(&mut ebpf, program.name, options)?,
+            }
+        }
+        let drains = probes.iter().map(|probe| probe.0.drain()).collect();
+        Ok(Self {
+            ebpf,
+            probes,
+            programs,
+            left_out,
+            features,
+            drains,
+            counters: [0; NUM_COUNTERS as usize],
+            exits: Exits::default(),
+        })
+    }
+
+    /// The probes running.
+    pub fn probes(&self) -> &[Probe] {
+        &self.probes
+    }
+
+    pub fn runs(&self, name: &str) -> bool {
+        self.probes.iter().any(|p| p.name() == name)
+    }
+
+    /// The selected probes this kernel cannot run.
+    pub fn left_out(&self) -> &[LeftOut] {
+        &self.left_out
+    }
+
+    /// What the kernel offers.
+    pub fn features(&self) -> &KernelFeatures {
+        &self.features
+    }
+
+    /// Programs attached now.
+    pub fn programs_attached(&self) -> usize {
+        self.programs.len()
+    }
+
+    /// Detaches every program; maps stay readable until `self` is dropped.
+    pub fn detach(&mut self) -> Result<()> {
+        for program in std::mem::take(&mut self.programs) {
+            let Some(loaded) = self.ebpf.program_mut(program.name) else { continue };
+            match program.attach {
+                Attach::Tracepoint(_) => <&mut BtfTracePoint>::try_from(loaded)?.unload()?,
+                Attach::CpuClock => <&mut aya::programs::PerfEvent>::try_from(loaded)?.unload()?,
+            }
+        }
+        Ok(())
+    }
+
+    /// What the probes aggregated since the last drain, and the processes that exited meanwhile
+    /// (their entries are gone from the kernel maps now).
+    pub fn drain(&mut self) -> Result<(Drained, Vec<u32>)> {
+        let mut drained = Drained::default();
+        let now = self.counter_values()?;
+        let growth: Vec<u64> = now.iter().zip(&self.counters).map(|(now, then)| now.saturating_sub(*then)).collect();
+        self.counters = now;
+        drained.recording.counters = counters(&growth);
+        let mut kernel = Kernel { ebpf: &mut self.ebpf, exits: &mut self.exits };
+        for drain in &mut self.drains {
+            drain.drain(&mut kernel, &mut drained)?;
+        }
+        drained.recording.derive_counts();
+        Ok((drained, self.exits.take_exited()))
+    }
+
+    /// The kernel's counters since the start, summed over CPUs (for progress, not for data), and
+    /// how full the fullest bounded map is now (0 to 1).
+    pub fn status(&self) -> Result<(Counters, f64)> {
+        let values = self.counter_values()?;
+        let fullest = self.drains.iter().map(|drain| drain.fullest(&values)).fold(0.0, f64::max);
+        Ok((counters(&values), fullest))
+    }
+
+    /// The kernel's counters, summed over CPUs, indexed by `Counter`.
+    fn counter_values(&self) -> Result<[u64; NUM_COUNTERS as usize]> {
+        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map(&self.ebpf, COUNTERS)?)?;
+        let mut values = [0u64; NUM_COUNTERS as usize];
+        for (index, value) in values.iter_mut().enumerate() {
+            *value = array.get(&(index as u32), 0)?.iter().sum();
+        }
+        Ok(values)
+    }
+
+    /// Takes the process names the kernel noted since the last call, emptying the map.
+    pub fn take_process_names(&mut self) -> Result<Vec<(u32, ProcessName)>> {
+        let mut map: HashMap<_, u32, ProcessName> = HashMap::try_from(map_mut(&mut self.ebpf, process::PROCESSES)?)?;
+        let entries: Vec<(u32, ProcessName)> = map.iter().filter_map(Result::ok).collect();
+        for (tgid, _) in &entries {
+            // The kernel re-adds a process only if it creates another entry for it; harmless.
+            let _ = map.remove(tgid);
+        }
+        Ok(entries)
+    }
+}
+
+/// Event and drop counters from `COUNTERS` values.
+fn counters(values: &[u64]) -> Counters {
+    let get = |counter: Counter| values[counter as usize];
+    Counters {
+        sched_switches: get(Counter::SchedSwitches),
+        involuntary_switches: get(Counter::InvoluntarySwitches),
+        wakeups: get(Counter::Wakeups),
+        // Derived from the histograms when they are drained.
+        runq_latencies: 0,
+        syscalls: 0,
+        cpu_samples: get(Counter::CpuSamples),
+        idle_samples: get(Counter::IdleSamples),
+        drops: Drops {
+            runq_process: get(Counter::RunqProcessDrops),
+            syscall_process: get(Counter::SyscallProcessDrops),
+            syscall_errno: get(Counter::SyscallErrnoDrops),
+            start: get(Counter::StartDrops),
+            process_names: get(Counter::ProcessDrops),
+            stack_collisions: get(Counter::StackCollisions),
+            stack_errors: get(Counter::StackErrors),
+            samples: get(Counter::SampleDrops),
+            new_processes: get(Counter::NewProcessDrops),
+        },
+    }
+}
+
+pub(crate) fn map<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a aya::maps::Map> {
+    ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+}
+
+pub(crate) fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+}
+
+/// The kernel's bound on thread ids.
+fn pid_max() -> Result<u32> {
+    let path = "/proc/sys/kernel/pid_max";
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+    text.trim().parse().with_context(|| format!("{path} holds {:?}, not a number", text.trim()))
+}
