@@ -48,6 +48,10 @@ impl ProbeSpec for Wakeups {
         PROGRAMS
     }
 
+    fn own_maps(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     fn drain(&self) -> Box<dyn Drain> {
         Box::new(WakeupDrain { last: 0 })
     }

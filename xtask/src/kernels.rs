@@ -119,7 +119,7 @@ fn kernels_dir() -> PathBuf {
     workspace_root().join("target/kernels")
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub fn run(args: &Args) -> Result<()> {
     // One run at a time in a workspace: runs share the cache and the run directories, and two
     // emulated guests on a small machine only slow each other down.
     fs::create_dir_all(kernels_dir())?;
@@ -148,7 +148,7 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     let workload = if args.command.is_empty() {
-        Workload::Tests(build_tests(&args)?)
+        Workload::Tests(build_tests(args)?)
     } else {
         Workload::Command(args.command.clone())
     };
@@ -800,7 +800,7 @@ fn collect(
             None => {
                 let vng_exit = read("vng.exit").unwrap_or_default();
                 let tail: Vec<&str> = console.lines().rev().take(3).collect();
-                ("lost", format!("no exit status from the guest (vng: {vng_exit}); console ends: {:?}", tail))
+                ("lost", format!("no exit status from the guest (vng: {vng_exit}); console ends: {tail:?}"))
             }
         }
     };
@@ -834,7 +834,7 @@ fn diagnose(monitor: &Path, symbols: &[(u64, String)]) -> String {
         }
         let deadline = Instant::now() + wait;
         let mut text = Vec::new();
-        let mut buffer = [0u8; 65536];
+        let mut buffer = vec![0u8; 65536];
         while Instant::now() < deadline {
             match stream.read(&mut buffer) {
                 Ok(0) => break,

@@ -124,7 +124,7 @@ fn run(task: Task) -> Result<()> {
             test_args.extend(args.iter().map(String::as_str));
             cargo(&test_args)
         }
-        Task::Kernels(args) => kernels::run(args),
+        Task::Kernels(args) => kernels::run(&args),
         Task::Dist(args) => dist::run(args),
     }
 }

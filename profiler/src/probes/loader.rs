@@ -112,71 +112,16 @@ impl Probes {
         let kernel = load_vmlinux()?;
         let features = KernelFeatures::probe(&kernel.btf, kernel.mapped);
         let (probes, programs, left_out) = plan(selection, &features, &kernel.btf)?;
-        let layout = KernelLayout::from_btf(&kernel.btf)?;
-        let cgroup_id = options.cgroup.as_deref().map(cgroup_id).transpose()?.unwrap_or(0);
-        let filter_by_pid = u8::from(!options.pids.is_empty());
-        let per_thread = u8::from(options.per_thread);
-
-        let pid_max = pid_max()?;
-        let tid_arrays = u8::from(pid_max <= MAX_PID_MAX_FOR_ARRAYS);
-        let offsets = layout.globals();
-        // No target BTF: the programs have no CO-RE relocations (the offsets above stand in for
-        // them), and aya's parse of the kernel's BTF would be most of the recorder's peak memory.
-        // aya skips CO-RE silently without one: a program that uses CO-RE needs
-        // `loader.btf(Some(&aya::Btf::from_sys_fs()?))` here.
-        let mut ebpf = {
-            let mut loader = EbpfLoader::new();
-            loader.btf(None);
-            let (array_len, hash_len) = match tid_arrays {
-                1 => (pid_max, 1),
-                _ => (1, MAX_HASHED_THREADS),
-            };
-            for (array, hash) in
-                [(runqlat::RUNQ_START, runqlat::RUNQ_START_BY_TID), (sc::SYSCALL_START, sc::SYSCALL_START_BY_TID)]
-            {
-                loader.map_max_entries(array, array_len);
-                loader.map_max_entries(hash, hash_len);
-            }
-            loader.override_global("TID_ARRAYS", &tid_arrays, true);
-            for (name, value) in &offsets {
-                loader.override_global(name, value, true);
-            }
-            loader.override_global("FILTER_BY_PID", &filter_by_pid, true);
-            loader.override_global("FILTER_CGROUP_ID", &cgroup_id, true);
-            loader.override_global("SAMPLE_PER_THREAD", &per_thread, true);
-            loader.load(EBPF_OBJECT).map_err(|error| match error {
-                aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
-                    if verifier::is_permission_error(&io_error) =>
-                {
-                    verifier::permission_advice(&io_error)
-                }
-                other => anyhow::Error::new(other).context("cannot load the eBPF object"),
-            })?
-        };
-
+        let mut ebpf = load_object(&KernelLayout::from_btf(&kernel.btf)?, options, &probes)?;
         let mut pids: HashMap<_, u32, u8> = HashMap::try_from(map_mut(&mut ebpf, process::FILTER_PIDS)?)?;
         for &pid in &options.pids {
             pids.insert(pid, 1, 0).with_context(|| format!("cannot add pid {pid} to the filter"))?;
         }
-
         let tracepoints: Vec<&str> = programs.iter().filter_map(|p| p.tracepoint()).map(|tp| tp.name).collect();
         let aya_btf = btf::attach_targets(&kernel.btf, &tracepoints)?;
         drop(kernel);
         for program in &programs {
-            let keep_log = options.keep_verifier_log;
-            match &program.attach {
-                Attach::Tracepoint(tp) => {
-                    let loaded: &mut BtfTracePoint = ebpf
-                        .program_mut(program.name)
-                        .ok_or_else(|| anyhow!("program {} missing from the eBPF object", program.name))?
-                        .try_into()?;
-                    loaded.load(tp.name, &aya_btf).map_err(|e| verifier::explain(program.name, e, keep_log))?;
-                    loaded.attach().map_err(|e| verifier::explain(program.name, e, keep_log)).with_context(|| {
-                        format!("cannot attach program {} to {}:{}", program.name, tp.category, tp.name)
-                    })?;
-                }
-                Attach::CpuClock => oncpu::attach_sampler(&mut ebpf, program.name, options)?,
-            }
+            attach_program(&mut ebpf, program, &aya_btf, options)?;
         }
         let drains = probes.iter().map(|probe| probe.0.drain()).collect();
         Ok(Self {
@@ -270,6 +215,73 @@ impl Probes {
             let _ = map.remove(tgid);
         }
         Ok(entries)
+    }
+}
+
+/// Loads the object (its maps, not yet its programs) with the kernel's struct offsets and the
+/// filters as read-only globals, and the maps of probes that do not run shrunk to one entry.
+fn load_object(layout: &KernelLayout, options: &ProbeOptions, running: &[Probe]) -> Result<Ebpf> {
+    let cgroup_id = options.cgroup.as_deref().map(cgroup_id).transpose()?.unwrap_or(0);
+    let filter_by_pid = u8::from(!options.pids.is_empty());
+    let per_thread = u8::from(options.per_thread);
+    let pid_max = pid_max()?;
+    let tid_arrays = u8::from(pid_max <= MAX_PID_MAX_FOR_ARRAYS);
+    // No target BTF: the programs have no CO-RE relocations (the layout's offsets stand in for
+    // them), and aya's parse of the kernel's BTF would be most of the recorder's peak memory. aya
+    // skips CO-RE silently without one: a program that uses CO-RE needs
+    // `loader.btf(Some(&aya::Btf::from_sys_fs()?))` here.
+    let mut loader = EbpfLoader::new();
+    loader.btf(None);
+    let (array_len, hash_len) = match tid_arrays {
+        1 => (pid_max, 1),
+        _ => (1, MAX_HASHED_THREADS),
+    };
+    for (array, hash) in
+        [(runqlat::RUNQ_START, runqlat::RUNQ_START_BY_TID), (sc::SYSCALL_START, sc::SYSCALL_START_BY_TID)]
+    {
+        loader.map_max_entries(array, array_len);
+        loader.map_max_entries(hash, hash_len);
+    }
+    for probe in super::REGISTRY.iter().filter(|spec| !running.iter().any(|p| p.name() == spec.name())) {
+        for map in probe.own_maps() {
+            loader.map_max_entries(map, 1);
+        }
+    }
+    loader.override_global("TID_ARRAYS", &tid_arrays, true);
+    let offsets = layout.globals();
+    for (name, value) in &offsets {
+        loader.override_global(name, value, true);
+    }
+    loader.override_global("FILTER_BY_PID", &filter_by_pid, true);
+    loader.override_global("FILTER_CGROUP_ID", &cgroup_id, true);
+    loader.override_global("SAMPLE_PER_THREAD", &per_thread, true);
+    loader.load(EBPF_OBJECT).map_err(|error| match error {
+        aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
+            if verifier::is_permission_error(&io_error) =>
+        {
+            verifier::permission_advice(&io_error)
+        }
+        other => anyhow::Error::new(other).context("cannot load the eBPF object"),
+    })
+}
+
+/// Loads one program and attaches it where its spec says.
+fn attach_program(ebpf: &mut Ebpf, program: &Program, btf: &aya::Btf, options: &ProbeOptions) -> Result<()> {
+    let keep_log = options.keep_verifier_log;
+    match &program.attach {
+        Attach::Tracepoint(tp) => {
+            let loaded: &mut BtfTracePoint = ebpf
+                .program_mut(program.name)
+                .ok_or_else(|| anyhow!("program {} missing from the eBPF object", program.name))?
+                .try_into()?;
+            loaded.load(tp.name, btf).map_err(|e| verifier::explain(program.name, e, keep_log))?;
+            loaded
+                .attach()
+                .map_err(|e| verifier::explain(program.name, e, keep_log))
+                .with_context(|| format!("cannot attach program {} to {}:{}", program.name, tp.category, tp.name))?;
+            Ok(())
+        }
+        Attach::CpuClock => oncpu::attach_sampler(ebpf, program.name, options),
     }
 }
 

@@ -41,6 +41,9 @@ pub trait ProbeSpec: Sync {
     fn requires(&self) -> &'static [Feature];
     /// The probe's programs: one slot each, filled by the first alternative that fits the kernel.
     fn programs(&self) -> &'static [Alternatives];
+    /// The maps only this probe uses (not its per-thread start times, which the loader sizes):
+    /// shrunk to one entry when it does not run, so they cost no kernel memory.
+    fn own_maps(&self) -> &'static [&'static str];
     /// A fresh drain for one session.
     fn drain(&self) -> Box<dyn Drain>;
 }

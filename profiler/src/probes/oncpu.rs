@@ -13,7 +13,7 @@ use aya::{
     },
     util::online_cpus,
 };
-use profiler_common::oncpu::{NEW_PROCESSES, STACK_BUFFER, STACK_SAMPLES, STACKS, StackKey};
+use profiler_common::oncpu::{NEW_PROCESSES, SAMPLED_PROCESSES, STACK_BUFFER, STACK_SAMPLES, STACKS, StackKey};
 
 use super::{
     Drain, Drained, Feature, Kernel, ProbeOptions, ProbeSpec, Probes,
@@ -49,6 +49,11 @@ impl ProbeSpec for Cpu {
 
     fn programs(&self) -> &'static [Alternatives] {
         PROGRAMS
+    }
+
+    fn own_maps(&self) -> &'static [&'static str] {
+        // Not the ring buffer: its size must be a power-of-two number of pages.
+        &[STACKS, STACK_SAMPLES[0], STACK_SAMPLES[1], SAMPLED_PROCESSES]
     }
 
     fn drain(&self) -> Box<dyn Drain> {

@@ -57,6 +57,10 @@ impl ProbeSpec for Sched {
         PROGRAMS
     }
 
+    fn own_maps(&self) -> &'static [&'static str] {
+        &[RUNQ_LATENCY, RUNQ_PROCESS_LATENCY]
+    }
+
     fn drain(&self) -> Box<dyn Drain> {
         Box::new(SchedDrain {
             per_cpu: Vec::new(),

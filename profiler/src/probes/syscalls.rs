@@ -50,15 +50,25 @@ impl ProbeSpec for Syscalls {
         PROGRAMS
     }
 
+    fn own_maps(&self) -> &'static [&'static str] {
+        &[SYSCALL_STATS, SYSCALL_ERRNOS, SYSCALL_LATENCY]
+    }
+
     fn drain(&self) -> Box<dyn Drain> {
         Box::new(SyscallDrain {
             latency: HashMap::new(),
-            stats: CounterMap::new(SYSCALL_STATS, MAX_PROCESS_SYSCALLS, Counter::SyscallProcessEntries, |key: &StatsKey| {
-                key.tgid
-            }),
-            errnos: CounterMap::new(SYSCALL_ERRNOS, MAX_SYSCALL_ERRNOS, Counter::SyscallErrnoEntries, |key: &SyscallErrno| {
-                key.tgid
-            }),
+            stats: CounterMap::new(
+                SYSCALL_STATS,
+                MAX_PROCESS_SYSCALLS,
+                Counter::SyscallProcessEntries,
+                |key: &StatsKey| key.tgid,
+            ),
+            errnos: CounterMap::new(
+                SYSCALL_ERRNOS,
+                MAX_SYSCALL_ERRNOS,
+                Counter::SyscallErrnoEntries,
+                |key: &SyscallErrno| key.tgid,
+            ),
         })
     }
 }

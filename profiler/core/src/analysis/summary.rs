@@ -243,7 +243,6 @@ fn syscall_summary(
         errnos: BTreeMap<u32, u64>,
     }
     let mut by_nr: BTreeMap<u32, Totals> = BTreeMap::new();
-    let mut errors_by_process = Vec::new();
     for row in &syscalls.per_process {
         let totals = by_nr.entry(row.nr).or_default();
         // Saturating: a recording from elsewhere may hold any numbers.
@@ -254,19 +253,7 @@ fn syscall_summary(
             let slot = totals.errnos.entry(errno).or_default();
             *slot = slot.saturating_add(count);
         }
-        if row.errors > 0 {
-            errors_by_process.push(ProcessSyscallErrors {
-                tgid: row.tgid,
-                comm: recording.process_name(row.tgid).to_string(),
-                syscall: syscall_name(row.nr),
-                count: row.count,
-                errors: row.errors,
-                errnos: row.errnos.iter().map(|&(errno, count)| (errno_name(errno), count)).collect(),
-            });
-        }
     }
-    errors_by_process.sort_by(|a, b| b.errors.cmp(&a.errors).then(a.tgid.cmp(&b.tgid)));
-    errors_by_process.truncate(top);
 
     let empty = LatencyHistogram::default();
     let rows: Vec<SyscallRow> = by_nr
@@ -307,9 +294,33 @@ fn syscall_summary(
         errors: rows.iter().fold(0u64, |sum, r| sum.saturating_add(r.errors)),
         by_count: ranked(|r| r.count),
         by_time: ranked(|r| r.total_ns),
-        errors_by_process,
+        errors_by_process: errors_by_process(recording, syscalls, top),
     };
     (summary, failing)
+}
+
+/// The (process, syscall) pairs with the most errors.
+fn errors_by_process(
+    recording: &Recording,
+    syscalls: &crate::recording::Syscalls,
+    top: usize,
+) -> Vec<ProcessSyscallErrors> {
+    let mut rows: Vec<ProcessSyscallErrors> = syscalls
+        .per_process
+        .iter()
+        .filter(|row| row.errors > 0)
+        .map(|row| ProcessSyscallErrors {
+            tgid: row.tgid,
+            comm: recording.process_name(row.tgid).to_string(),
+            syscall: syscall_name(row.nr),
+            count: row.count,
+            errors: row.errors,
+            errnos: row.errnos.iter().map(|&(errno, count)| (errno_name(errno), count)).collect(),
+        })
+        .collect();
+    rows.sort_by(|a, b| b.errors.cmp(&a.errors).then(a.tgid.cmp(&b.tgid)));
+    rows.truncate(top);
+    rows
 }
 
 #[cfg(test)]

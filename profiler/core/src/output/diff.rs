@@ -2,7 +2,10 @@
 
 use std::fmt::Write as _;
 
-use crate::analysis::{diff::Diff, histogram::format_ns};
+use crate::analysis::{
+    diff::{Diff, FunctionComparison, LatencyComparison, PathComparison, SyscallComparison},
+    histogram::format_ns,
+};
 
 fn value(v: f64, unit: &str) -> String {
     match unit {
@@ -19,7 +22,24 @@ fn change(percent: f64) -> String {
 
 pub fn text(diff: &Diff) -> String {
     let mut out = String::new();
-    let w = &mut out;
+    findings(&mut out, diff);
+    if !diff.latency.is_empty() {
+        latency(&mut out, &diff.latency);
+    }
+    if !diff.syscalls.is_empty() {
+        syscalls(&mut out, &diff.syscalls);
+    }
+    if !diff.functions.is_empty() {
+        functions(&mut out, &diff.functions);
+    }
+    if !diff.growing_paths.is_empty() {
+        paths(&mut out, &diff.growing_paths);
+    }
+    out
+}
+
+/// Warnings, then the flagged changes: regressions first.
+fn findings(w: &mut String, diff: &Diff) {
     for warning in &diff.warnings {
         let _ = writeln!(w, "warning: {warning}: the comparison is weaker");
     }
@@ -39,80 +59,76 @@ pub fn text(diff: &Diff) -> String {
             );
         }
     }
-    if !diff.latency.is_empty() {
-        let _ = writeln!(w, "\nLatency (base → new; * significant)");
-        for c in &diff.latency {
-            let cells: Vec<String> = c
-                .percentiles
-                .iter()
-                .map(|p| {
-                    format!(
-                        "{} {}→{} {}{}",
-                        p.name,
-                        format_ns(p.base_ns),
-                        format_ns(p.new_ns),
-                        change(p.change_percent),
-                        if p.significant { "*" } else { "" }
-                    )
-                })
-                .collect();
-            let _ = writeln!(
-                w,
-                "  {:<18} {:<32} n {}→{}  {}",
-                c.kind,
-                c.subject,
-                c.base_count,
-                c.new_count,
-                cells.join("  ")
-            );
-        }
+}
+
+fn latency(w: &mut String, latency: &[LatencyComparison]) {
+    let _ = writeln!(w, "\nLatency (base → new; * significant)");
+    for c in latency {
+        let cells: Vec<String> = c
+            .percentiles
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {}→{} {}{}",
+                    p.name,
+                    format_ns(p.base_ns),
+                    format_ns(p.new_ns),
+                    change(p.change_percent),
+                    if p.significant { "*" } else { "" }
+                )
+            })
+            .collect();
+        let _ =
+            writeln!(w, "  {:<18} {:<32} n {}→{}  {}", c.kind, c.subject, c.base_count, c.new_count, cells.join("  "));
     }
-    if !diff.syscalls.is_empty() {
-        let _ = writeln!(w, "\nSyscalls (rate per second, error rate, mean latency)");
-        for s in diff.syscalls.iter().take(20) {
-            let mut notes = Vec::new();
-            if s.new_syscall {
-                notes.push("new syscall".to_string());
-            }
-            if !s.new_errnos.is_empty() {
-                notes.push(format!("new errnos {}", s.new_errnos.join(",")));
-            }
-            let _ = writeln!(
-                w,
-                "  {:<20} {:>10.1} → {:<10.1} err {:>6.2}% → {:<6.2}%  mean {} → {}  {}",
-                s.name,
-                s.base_per_second,
-                s.new_per_second,
-                s.base_error_percent,
-                s.new_error_percent,
-                format_ns(s.base_mean_ns as u64),
-                format_ns(s.new_mean_ns as u64),
-                notes.join("; ")
-            );
+}
+
+fn syscalls(w: &mut String, syscalls: &[SyscallComparison]) {
+    let _ = writeln!(w, "\nSyscalls (rate per second, error rate, mean latency)");
+    for s in syscalls.iter().take(20) {
+        let mut notes = Vec::new();
+        if s.new_syscall {
+            notes.push("new syscall".to_string());
         }
-    }
-    if !diff.functions.is_empty() {
-        let _ = writeln!(w, "\nFunctions (share of samples: self, total)");
-        for f in &diff.functions {
-            let _ = writeln!(
-                w,
-                "  self {:>7} → {:<7} (z {:>5.1})  total {:>7} → {:<7}  {}{}",
-                format!("{:.2}%", f.base_self_percent),
-                format!("{:.2}%", f.new_self_percent),
-                f.self_z,
-                format!("{:.2}%", f.base_total_percent),
-                format!("{:.2}%", f.new_total_percent),
-                f.function,
-                if f.kernel { " [k]" } else { "" }
-            );
+        if !s.new_errnos.is_empty() {
+            notes.push(format!("new errnos {}", s.new_errnos.join(",")));
         }
+        let _ = writeln!(
+            w,
+            "  {:<20} {:>10.1} → {:<10.1} err {:>6.2}% → {:<6.2}%  mean {} → {}  {}",
+            s.name,
+            s.base_per_second,
+            s.new_per_second,
+            s.base_error_percent,
+            s.new_error_percent,
+            format_ns(s.base_mean_ns as u64),
+            format_ns(s.new_mean_ns as u64),
+            notes.join("; ")
+        );
     }
-    if !diff.growing_paths.is_empty() {
-        let _ = writeln!(w, "\nCall paths whose share grew most");
-        for p in &diff.growing_paths {
-            let (before, after) = (format!("{:.2}%", p.base_percent), format!("{:.2}%", p.new_percent));
-            let _ = writeln!(w, "  {before:>7} → {after:<7}  {}", p.path);
-        }
+}
+
+fn functions(w: &mut String, functions: &[FunctionComparison]) {
+    let _ = writeln!(w, "\nFunctions (share of samples: self, total)");
+    for f in functions {
+        let _ = writeln!(
+            w,
+            "  self {:>7} → {:<7} (z {:>5.1})  total {:>7} → {:<7}  {}{}",
+            format!("{:.2}%", f.base_self_percent),
+            format!("{:.2}%", f.new_self_percent),
+            f.self_z,
+            format!("{:.2}%", f.base_total_percent),
+            format!("{:.2}%", f.new_total_percent),
+            f.function,
+            if f.kernel { " [k]" } else { "" }
+        );
     }
-    out
+}
+
+fn paths(w: &mut String, paths: &[PathComparison]) {
+    let _ = writeln!(w, "\nCall paths whose share grew most");
+    for p in paths {
+        let (before, after) = (format!("{:.2}%", p.base_percent), format!("{:.2}%", p.new_percent));
+        let _ = writeln!(w, "  {before:>7} → {after:<7}  {}", p.path);
+    }
 }

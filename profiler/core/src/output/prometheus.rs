@@ -138,11 +138,7 @@ impl Exposition {
                 }
             }
             if !other.is_empty() {
-                self.runq_per_process.push(ExposedHistogram::new(
-                    vec![("comm".into(), "other".into())],
-                    &other,
-                    None,
-                ));
+                self.runq_per_process.push(ExposedHistogram::new(vec![("comm".into(), "other".into())], &other, None));
             }
         }
     }
@@ -351,11 +347,13 @@ mod tests {
 
     #[test]
     fn renders_cumulative_histograms_and_counters() {
-        let mut recording = Recording::default();
-        recording.runq = Some(RunqLatency {
-            per_cpu: vec![LatencyHistogram::from_values([1000, 3000]), LatencyHistogram::from_values([])],
+        let recording = Recording {
+            runq: Some(RunqLatency {
+                per_cpu: vec![LatencyHistogram::from_values([1000, 3000]), LatencyHistogram::from_values([])],
+                ..Default::default()
+            }),
             ..Default::default()
-        });
+        };
         let text = Exposition::new(&recording, ProcessSeries::default()).render();
         assert!(text.contains("# TYPE profiler_runqueue_latency_seconds histogram"), "{text}");
         assert!(text.contains(r#"profiler_runqueue_latency_seconds_bucket{le="0.000001024",cpu="0"} 1"#), "{text}");
