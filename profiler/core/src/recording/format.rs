@@ -104,7 +104,8 @@ pub fn read(bytes: &[u8]) -> Result<Recording, RecordingError> {
         .map_err(|e| RecordingError::Corrupt(format!("cannot decompress: {e}")))?;
     let corrupt = |e: &dyn std::fmt::Display| RecordingError::Corrupt(format!("cannot decode: {e}"));
     if version == POSTCARD_VERSION {
-        return postcard::from_bytes::<super::v1::Recording>(&inflated).map(Into::into).map_err(|e| corrupt(&e));
+        let old = postcard::from_bytes::<super::v1::Recording>(&inflated).map_err(|e| corrupt(&e))?;
+        return super::v1::upgrade(&old).map_err(|e| corrupt(&e));
     }
     let mut rest = &inflated[..];
     let recording = Recording::deserialize(&mut rmp_serde::Deserializer::new(&mut rest)).map_err(|e| corrupt(&e))?;

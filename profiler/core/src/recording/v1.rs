@@ -1,12 +1,11 @@
 //! Format version 1: the recording as postcard, which carries no field tags, so its layout is
-//! frozen here, type by type as version 1 wrote it, and converted to today's model on reading.
-//! Nothing writes it any more.
+//! frozen here, type by type as version 1 wrote it. Nothing writes it any more.
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 pub struct Recording {
     meta: Metadata,
     counters: Counters,
@@ -16,7 +15,7 @@ pub struct Recording {
     processes: BTreeMap<u32, Process>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct Metadata {
     hostname: String,
     kernel_release: String,
@@ -27,7 +26,7 @@ struct Metadata {
     options: RecordOptions,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct RecordOptions {
     probes: Vec<String>,
     pids: Vec<u32>,
@@ -37,7 +36,7 @@ struct RecordOptions {
     per_thread: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct Counters {
     sched_switches: u64,
     involuntary_switches: u64,
@@ -49,7 +48,7 @@ struct Counters {
     drops: Drops,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct Drops {
     runq_process: u64,
     syscall_process: u64,
@@ -62,20 +61,20 @@ struct Drops {
     new_processes: u64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct RunqLatency {
     system: Histogram,
     per_cpu: Vec<Histogram>,
     per_process: BTreeMap<u32, Histogram>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct Syscalls {
     latency: BTreeMap<u32, Histogram>,
     per_process: Vec<ProcessSyscall>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct ProcessSyscall {
     tgid: u32,
     nr: u32,
@@ -85,14 +84,14 @@ struct ProcessSyscall {
     errnos: Vec<(u32, u64)>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct Stacks {
     frames: Vec<Frame>,
     modules: Vec<Module>,
     stacks: Vec<Stack>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct Frame {
     function: String,
     module: Option<u32>,
@@ -100,13 +99,13 @@ struct Frame {
     inlined: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct Module {
     path: String,
     build_id: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct Stack {
     tgid: u32,
     tid: u32,
@@ -114,154 +113,22 @@ struct Stack {
     count: u64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct Process {
     comm: String,
     exe: Option<String>,
     cmdline: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct Histogram {
     buckets: Vec<(u16, u64)>,
 }
 
-use super as now;
-
-impl From<Recording> for now::Recording {
-    fn from(old: Recording) -> Self {
-        let Recording { meta, counters, runq, syscalls, stacks, processes } = old;
-        now::Recording {
-            meta: meta.into(),
-            counters: counters.into(),
-            runq: runq.map(Into::into),
-            syscalls: syscalls.map(Into::into),
-            stacks: stacks.map(Into::into),
-            processes: processes.into_iter().map(|(tgid, p)| (tgid, p.into())).collect(),
-        }
-    }
-}
-
-impl From<Metadata> for now::Metadata {
-    fn from(old: Metadata) -> Self {
-        let Metadata { hostname, kernel_release, cpus, start_unix_ns, duration_ns, profiler_version, options } = old;
-        let RecordOptions { probes, pids, cgroup, duration_limit_ns, frequency_hz, per_thread } = options;
-        now::Metadata {
-            hostname,
-            kernel_release,
-            cpus,
-            start_unix_ns,
-            duration_ns,
-            profiler_version,
-            options: now::RecordOptions { probes, pids, cgroup, duration_limit_ns, frequency_hz, per_thread },
-            ..Default::default()
-        }
-    }
-}
-
-impl From<Counters> for now::Counters {
-    fn from(old: Counters) -> Self {
-        let Counters {
-            sched_switches,
-            involuntary_switches,
-            wakeups,
-            runq_latencies,
-            syscalls,
-            cpu_samples,
-            idle_samples,
-            drops,
-        } = old;
-        let Drops {
-            runq_process,
-            syscall_process,
-            syscall_errno,
-            start,
-            process_names,
-            stack_collisions,
-            stack_errors,
-            samples,
-            new_processes,
-        } = drops;
-        now::Counters {
-            sched_switches,
-            involuntary_switches,
-            wakeups,
-            runq_latencies,
-            syscalls,
-            cpu_samples,
-            idle_samples,
-            drops: now::Drops {
-                runq_process,
-                syscall_process,
-                syscall_errno,
-                start,
-                process_names,
-                stack_collisions,
-                stack_errors,
-                samples,
-                new_processes,
-            },
-        }
-    }
-}
-
-impl From<Histogram> for now::LatencyHistogram {
-    fn from(old: Histogram) -> Self {
-        now::LatencyHistogram { buckets: old.buckets }
-    }
-}
-
-impl From<RunqLatency> for now::RunqLatency {
-    fn from(old: RunqLatency) -> Self {
-        now::RunqLatency {
-            system: old.system.into(),
-            per_cpu: old.per_cpu.into_iter().map(Into::into).collect(),
-            per_process: old.per_process.into_iter().map(|(tgid, h)| (tgid, h.into())).collect(),
-        }
-    }
-}
-
-impl From<Syscalls> for now::Syscalls {
-    fn from(old: Syscalls) -> Self {
-        now::Syscalls {
-            latency: old.latency.into_iter().map(|(nr, h)| (nr, h.into())).collect(),
-            per_process: old
-                .per_process
-                .into_iter()
-                .map(|ProcessSyscall { tgid, nr, count, errors, total_ns, errnos }| now::ProcessSyscall {
-                    tgid,
-                    nr,
-                    count,
-                    errors,
-                    total_ns,
-                    errnos,
-                })
-                .collect(),
-        }
-    }
-}
-
-impl From<Stacks> for now::Stacks {
-    fn from(old: Stacks) -> Self {
-        now::Stacks {
-            frames: old
-                .frames
-                .into_iter()
-                .map(|Frame { function, module, kernel, inlined }| now::Frame { function, module, kernel, inlined })
-                .collect(),
-            modules: old.modules.into_iter().map(|Module { path, build_id }| now::Module { path, build_id }).collect(),
-            stacks: old
-                .stacks
-                .into_iter()
-                .map(|Stack { tgid, tid, frames, count }| now::Stack { tgid, tid, frames, count })
-                .collect(),
-        }
-    }
-}
-
-impl From<Process> for now::Process {
-    fn from(old: Process) -> Self {
-        let Process { comm, exe, cmdline } = old;
-        now::Process { comm, exe, cmdline }
-    }
+/// Today's recording from a version-1 one: re-encoded with field names, a version-1 recording
+/// reads as today's format does, each field that version 1 lacks taking its default. A field that
+/// is ever renamed needs its own line here.
+pub fn upgrade(old: &Recording) -> Result<super::Recording, rmp_serde::decode::Error> {
+    let named = rmp_serde::to_vec_named(old).expect("encoding into memory cannot fail");
+    rmp_serde::from_slice(&named)
 }

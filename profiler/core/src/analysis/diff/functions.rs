@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
     Finding, FindingKind, Findings, FunctionComparison,
-    stats::{change_percent, critical_z, two_proportion_z},
+    stats::{change_percent, two_proportion_z},
 };
 use crate::{
     analysis::{hotpaths::function_shares, percent},
@@ -41,14 +41,7 @@ impl Side {
     }
 }
 
-pub fn compare(
-    base: &Stacks,
-    new: &Stacks,
-    confidence: f64,
-    threshold: f64,
-    top: usize,
-    findings: &mut Findings,
-) -> Vec<FunctionComparison> {
+pub fn compare(base: &Stacks, new: &Stacks, top: usize, findings: &mut Findings) -> Vec<FunctionComparison> {
     let (base, new) = (Side::of(base), Side::of(new));
     let keys: BTreeSet<&Key> = base.functions.keys().chain(new.functions.keys()).collect();
     let candidates: Vec<&Key> = keys
@@ -58,12 +51,12 @@ pub fn compare(
                 || percent(new.samples_of(k).1, new.samples) >= MIN_FUNCTION_SHARE
         })
         .collect();
-    let z_crit = critical_z(confidence, candidates.len() * 2);
+    let z_crit = findings.critical_z(candidates.len() * 2);
     let mut comparisons: Vec<FunctionComparison> = candidates
         .into_iter()
         .map(|key| {
             let comparison = comparison(key, &base, &new);
-            flag(key, &comparison, z_crit, threshold, findings);
+            flag(key, &comparison, z_crit, findings);
             comparison
         })
         .collect();
@@ -89,15 +82,16 @@ fn comparison(key: &Key, base: &Side, new: &Side) -> FunctionComparison {
     }
 }
 
-fn flag(key: &Key, c: &FunctionComparison, z_crit: f64, threshold: f64, findings: &mut Findings) {
+fn flag(key: &Key, c: &FunctionComparison, z_crit: f64, findings: &mut Findings) {
     for (metric, before, after, z) in [
         ("self share", c.base_self_percent, c.new_self_percent, c.self_z),
         ("total share", c.base_total_percent, c.new_total_percent, c.total_z),
     ] {
         let change = change_percent(before, after);
-        if z.abs() > z_crit && change.abs() > threshold && before.max(after) >= MIN_FUNCTION_SHARE {
-            let hot_now = before < MIN_FUNCTION_SHARE / 2.0 && after >= MIN_FUNCTION_SHARE;
-            findings.add(Finding {
+        let hot_now = before < MIN_FUNCTION_SHARE / 2.0 && after >= MIN_FUNCTION_SHARE;
+        findings.flag_if(
+            z.abs() > z_crit && before.max(after) >= MIN_FUNCTION_SHARE,
+            Finding {
                 kind: FindingKind::Function,
                 subject: format!("{}{}", key.0, if key.1 { " [k]" } else { "" }),
                 metric: metric.into(),
@@ -106,7 +100,7 @@ fn flag(key: &Key, c: &FunctionComparison, z_crit: f64, threshold: f64, findings
                 unit: "% of samples".into(),
                 change_percent: change,
                 detail: format!("z = {z:.1}{}", if hot_now { "; became hot" } else { "" }),
-            });
-        }
+            },
+        );
     }
 }

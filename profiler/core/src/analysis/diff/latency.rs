@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::{
     Finding, FindingKind, Findings, LatencyComparison, PercentileChange,
-    stats::{change_percent, critical_z, quantile_interval},
+    stats::{change_percent, quantile_interval},
 };
 use crate::{
     analysis::{histogram::percentiles, summary::syscall_name},
@@ -64,20 +64,14 @@ fn pairs<'a>(
     pairs
 }
 
-pub fn compare(
-    base: &Recording,
-    new: &Recording,
-    confidence: f64,
-    threshold: f64,
-    findings: &mut Findings,
-) -> Vec<LatencyComparison> {
+pub fn compare(base: &Recording, new: &Recording, findings: &mut Findings) -> Vec<LatencyComparison> {
     let (base_procs, new_procs) = (runq_by_name(base), runq_by_name(new));
     let pairs = pairs(base, new, &base_procs, &new_procs);
-    let z = critical_z(confidence, pairs.len() * PERCENTILES.len());
-    pairs.iter().map(|pair| compare_pair(pair, z, threshold, findings)).collect()
+    let z = findings.critical_z(pairs.len() * PERCENTILES.len());
+    pairs.iter().map(|pair| compare_pair(pair, z, findings)).collect()
 }
 
-fn compare_pair(pair: &Pair<'_>, z: f64, threshold: f64, findings: &mut Findings) -> LatencyComparison {
+fn compare_pair(pair: &Pair<'_>, z: f64, findings: &mut Findings) -> LatencyComparison {
     let (bp, np) = (percentiles(pair.base), percentiles(pair.new));
     let mut changes = Vec::new();
     for (name, q) in PERCENTILES {
@@ -93,8 +87,9 @@ fn compare_pair(pair: &Pair<'_>, z: f64, threshold: f64, findings: &mut Findings
         };
         let significant = ni.0 > bi.1 || ni.1 < bi.0;
         let change = change_percent(b as f64, n as f64);
-        if significant && change.abs() > threshold {
-            findings.add(Finding {
+        findings.flag_if(
+            significant,
+            Finding {
                 kind: pair.kind,
                 subject: pair.subject.clone(),
                 metric: name.into(),
@@ -106,8 +101,8 @@ fn compare_pair(pair: &Pair<'_>, z: f64, threshold: f64, findings: &mut Findings
                     "intervals [{}, {}] → [{}, {}] ns, {} → {} samples",
                     bi.0, bi.1, ni.0, ni.1, bp.count, np.count
                 ),
-            });
-        }
+            },
+        );
         changes.push(PercentileChange {
             name: name.into(),
             base_ns: b,

@@ -140,16 +140,26 @@ pub struct PathComparison {
     pub new_percent: f64,
 }
 
-/// Flagged changes, worse (grown) ones apart from better ones.
-#[derive(Default)]
+/// Flagged changes, worse (grown) ones apart from better ones, and what it takes to be flagged.
 struct Findings {
+    confidence: f64,
+    threshold_percent: f64,
     regressions: Vec<Finding>,
     improvements: Vec<Finding>,
 }
 
 impl Findings {
-    /// Every measure compared is worse when it grows: latency, rates, error rates, CPU shares.
-    fn add(&mut self, finding: Finding) {
+    /// The critical z of a family of `tests` comparisons.
+    fn critical_z(&self, tests: usize) -> f64 {
+        stats::critical_z(self.confidence, tests)
+    }
+
+    /// Keeps a change that is significant and larger than the threshold. Every measure compared is
+    /// worse when it grows: latency, rates, error rates, CPU shares.
+    fn flag_if(&mut self, significant: bool, finding: Finding) {
+        if !significant || finding.change_percent.abs() <= self.threshold_percent {
+            return;
+        }
         if finding.change_percent > 0.0 { self.regressions.push(finding) } else { self.improvements.push(finding) }
     }
 }
@@ -179,13 +189,17 @@ fn warnings(base: &Recording, new: &Recording) -> Vec<String> {
 }
 
 pub fn diff(base: &Recording, new: &Recording, options: &DiffOptions) -> Diff {
-    let (confidence, threshold) = (options.confidence, options.threshold_percent);
-    let mut findings = Findings::default();
-    let latency = latency::compare(base, new, confidence, threshold, &mut findings);
-    let syscalls = syscalls::compare(base, new, confidence, threshold, &mut findings);
+    let mut findings = Findings {
+        confidence: options.confidence,
+        threshold_percent: options.threshold_percent,
+        regressions: Vec::new(),
+        improvements: Vec::new(),
+    };
+    let latency = latency::compare(base, new, &mut findings);
+    let syscalls = syscalls::compare(base, new, &mut findings);
     let (functions, growing_paths) = match (&base.stacks, &new.stacks) {
         (Some(b), Some(n)) => (
-            functions::compare(b, n, confidence, threshold, options.top, &mut findings),
+            functions::compare(b, n, options.top, &mut findings),
             paths::growing(base, new, b.samples(), n.samples(), options.top),
         ),
         _ => (Vec::new(), Vec::new()),

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
     Finding, FindingKind, Findings, SyscallComparison,
-    stats::{change_percent, critical_z, rate_z, two_proportion_z},
+    stats::{change_percent, rate_z, two_proportion_z},
 };
 use crate::{
     analysis::summary::{errno_name, syscall_name},
@@ -55,19 +55,13 @@ struct Pair<'a> {
     new_seconds: f64,
 }
 
-pub fn compare(
-    base: &Recording,
-    new: &Recording,
-    confidence: f64,
-    threshold: f64,
-    findings: &mut Findings,
-) -> Vec<SyscallComparison> {
+pub fn compare(base: &Recording, new: &Recording, findings: &mut Findings) -> Vec<SyscallComparison> {
     if base.syscalls.is_none() || new.syscalls.is_none() {
         return Vec::new();
     }
     let (bt, nt) = (totals(base), totals(new));
     let nrs: BTreeSet<u32> = bt.keys().chain(nt.keys()).copied().collect();
-    let z_crit = critical_z(confidence, nrs.len() * 2);
+    let z_crit = findings.critical_z(nrs.len() * 2);
     let zero = Totals::default();
     let mut comparisons: Vec<SyscallComparison> = nrs
         .into_iter()
@@ -79,8 +73,8 @@ pub fn compare(
                 base_seconds: seconds(base),
                 new_seconds: seconds(new),
             };
-            flag_rate(&pair, z_crit, threshold, findings);
-            let new_errnos = flag_errors(&pair, z_crit, threshold, findings);
+            flag_rate(&pair, z_crit, findings);
+            let new_errnos = flag_errors(&pair, z_crit, findings);
             SyscallComparison {
                 base_per_second: pair.base.count as f64 / pair.base_seconds,
                 new_per_second: pair.new.count as f64 / pair.new_seconds,
@@ -101,12 +95,13 @@ pub fn compare(
     comparisons
 }
 
-fn flag_rate(pair: &Pair<'_>, z_crit: f64, threshold: f64, findings: &mut Findings) {
+fn flag_rate(pair: &Pair<'_>, z_crit: f64, findings: &mut Findings) {
     let (b_rate, n_rate) = (pair.base.count as f64 / pair.base_seconds, pair.new.count as f64 / pair.new_seconds);
     let change = change_percent(b_rate, n_rate);
     let z = rate_z(pair.base.count, pair.base_seconds, pair.new.count, pair.new_seconds);
-    if z.abs() > z_crit && change.abs() > threshold {
-        findings.add(Finding {
+    findings.flag_if(
+        z.abs() > z_crit,
+        Finding {
             kind: FindingKind::SyscallRate,
             subject: pair.name.clone(),
             metric: "calls per second".into(),
@@ -115,12 +110,12 @@ fn flag_rate(pair: &Pair<'_>, z_crit: f64, threshold: f64, findings: &mut Findin
             unit: "/s".into(),
             change_percent: change,
             detail: format!("{} → {} calls, z = {z:.1}", pair.base.count, pair.new.count),
-        });
-    }
+        },
+    );
 }
 
 /// Flags a changed error rate; returns the errnos seen only in NEW.
-fn flag_errors(pair: &Pair<'_>, z_crit: f64, threshold: f64, findings: &mut Findings) -> Vec<String> {
+fn flag_errors(pair: &Pair<'_>, z_crit: f64, findings: &mut Findings) -> Vec<String> {
     let (b, n) = (pair.base, pair.new);
     let (b_err, n_err) = (b.error_percent(), n.error_percent());
     let change = change_percent(b_err, n_err);
@@ -131,21 +126,25 @@ fn flag_errors(pair: &Pair<'_>, z_crit: f64, threshold: f64, findings: &mut Find
         rate_z(b.errors, pair.base_seconds, n.errors, pair.new_seconds)
     };
     let new_errnos: Vec<String> = n.errnos.difference(&b.errnos).map(|&e| errno_name(e)).collect();
-    if z.abs() > z_crit && change.abs() > threshold {
+    let significant = z.abs() > z_crit;
+    if significant {
         let mut detail = format!("{} of {} → {} of {} calls failed, z = {z:.1}", b.errors, b.count, n.errors, n.count);
         if !new_errnos.is_empty() {
             detail.push_str(&format!("; new errnos: {}", new_errnos.join(", ")));
         }
-        findings.add(Finding {
-            kind: FindingKind::SyscallErrors,
-            subject: pair.name.clone(),
-            metric: "error rate".into(),
-            base: b_err,
-            new: n_err,
-            unit: "%".into(),
-            change_percent: change,
-            detail,
-        });
+        findings.flag_if(
+            significant,
+            Finding {
+                kind: FindingKind::SyscallErrors,
+                subject: pair.name.clone(),
+                metric: "error rate".into(),
+                base: b_err,
+                new: n_err,
+                unit: "%".into(),
+                change_percent: change,
+                detail,
+            },
+        );
     }
     new_errnos
 }
