@@ -38,7 +38,7 @@ fn daemonset_has_what_the_probes_need() {
     assert!(caps.contains(&"BPF") && caps.contains(&"PERFMON"));
     let mounts: Vec<&str> =
         container["volumeMounts"].as_vec().unwrap().iter().filter_map(|m| m["mountPath"].as_str()).collect();
-    for needed in ["/sys/kernel/btf", "/sys/kernel/tracing", "/sys/kernel/debug", "/sys/fs/cgroup"] {
+    for needed in ["/sys/kernel/btf", "/sys/kernel/tracing", "/sys/kernel/debug", "/sys/fs/cgroup", "/tmp"] {
         assert!(mounts.contains(&needed), "mount {needed}");
     }
     let volumes: Vec<&str> = pod["volumes"].as_vec().unwrap().iter().filter_map(|v| v["name"].as_str()).collect();

@@ -52,6 +52,10 @@ pub enum Command {
     Generate {
         #[arg(value_enum)]
         what: Generated,
+        /// For `man`: write profiler.1 and a page per subcommand (profiler-record.1, ...) here
+        /// instead of profiler.1 to standard output.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 

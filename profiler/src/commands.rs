@@ -29,7 +29,7 @@ pub fn run(command: Command, verbose: bool) -> Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(crate::serve::serve(args.config(verbose))).map(|()| ExitCode::SUCCESS)
         }
-        Command::Generate { what } => generate(what).map(|()| ExitCode::SUCCESS),
+        Command::Generate { what, dir } => generate(what, dir.as_deref()).map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -162,19 +162,41 @@ fn export(command: ExportCommand) -> Result<()> {
     }
 }
 
-fn generate(what: Generated) -> Result<()> {
+fn generate(what: Generated, dir: Option<&Path>) -> Result<()> {
     use clap_complete::Shell;
     let mut command = Cli::command();
     let mut out = std::io::stdout().lock();
-    let shell = match what {
-        Generated::Man => return Ok(clap_mangen::Man::new(command).render(&mut out)?),
-        Generated::Bash => Shell::Bash,
-        Generated::Zsh => Shell::Zsh,
-        Generated::Fish => Shell::Fish,
-        Generated::Elvish => Shell::Elvish,
-        Generated::Powershell => Shell::PowerShell,
+    let shell = match (what, dir) {
+        (Generated::Man, None) => return Ok(clap_mangen::Man::new(command).render(&mut out)?),
+        (Generated::Man, Some(dir)) => return man_pages(command, dir),
+        (_, Some(_)) => anyhow::bail!("--dir is for man pages; completions go to standard output"),
+        (Generated::Bash, None) => Shell::Bash,
+        (Generated::Zsh, None) => Shell::Zsh,
+        (Generated::Fish, None) => Shell::Fish,
+        (Generated::Elvish, None) => Shell::Elvish,
+        (Generated::Powershell, None) => Shell::PowerShell,
     };
     clap_complete::generate(shell, &mut command, "profiler", &mut out);
+    Ok(())
+}
+
+/// profiler(1), and a page per subcommand as git has them: profiler-record(1), ...
+fn man_pages(command: clap::Command, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let command = command.disable_help_subcommand(true);
+    let mut pages = vec![("profiler".to_string(), command.clone())];
+    for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+        pages.push((format!("profiler-{}", sub.get_name()), sub.clone().name(format!("profiler-{}", sub.get_name()))));
+        for nested in sub.get_subcommands() {
+            let name = format!("profiler-{}-{}", sub.get_name(), nested.get_name());
+            pages.push((name.clone(), nested.clone().name(name)));
+        }
+    }
+    for (name, page) in pages {
+        let path = dir.join(format!("{name}.1"));
+        let mut file = std::fs::File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
+        clap_mangen::Man::new(page).render(&mut file)?;
+    }
     Ok(())
 }
 

@@ -34,9 +34,9 @@ use object::{
 use crate::{cargo, install_packages, is_root, status, workspace_root};
 
 const TARGET: &str = "x86_64-unknown-linux-musl";
-/// `profiler generate SHELL` and where its output goes in the distribution folder.
-const GENERATED: [(&str, &str); 6] = [
-    ("man", "man/profiler.1"),
+/// `profiler generate SHELL` and where its output goes in the distribution folder (the man pages:
+/// `profiler generate man --dir man`).
+const GENERATED: [(&str, &str); 5] = [
     ("bash", "completions/profiler.bash"),
     ("zsh", "completions/_profiler"),
     ("fish", "completions/profiler.fish"),
@@ -68,6 +68,13 @@ pub struct Args {
     /// (target/release/profiler), which must fail.
     #[arg(long, requires = "check", value_name = "PATH")]
     binary: Option<PathBuf>,
+}
+
+impl Args {
+    /// Build the distribution and check it in the chroot.
+    pub fn check() -> Self {
+        Args { check: true, binary: None }
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -151,6 +158,9 @@ fn build(version: &str) -> Result<Dist> {
     fs::create_dir_all(partial.join("completions"))?;
     let binary = partial.join("profiler");
     fs::copy(&built, &binary).with_context(|| format!("cannot copy {}", built.display()))?;
+    let pages = Command::new(&binary).args(["generate", "man", "--dir"]).arg(partial.join("man")).status()?;
+    ensure!(pages.success(), "`profiler generate man` failed: {pages}");
+    ensure!(partial.join("man/profiler-record.1").exists(), "`profiler generate man` wrote no page for record");
     for (what, file) in GENERATED {
         let output = Command::new(&binary)
             .args(["generate", what])

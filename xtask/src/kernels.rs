@@ -76,7 +76,7 @@ const BOOT_TIMEOUT: u64 = 180;
 /// The guest writes a heartbeat every 5 s; none for this many seconds means it froze.
 const HEARTBEAT_TIMEOUT: u64 = 60;
 
-#[derive(clap::Args)]
+#[derive(clap::Parser)]
 pub struct Args {
     /// Kernel series to boot (repeatable): 5.10, 6.1, 6.12. Default: all three.
     #[arg(long = "kernel", value_name = "SERIES", value_parser = ["5.10", "6.1", "6.12"])]
@@ -108,12 +108,21 @@ pub struct Args {
     /// Extra kernel options (repeatable).
     #[arg(long, value_name = "OPTION")]
     append: Vec<String>,
+    /// Write the support matrix this run proved into README.md (between its support-matrix
+    /// markers), besides target/kernels/support-matrix.md.
+    #[arg(long)]
+    update_readme: bool,
     /// A command to run in each guest, as root, in the workspace, instead of the tests. One word
     /// is a shell script (`-- 'uname -r; ls /sys/kernel/btf'`); several are a command and its
     /// arguments.
     #[arg(last = true)]
     command: Vec<String>,
 }
+
+mod matrix;
+
+/// The id of the support-matrix recording among a boot's results.
+const MATRIX_ID: &str = "matrix::record";
 
 fn kernels_dir() -> PathBuf {
     workspace_root().join("target/kernels")
@@ -148,13 +157,13 @@ pub fn run(args: &Args) -> Result<()> {
     }
 
     let workload = if args.command.is_empty() {
-        Workload::Tests(build_tests(args)?)
+        Workload::Tests { tests: build_tests(args)?, profiler: matrix_profiler() }
     } else {
         Workload::Command(args.command.clone())
     };
     let timeout = Duration::from_secs(args.timeout.unwrap_or(match &workload {
         Workload::Command(_) => 900,
-        Workload::Tests(tests) => BOOT_TIMEOUT + 60 + (TEST_TIMEOUT + 15) * tests.len() as u64,
+        Workload::Tests { tests, .. } => BOOT_TIMEOUT + 60 + (TEST_TIMEOUT + 15) * (tests.len() as u64 + 1),
     }));
     let kvm = real_kvm();
     if !kvm {
@@ -187,6 +196,9 @@ pub fn run(args: &Args) -> Result<()> {
     }
     report.print_failures();
     report.print();
+    if let Workload::Tests { profiler, .. } = &workload {
+        matrix::write(&report, profiler, args.update_readme)?;
+    }
     let (passed, failed) = report.counts();
     println!("kernels: {passed} passed, {failed} failed");
     if failed > 0 {
@@ -480,7 +492,16 @@ fn version_greater(a: &str, b: &str) -> bool {
 
 enum Workload {
     Command(Vec<String>),
-    Tests(Vec<GuestTest>),
+    /// The chosen tests, then a recording with the default probes by `profiler` (the static
+    /// release binary when `cargo xtask dist` built one), for the support matrix.
+    Tests { tests: Vec<GuestTest>, profiler: PathBuf },
+}
+
+/// The binary whose recording in each guest makes the support matrix: the static release binary
+/// users get, when built, else the one the tests run.
+fn matrix_profiler() -> PathBuf {
+    let release = workspace_root().join("target/x86_64-unknown-linux-musl/release/profiler");
+    if release.exists() { release } else { workspace_root().join("target/debug/profiler") }
 }
 
 struct GuestTest {
@@ -587,7 +608,7 @@ cat /proc/cmdline > "$R/cmdline"
                 sh_quote(&workspace_root().display().to_string())
             );
         }
-        Workload::Tests(tests) => {
+        Workload::Tests { tests, profiler } => {
             // cargo runs a package's tests in the package's directory.
             let package_dir = workspace_root().join("profiler");
             script += &format!(
@@ -614,6 +635,16 @@ run() {{
                     sh_quote(&test.name)
                 );
             }
+            script += &format!(
+                r#"echo "{MATRIX_ID} $(cut -d' ' -f1 /proc/uptime)" > "$R/current"
+start=$(date +%s)
+{p} record -d 3 -q -o "$R/matrix.rec" > "$R/tests/{MATRIX_ID}.log" 2>&1 && {p} report "$R/matrix.rec" --json > "$R/matrix.json" 2>> "$R/tests/{MATRIX_ID}.log"
+rc=$?
+[ $rc = 0 ] || failed=$((failed + 1))
+echo "{MATRIX_ID}	$rc	$(( $(date +%s) - start ))" >> "$R/tests.tsv"
+"#,
+                p = sh_quote(&profiler.display().to_string())
+            );
             script += "rm -f \"$R/current\"\nstatus=$(( failed > 0 ))\n";
         }
     }
@@ -758,7 +789,7 @@ fn collect(
     let guest_release = read("release");
     let exit_status = read("status").and_then(|s| s.parse::<i64>().ok());
     let mut tests = Vec::new();
-    if let Workload::Tests(chosen) = workload {
+    if let Workload::Tests { tests: chosen, .. } = workload {
         let done: BTreeMap<String, (i64, u64)> = read("tests.tsv")
             .unwrap_or_default()
             .lines()
@@ -769,8 +800,7 @@ fn collect(
             })
             .collect();
         let current = read("current").and_then(|c| c.split_whitespace().next().map(str::to_string));
-        for test in chosen {
-            let id = test.id();
+        for id in chosen.iter().map(GuestTest::id).chain([MATRIX_ID.to_string()]) {
             let (result, rc, secs) = match done.get(&id) {
                 Some(&(0, secs)) => ("pass", 0, secs),
                 Some(&(rc @ (124 | 137), secs)) => ("timeout", rc, secs),
@@ -991,7 +1021,7 @@ impl Report<'_> {
             .collect();
         let workload = match self.workload {
             Workload::Command(words) => json!({ "command": words }),
-            Workload::Tests(tests) => json!({ "tests": tests.iter().map(GuestTest::id).collect::<Vec<_>>() }),
+            Workload::Tests { tests, .. } => json!({ "tests": tests.iter().map(GuestTest::id).collect::<Vec<_>>() }),
         };
         let (passed, failed) = self.counts();
         let report = json!({

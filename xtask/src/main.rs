@@ -40,8 +40,13 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every test (as root: the tests load eBPF programs).
+    /// Set up, then run every test (as root: the tests load eBPF programs): on this machine's
+    /// kernel, then the static binary in a Debian 11 chroot (`dist --check`), then the
+    /// kernel-dependent tests in Debian's 5.10, 6.1 and 6.12 kernels (`kernels`).
     Test {
+        /// Only the tests on this machine's kernel (minutes, not half an hour).
+        #[arg(long)]
+        host_only: bool,
         /// Extra arguments for `cargo test`, after `--`.
         #[arg(last = true)]
         args: Vec<String>,
@@ -114,15 +119,22 @@ fn run(task: Task) -> Result<()> {
             }
             Ok(())
         }
-        Task::Test { args } => {
+        Task::Test { host_only, args } => {
             setup()?;
             if !is_root() {
                 bail!("the tests load eBPF programs: run them as root, e.g. `sudo -E cargo xtask test`");
             }
             cargo(&["build", "-p", "workload", "-p", "profiler"])?;
-            let mut test_args = vec!["test", "-p", "profiler-common", "-p", "profiler", "--", "--test-threads=1"];
+            let mut test_args = vec!["test", "-p", "profiler-common", "-p", "profiler-core", "-p", "profiler", "-p", "xtask"];
+            test_args.extend(["--", "--test-threads=1"]);
             test_args.extend(args.iter().map(String::as_str));
-            cargo(&test_args)
+            cargo(&test_args)?;
+            if host_only {
+                return Ok(());
+            }
+            // The static binary first: the kernel guests record with it for the support matrix.
+            dist::run(dist::Args::check())?;
+            kernels::run(&kernels::Args::parse_from(["kernels"]))
         }
         Task::Kernels(args) => kernels::run(&args),
         Task::Dist(args) => dist::run(args),

@@ -24,6 +24,8 @@ pub struct Summary {
     pub probes: Vec<String>,
     /// Probes this kernel could not run, with the reason.
     pub left_out: Vec<LeftOutProbe>,
+    /// What the kernel offered the probes.
+    pub kernel_features: Vec<String>,
     pub pids: Vec<u32>,
     pub cgroup: Option<String>,
     pub events: u64,
@@ -190,6 +192,7 @@ impl Summary {
             duration_s: meta.duration_ns as f64 / 1e9,
             probes: meta.options.probes.clone(),
             left_out: meta.left_out.clone(),
+            kernel_features: meta.kernel_features.clone(),
             pids: meta.options.pids.clone(),
             cgroup: meta.options.cgroup.clone(),
             events: recording.counters.events(),
