@@ -27,9 +27,7 @@ pub enum Counter {
     CpuSamples,
     /// CPU samples that found the CPU idle (the idle task, pid 0).
     IdleSamples,
-    /// Stacks lost to a hash collision in the stack-trace map (-EEXIST).
-    StackCollisions,
-    /// Stacks not stored for another reason than a collision (-ENOMEM: the stack-trace map is full).
+    /// Stacks whose frames could not be kept (the frame map of the interval was full).
     StackErrors,
     /// CPU samples not counted because the sample map was full.
     SampleDrops,

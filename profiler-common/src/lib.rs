@@ -8,6 +8,7 @@ pub mod oncpu;
 pub mod process;
 pub mod runqlat;
 pub mod syscalls;
+pub mod unwind;
 
 /// Implements `aya::Pod` for types that userspace reads from or writes to maps.
 macro_rules! user_pod {

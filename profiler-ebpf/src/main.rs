@@ -13,6 +13,7 @@ mod oncpu;
 mod runqlat;
 mod shared;
 mod syscalls;
+mod unwind;
 
 #[cfg(not(test))]
 #[panic_handler]

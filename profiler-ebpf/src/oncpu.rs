@@ -1,36 +1,56 @@
 //! On-CPU stacks: a perf_event program on the CPU clock samples every CPU at a fixed frequency and
 //! counts (process, thread, kernel stack, user stack) in the kernel, as bcc's `profile` does. The
-//! first sample of each process is announced on a ring buffer, so userspace can read the process's
-//! memory maps while it lives, however short its life.
+//! kernel stack comes from `bpf_get_stack`; the user stack from the unwinder (`unwind.rs`), which
+//! walks `.eh_frame` tables, or from frame pointers until the process's tables are loaded. Stacks
+//! are kept by the hash of their frames in the maps of the current interval. The first sample of
+//! each process is announced on a ring buffer, so userspace reads its memory maps (and builds its
+//! tables) while it lives, however short its life.
 
 use aya_ebpf::{
-    Global,
-    bindings::BPF_F_USER_STACK,
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
+    EbpfContext as _, Global,
+    bindings::{BPF_F_USER_STACK, pt_regs},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf, bpf_get_stack,
+        bpf_probe_read_kernel, bpf_task_pt_regs,
+    },
     macros::{btf_tracepoint, map, perf_event},
-    maps::{Array, HashMap, LruHashMap, RingBuf, StackTrace},
-    programs::{BtfTracePointContext, PerfEventContext, tracing::StackIdContext as _},
+    maps::{Array, HashMap, LruHashMap, RingBuf},
+    programs::{BtfTracePointContext, PerfEventContext},
 };
 use profiler_common::{
     counters::Counter,
     oncpu::{MAX_SAMPLED_PROCESSES, MAX_STACK_KEYS, MAX_STACKS, NEW_PROCESSES_BYTES, StackKey},
+    unwind::{FRAME_SLOTS, MAX_FRAMES, StackEnd, StackFrames, UnwindState, hash_frames},
 };
 
-use crate::shared::{BPF_NOEXIST, count, current_selected, increment, note_process, task_ids};
+use crate::{
+    shared::{BPF_NOEXIST, count, current_selected, increment, note_process, read_field, task_ids},
+    unwind::{PROCESS_MAPPINGS, UNWIND_STATE, count_end, start},
+};
 
 /// Non-zero: keep threads apart (`--per-thread`).
 #[unsafe(no_mangle)]
 static SAMPLE_PER_THREAD: Global<u8> = Global::new(0);
+/// Non-zero: the kernel has `bpf_task_pt_regs` (5.15), which finds the user registers of a sample
+/// taken in the kernel; else they are read from the top of the task's kernel stack.
+#[unsafe(no_mangle)]
+static HAS_TASK_PT_REGS: Global<u8> = Global::new(1);
+/// `task_struct.stack`, and the size of a kernel stack (16 KiB on x86-64; 32 KiB with KASAN).
+#[unsafe(no_mangle)]
+static TASK_STACK_OFFSET: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static THREAD_SIZE: Global<u32> = Global::new(16384);
 
-#[map]
-static STACKS: StackTrace = StackTrace::with_max_entries(MAX_STACKS, 0);
-
-/// Two sample maps: the sampler counts into the one `STACK_BUFFER` names while userspace drains and
-/// empties the other.
+/// Two of each: the sampler writes the pair `STACK_BUFFER` names while userspace drains and empties
+/// the other.
 #[map]
 static STACK_SAMPLES_A: HashMap<StackKey, u64> = HashMap::with_max_entries(MAX_STACK_KEYS, 0);
 #[map]
 static STACK_SAMPLES_B: HashMap<StackKey, u64> = HashMap::with_max_entries(MAX_STACK_KEYS, 0);
+#[map]
+static STACK_FRAMES_A: HashMap<u64, StackFrames> = HashMap::with_max_entries(MAX_STACKS, 0);
+#[map]
+static STACK_FRAMES_B: HashMap<u64, StackFrames> = HashMap::with_max_entries(MAX_STACKS, 0);
 #[map]
 static STACK_BUFFER: Array<u32> = Array::with_max_entries(1, 0);
 
@@ -41,8 +61,9 @@ static SAMPLED_PROCESSES: LruHashMap<u32, u8> = LruHashMap::with_max_entries(MAX
 #[map]
 static NEW_PROCESSES: RingBuf = RingBuf::with_byte_size(NEW_PROCESSES_BYTES, 0);
 
-const EEXIST: i32 = 17;
-const EFAULT: i32 = 14;
+/// The salts that keep a kernel stack and a user stack of the same addresses apart.
+const KERNEL_SALT: u64 = 1;
+const USER_SALT: u64 = 2;
 
 #[perf_event]
 pub fn oncpu_sample(ctx: PerfEventContext) -> u32 {
@@ -56,49 +77,151 @@ pub fn oncpu_sample(ctx: PerfEventContext) -> u32 {
         return 0;
     }
     count(Counter::CpuSamples);
-    let key = StackKey {
-        tgid,
-        tid: if SAMPLE_PER_THREAD.load() != 0 { tid } else { 0 },
-        kernel_stack_id: stack_id(&ctx, 0),
-        user_stack_id: stack_id(&ctx, BPF_F_USER_STACK as u64),
+    announce(tgid);
+    let Some(state) = UNWIND_STATE.get_ptr_mut(0) else {
+        return 0;
     };
-    match STACK_BUFFER.get(0).copied() {
-        Some(1) => increment(&STACK_SAMPLES_B, &key, Counter::SampleDrops),
-        _ => increment(&STACK_SAMPLES_A, &key, Counter::SampleDrops),
+    // SAFETY: the map's per-CPU value, live while the program runs.
+    let state = unsafe { &mut *state };
+    state.buffer = match STACK_BUFFER.get(0).copied() {
+        Some(1) => 1,
+        _ => 0,
     };
-    if SAMPLED_PROCESSES.insert(tgid, 1, BPF_NOEXIST).is_ok() {
-        // SAFETY: the helper takes no arguments.
-        note_process(unsafe { bpf_get_current_task() } as *const u8, tgid);
-        if NEW_PROCESSES.output::<u32>(&tgid, 0).is_err() {
-            count(Counter::NewProcessDrops);
-        }
+    state.key = StackKey { tgid, tid: if SAMPLE_PER_THREAD.load() != 0 { tid } else { 0 }, kernel: 0, user: 0, end: 0, _pad: 0 };
+    state.tail_calls = 0;
+    state.key.kernel = kernel_stack(&ctx, state);
+    state.stack.len = 0;
+    let Some(regs) = user_registers(&ctx) else {
+        finish(state, StackEnd::NoUserStack);
+        return 0;
+    };
+    // SAFETY: only tested for presence.
+    if unsafe { PROCESS_MAPPINGS.get(&tgid) }.is_none() {
+        // The process's tables are not loaded yet: the kernel's frame-pointer walk.
+        let len = stack_into(&ctx, state, BPF_F_USER_STACK as u64);
+        state.stack.len = len;
+        finish(state, StackEnd::FramePointers);
+        return 0;
     }
+    (state.ip, state.sp, state.bp) = regs;
+    state.exact_ip = 1;
+    start(&ctx);
+    // The tail call failed: nothing of the user stack was walked.
+    finish(state, StackEnd::TailCallLimit);
     0
 }
 
-/// The stack id, or the negated error. -EFAULT means there is no such stack (the kernel stack of a
-/// sample taken in user mode, the user stack of a kernel thread): normal, not counted.
+/// Announces a process the first time it is sampled (and after each exec).
 #[inline(always)]
-fn stack_id(ctx: &PerfEventContext, flags: u64) -> i32 {
-    match ctx.get_stackid(&STACKS, flags) {
-        Ok(id) => id as i32,
-        Err(error) => {
-            if error == -EEXIST {
-                count(Counter::StackCollisions);
-            } else if error != -EFAULT {
-                count(Counter::StackErrors);
-            }
-            error
+fn announce(tgid: u32) {
+    if SAMPLED_PROCESSES.insert(tgid, 1, BPF_NOEXIST).is_ok() {
+        // SAFETY: the helper takes no arguments.
+        note_process(unsafe { bpf_get_current_task() } as *const u8, tgid);
+        if NEW_PROCESSES.output::<u32>(tgid, 0).is_err() {
+            count(Counter::NewProcessDrops);
         }
     }
+}
+
+/// Fills `state.stack` with a stack the kernel walks (`flags`: 0 kernel, or BPF_F_USER_STACK with
+/// frame pointers); returns its length.
+#[inline(always)]
+fn stack_into(ctx: &PerfEventContext, state: &mut UnwindState, flags: u64) -> u32 {
+    let buffer = (&raw mut state.stack.frames).cast();
+    let size = (MAX_FRAMES * 8) as u32;
+    // SAFETY: the buffer is the map value's array, at least `size` bytes long.
+    let bytes = unsafe { bpf_get_stack(ctx.as_ptr(), buffer, size, flags) };
+    if bytes <= 0 { 0 } else { (bytes as u32 / 8).min(MAX_FRAMES as u32) }
+}
+
+/// The kernel stack's hash, once its frames are kept; 0 for a sample taken in user mode.
+#[inline(always)]
+fn kernel_stack(ctx: &PerfEventContext, state: &mut UnwindState) -> u64 {
+    let len = stack_into(ctx, state, 0);
+    if len == 0 {
+        return 0;
+    }
+    state.stack.len = len;
+    keep(state, KERNEL_SALT)
+}
+
+/// Keeps `state.stack` in the interval's frame map; returns its hash, or 0 if it could not be
+/// kept.
+#[inline(always)]
+fn keep(state: &mut UnwindState, salt: u64) -> u64 {
+    let hash = hash_frames(&state.stack.frames, state.stack.len as usize, salt);
+    let frames = match state.buffer {
+        1 => &STACK_FRAMES_B,
+        _ => &STACK_FRAMES_A,
+    };
+    // SAFETY: only tested for presence.
+    if unsafe { frames.get(&hash) }.is_some() || frames.insert(&hash, &state.stack, BPF_NOEXIST).is_ok() {
+        return hash;
+    }
+    // SAFETY: as above; another CPU may have kept the same stack just now.
+    match unsafe { frames.get(&hash) } {
+        Some(_) => hash,
+        None => {
+            count(Counter::StackErrors);
+            0
+        }
+    }
+}
+
+/// Ends a sample: keeps its user stack and counts it.
+#[inline(always)]
+pub fn finish(state: &mut UnwindState, end: StackEnd) {
+    let mut end = end;
+    if state.stack.len > 0 {
+        state.key.user = keep(state, USER_SALT);
+        if state.key.user == 0 {
+            end = StackEnd::Lost;
+        }
+    }
+    state.key.end = end as u32;
+    count_end(end);
+    let samples = match state.buffer {
+        1 => &STACK_SAMPLES_B,
+        _ => &STACK_SAMPLES_A,
+    };
+    increment(samples, &state.key, Counter::SampleDrops);
+}
+
+/// The user registers (ip, sp, bp) of the task the sample interrupted, or none (a kernel thread).
+#[inline(always)]
+fn user_registers(ctx: &PerfEventContext) -> Option<(u64, u64, u64)> {
+    let regs = ctx.as_ptr() as *const pt_regs;
+    // SAFETY: a perf_event program's context starts with the sampled registers, readable in place.
+    let (cs, ip, sp, bp) = unsafe { ((*regs).cs, (*regs).rip, (*regs).rsp, (*regs).rbp) };
+    if cs & 3 == 3 {
+        return Some((ip, sp, bp));
+    }
+    // In the kernel: the user registers the task entered it with.
+    let saved = if HAS_TASK_PT_REGS.load() != 0 {
+        // SAFETY: the helpers take the current task, which lives while the program runs.
+        (unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) }) as *const pt_regs
+    } else {
+        // SAFETY: the helper takes no arguments.
+        let task = unsafe { bpf_get_current_task() } as *const u8;
+        let stack: *const u8 = read_field(task, TASK_STACK_OFFSET.load())?;
+        // x86-64's task_pt_regs: the registers sit at the top of the kernel stack.
+        stack.wrapping_add(THREAD_SIZE.load() as usize - core::mem::size_of::<pt_regs>()).cast()
+    };
+    // SAFETY: bpf_probe_read_kernel copies with fault handling into a value of our own.
+    let saved = unsafe { bpf_probe_read_kernel(saved) }.ok()?;
+    (saved.cs & 3 == 3 && saved.rip != 0).then_some((saved.rip, saved.rsp, saved.rbp))
 }
 
 /// TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn oncpu_sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     if let Some((_, tgid)) = task_ids(ctx.arg(0)) {
-        // The process has a new address space: announce it again on its next sample.
+        // The process has a new address space: its old tables no longer apply, and it is announced
+        // again on its next sample.
+        let _ = PROCESS_MAPPINGS.remove(tgid);
         let _ = SAMPLED_PROCESSES.remove(tgid);
     }
     0
 }
+
+const _: () = assert!(MAX_FRAMES < FRAME_SLOTS);

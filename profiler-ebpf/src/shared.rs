@@ -177,7 +177,7 @@ pub fn now_ns() -> u64 {
 
 /// Reads a `T` at `offset` bytes into the kernel object at `base`.
 #[inline(always)]
-fn read_field<T>(base: *const u8, offset: u32) -> Option<T> {
+pub fn read_field<T>(base: *const u8, offset: u32) -> Option<T> {
     // SAFETY: bpf_probe_read_kernel copies with fault handling: a bad address gives an error, never
     // a fault, and the copy goes into a value of our own.
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.ok()

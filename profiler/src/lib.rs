@@ -8,5 +8,6 @@ pub mod commands;
 pub mod probes;
 pub mod serve;
 pub mod symbolize;
+pub mod unwind;
 
 pub use profiler_core::{analysis, atomic_file, output, recording};

@@ -5,6 +5,7 @@
 
 mod processes;
 mod record;
+mod stacks;
 
 use std::{
     io::IsTerminal as _,
@@ -20,11 +21,11 @@ use tokio::{
 };
 
 use crate::{
-    probes::{self, ProbeOptions, ProbeSelection, ProbeSpec as _, Probes},
+    probes::{self, ProbeOptions, ProbeSelection, Probes},
     recording::{LeftOutProbe, Metadata, RecordOptions, Recording},
-    symbolize::{StackSymbolizer, maps::MapsCache},
 };
 use processes::ProcessTable;
+use stacks::StackNaming;
 pub use processes::comm_to_string;
 pub use record::RecordingSink;
 
@@ -77,8 +78,8 @@ pub struct Session {
     probes: Probes,
     signals: [Signal; 3],
     new_processes: Option<AsyncFd<RingBuf<MapData>>>,
-    maps: MapsCache,
-    symbolizer: StackSymbolizer,
+    /// With the cpu probe.
+    stacks: Option<StackNaming>,
     processes: ProcessTable,
     /// Processes seen exited at the last drain: their last samples may be in the next one, so
     /// their memory maps are forgotten one drain later.
@@ -113,13 +114,16 @@ impl Session {
             ),
             None => None,
         };
+        let stacks = match new_processes {
+            Some(_) => Some(StackNaming::new(&probes.ebpf, config.inline)?),
+            None => None,
+        };
         Ok(Session {
-            symbolizer: StackSymbolizer::new(config.inline),
             config,
             probes,
             signals,
             new_processes,
-            maps: MapsCache::default(),
+            stacks,
             processes: ProcessTable::default(),
             forget_next: Vec::new(),
             last_feed: false,
@@ -151,14 +155,18 @@ impl Session {
                 _ = terminate.recv() => break,
                 _ = hangup.recv() => break,
                 tgids = new_processes(&mut self.new_processes) => {
-                    for tgid in tgids.context("cannot read the new-process ring buffer")? {
-                        // The process may already be gone; its samples then keep module+offset frames.
-                        let _ = self.maps.snapshot(tgid);
+                    let tgids = tgids.context("cannot read the new-process ring buffer")?;
+                    if let Some(stacks) = self.stacks.as_mut() {
+                        for tgid in tgids {
+                            stacks.announce(&mut self.probes.ebpf, tgid);
+                        }
                     }
                 }
                 _ = maps_refresh.tick() => {
-                    let gone = self.maps.refresh();
-                    self.forget_next.extend(gone);
+                    if let Some(stacks) = self.stacks.as_mut() {
+                        let gone = stacks.refresh(&mut self.probes.ebpf);
+                        self.forget_next.extend(gone);
+                    }
                 }
                 _ = poll.tick() => {
                     self.processes.add_from_kernel(self.probes.take_process_names()?);
@@ -179,7 +187,9 @@ impl Session {
         let duration = self.started.elapsed();
         self.probes.detach()?;
         progress.finish_and_clear();
-        self.maps.refresh();
+        if let Some(stacks) = self.stacks.as_mut() {
+            stacks.refresh(&mut self.probes.ebpf);
+        }
         self.last_feed = true;
         self.feed(sinks)?;
         Ok(self.metadata(duration))
@@ -191,13 +201,8 @@ impl Session {
         // After the drain: a program names a process just after it creates the process's entry.
         self.processes.add_from_kernel(self.probes.take_process_names()?);
         let mut delta = drained.recording;
-        if self.probes.runs(probes::oncpu::Cpu.name()) {
-            for tgid in drained.stacks.iter().map(|s| s.tgid) {
-                if !self.maps.knows(tgid) {
-                    let _ = self.maps.snapshot(tgid);
-                }
-            }
-            delta.stacks = Some(self.symbolizer.symbolize(&drained.stacks, &self.maps));
+        if let Some(stacks) = self.stacks.as_mut() {
+            delta.stacks = Some(stacks.name(&mut self.probes.ebpf, &drained.stacks));
         }
         delta.processes = self.processes.describe(delta.tgids(), self.last_feed);
         let interval = Interval {
@@ -211,8 +216,9 @@ impl Session {
             sink.interval(&interval)?;
         }
         let forget = std::mem::replace(&mut self.forget_next, exited);
-        self.maps.forget(&forget);
-        self.symbolizer.forget(&forget);
+        if let Some(stacks) = self.stacks.as_mut() {
+            stacks.forget(&mut self.probes.ebpf, &forget);
+        }
         self.processes.forget(&forget);
         Ok(())
     }

@@ -20,6 +20,10 @@ pub struct KernelLayout {
     pub task_comm: u32,
     /// `__state` since Linux 5.14, `state` before.
     pub task_state: u32,
+    /// `task_struct.stack`: the kernel stack, whose top holds the user registers.
+    pub task_stack: u32,
+    /// The size of a kernel stack: 16 KiB on x86-64, twice that with KASAN.
+    pub thread_size: u32,
     pub task_cgroups: u32,
     pub css_set_dfl_cgrp: u32,
     pub cgroup_kn: u32,
@@ -35,6 +39,8 @@ impl KernelLayout {
             task_group_leader: offset("task_struct", "group_leader")?,
             task_comm: offset("task_struct", "comm")?,
             task_state: offset("task_struct", "__state").or_else(|_| offset("task_struct", "state"))?,
+            task_stack: offset("task_struct", "stack")?,
+            thread_size: if btf.resolve_ids_by_name("kasan_cache").is_ok_and(|ids| !ids.is_empty()) { 32768 } else { 16384 },
             task_cgroups: offset("task_struct", "cgroups")?,
             css_set_dfl_cgrp: offset("css_set", "dfl_cgrp")?,
             cgroup_kn: offset("cgroup", "kn")?,
@@ -43,13 +49,14 @@ impl KernelLayout {
     }
 
     /// (global name, value) pairs for the loader.
-    pub fn globals(&self) -> [(&'static str, u32); 9] {
+    pub fn globals(&self) -> [(&'static str, u32); 10] {
         [
             ("TASK_PID_OFFSET", self.task_pid),
             ("TASK_TGID_OFFSET", self.task_tgid),
             ("TASK_GROUP_LEADER_OFFSET", self.task_group_leader),
             ("TASK_COMM_OFFSET", self.task_comm),
             ("TASK_STATE_OFFSET", self.task_state),
+            ("TASK_STACK_OFFSET", self.task_stack),
             ("TASK_CGROUPS_OFFSET", self.task_cgroups),
             ("CSS_SET_DFL_CGRP_OFFSET", self.css_set_dfl_cgrp),
             ("CGROUP_KN_OFFSET", self.cgroup_kn),

@@ -18,7 +18,7 @@ use profiler_common::{
 };
 
 use super::{
-    Drain, Drained, Exits, Kernel, KernelFeatures, LeftOut, Probe, ProbeOptions, ProbeSelection, btf,
+    Drain, Drained, Exits, Feature, Kernel, KernelFeatures, LeftOut, Probe, ProbeOptions, ProbeSelection, btf,
     btf::{KernelLayout, load_vmlinux},
     oncpu, privileges,
     program::{self, Attach, Program},
@@ -112,7 +112,7 @@ impl Probes {
         let kernel = load_vmlinux()?;
         let features = KernelFeatures::probe(&kernel.btf, kernel.mapped);
         let (probes, programs, left_out) = plan(selection, &features, &kernel.btf)?;
-        let mut ebpf = load_object(&KernelLayout::from_btf(&kernel.btf)?, options, &probes)?;
+        let mut ebpf = load_object(&KernelLayout::from_btf(&kernel.btf)?, &features, options, &probes)?;
         let mut pids: HashMap<_, u32, u8> = HashMap::try_from(map_mut(&mut ebpf, process::FILTER_PIDS)?)?;
         for &pid in &options.pids {
             pids.insert(pid, 1, 0).with_context(|| format!("cannot add pid {pid} to the filter"))?;
@@ -166,7 +166,9 @@ impl Probes {
             let Some(loaded) = self.ebpf.program_mut(program.name) else { continue };
             match program.attach {
                 Attach::Tracepoint(_) => <&mut BtfTracePoint>::try_from(loaded)?.unload()?,
-                Attach::CpuClock => <&mut aya::programs::PerfEvent>::try_from(loaded)?.unload()?,
+                Attach::CpuClock | Attach::TailCall { .. } => {
+                    <&mut aya::programs::PerfEvent>::try_from(loaded)?.unload()?;
+                }
             }
         }
         Ok(())
@@ -220,7 +222,12 @@ impl Probes {
 
 /// Loads the object (its maps, not yet its programs) with the kernel's struct offsets and the
 /// filters as read-only globals, and the maps of probes that do not run shrunk to one entry.
-fn load_object(layout: &KernelLayout, options: &ProbeOptions, running: &[Probe]) -> Result<Ebpf> {
+fn load_object(
+    layout: &KernelLayout,
+    features: &KernelFeatures,
+    options: &ProbeOptions,
+    running: &[Probe],
+) -> Result<Ebpf> {
     let cgroup_id = options.cgroup.as_deref().map(cgroup_id).transpose()?.unwrap_or(0);
     let filter_by_pid = u8::from(!options.pids.is_empty());
     let per_thread = u8::from(options.per_thread);
@@ -255,6 +262,9 @@ fn load_object(layout: &KernelLayout, options: &ProbeOptions, running: &[Probe])
     loader.override_global("FILTER_BY_PID", &filter_by_pid, true);
     loader.override_global("FILTER_CGROUP_ID", &cgroup_id, true);
     loader.override_global("SAMPLE_PER_THREAD", &per_thread, true);
+    let has_task_pt_regs = u8::from(features.has(Feature::TaskPtRegs));
+    loader.override_global("HAS_TASK_PT_REGS", &has_task_pt_regs, true);
+    loader.override_global("THREAD_SIZE", &layout.thread_size, true);
     loader.load(EBPF_OBJECT).map_err(|error| match error {
         aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
             if verifier::is_permission_error(&io_error) =>
@@ -282,6 +292,17 @@ fn attach_program(ebpf: &mut Ebpf, program: &Program, btf: &aya::Btf, options: &
             Ok(())
         }
         Attach::CpuClock => oncpu::attach_sampler(ebpf, program.name, options),
+        Attach::TailCall { array, index } => {
+            let loaded: &mut aya::programs::PerfEvent = ebpf
+                .program_mut(program.name)
+                .ok_or_else(|| anyhow!("program {} missing from the eBPF object", program.name))?
+                .try_into()?;
+            loaded.load().map_err(|e| verifier::explain(program.name, e, keep_log))?;
+            let fd = loaded.fd()?.try_clone()?;
+            let mut programs = aya::maps::ProgramArray::try_from(map_mut(ebpf, array)?)?;
+            programs.set(*index, &fd, 0).with_context(|| format!("cannot put program {} in {array}", program.name))?;
+            Ok(())
+        }
     }
 }
 
@@ -303,11 +324,14 @@ fn counters(values: &[u64]) -> Counters {
             syscall_errno: get(Counter::SyscallErrnoDrops),
             start: get(Counter::StartDrops),
             process_names: get(Counter::ProcessDrops),
-            stack_collisions: get(Counter::StackCollisions),
+            // Stacks are kept by the hash of their frames now: they do not collide.
+            stack_collisions: 0,
             stack_errors: get(Counter::StackErrors),
             samples: get(Counter::SampleDrops),
             new_processes: get(Counter::NewProcessDrops),
         },
+        // From the stack probe's own counters, when it drains.
+        stack_ends: Default::default(),
     }
 }
 

@@ -6,14 +6,17 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, RingBuf, StackTraceMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         PerfEvent,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
     util::online_cpus,
 };
-use profiler_common::oncpu::{NEW_PROCESSES, SAMPLED_PROCESSES, STACK_BUFFER, STACK_SAMPLES, STACKS, StackKey};
+use profiler_common::{
+    oncpu::{NEW_PROCESSES, SAMPLED_PROCESSES, STACK_BUFFER, STACK_FRAMES, STACK_SAMPLES, StackKey},
+    unwind::{PROCESS_MAPPINGS, STACK_END_COUNTS, STACK_ENDS, StackEnd, StackFrames, UNWIND_PAGES, UNWIND_PROGRAMS, UNWIND_ROWS},
+};
 
 use super::{
     Drain, Drained, Feature, Kernel, ProbeOptions, ProbeSpec, Probes,
@@ -26,6 +29,8 @@ use crate::symbolize::RawStack;
 pub struct Cpu;
 
 const PROGRAMS: &[Alternatives] = &[
+    // Before the sampler: the sampler's first tail call needs it.
+    &[Program { name: "oncpu_unwind", attach: Attach::TailCall { array: UNWIND_PROGRAMS, index: 0 } }],
     &[Program { name: "oncpu_sample", attach: Attach::CpuClock }],
     &[Program { name: "oncpu_sched_process_exec", attach: tracepoint("sched", "sched_process_exec", &[TASK]) }],
 ];
@@ -53,11 +58,20 @@ impl ProbeSpec for Cpu {
 
     fn own_maps(&self) -> &'static [&'static str] {
         // Not the ring buffer: its size must be a power-of-two number of pages.
-        &[STACKS, STACK_SAMPLES[0], STACK_SAMPLES[1], SAMPLED_PROCESSES]
+        &[
+            STACK_FRAMES[0],
+            STACK_FRAMES[1],
+            STACK_SAMPLES[0],
+            STACK_SAMPLES[1],
+            SAMPLED_PROCESSES,
+            UNWIND_ROWS,
+            UNWIND_PAGES,
+            PROCESS_MAPPINGS,
+        ]
     }
 
     fn drain(&self) -> Box<dyn Drain> {
-        Box::new(StackDrain { active: 0 })
+        Box::new(StackDrain { active: 0, ends: [0; STACK_ENDS as usize] })
     }
 }
 
@@ -94,11 +108,13 @@ pub fn new_processes(probes: &mut Probes) -> Result<Option<RingBuf<MapData>>> {
     Ok(Some(RingBuf::try_from(map)?))
 }
 
-/// Drains the two sample maps in turn: the sampler is pointed at the other map, and once no sample
-/// can still be counting into this one, it is read and emptied.
+/// Drains the two pairs of sample and frame maps in turn: the sampler is pointed at the other
+/// pair, and once no sample can still be writing into this one, it is read and emptied.
 struct StackDrain {
-    /// The index of the sample map the sampler counts into.
+    /// The index of the pair the sampler writes.
     active: usize,
+    /// `STACK_END_COUNTS` at the last drain, summed over CPUs.
+    ends: [u64; STACK_ENDS as usize],
 }
 
 impl Drain for StackDrain {
@@ -106,7 +122,7 @@ impl Drain for StackDrain {
         let draining = self.active;
         self.active = 1 - draining;
         let mut buffer: Array<_, u32> = Array::try_from(map_mut(kernel.ebpf, STACK_BUFFER)?)?;
-        buffer.set(0, self.active as u32, 0).context("cannot switch the sample map")?;
+        buffer.set(0, self.active as u32, 0).context("cannot switch the sample maps")?;
         std::thread::sleep(FLIP_GRACE);
 
         let mut samples: HashMap<_, StackKey, u64> = HashMap::try_from(map_mut(kernel.ebpf, STACK_SAMPLES[draining])?)?;
@@ -114,20 +130,56 @@ impl Drain for StackDrain {
         for (key, _) in &entries {
             samples.remove(key)?;
         }
-        let stacks = StackTraceMap::try_from(map(kernel.ebpf, STACKS)?)?;
-        let frames = |id: i32| -> Vec<u64> {
-            if id < 0 {
-                return Vec::new();
-            }
-            stacks.get(&(id as u32), 0).map(|trace| trace.frames().iter().map(|f| f.ip).collect()).unwrap_or_default()
-        };
+        let mut frames: HashMap<_, u64, StackFrames> = HashMap::try_from(map_mut(kernel.ebpf, STACK_FRAMES[draining])?)?;
+        let stacks: std::collections::HashMap<u64, Vec<u64>> = frames
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(hash, stack)| (hash, stack.frames[..(stack.len as usize).min(stack.frames.len())].to_vec()))
+            .collect();
+        for hash in stacks.keys() {
+            frames.remove(hash)?;
+        }
+        let frames_of = |hash: u64| if hash == 0 { Vec::new() } else { stacks.get(&hash).cloned().unwrap_or_default() };
         interval.stacks.extend(entries.into_iter().map(|(key, count)| RawStack {
             tgid: key.tgid,
             tid: key.tid,
-            kernel: frames(key.kernel_stack_id),
-            user: frames(key.user_stack_id),
+            kernel: frames_of(key.kernel),
+            user: frames_of(key.user),
+            end: StackEnd::from_u32(key.end).unwrap_or(StackEnd::Unsupported),
             count,
         }));
+        self.drain_ends(kernel, interval)
+    }
+}
+
+impl StackDrain {
+    /// How the user stacks of the interval ended, by reason.
+    fn drain_ends(&mut self, kernel: &mut Kernel<'_>, interval: &mut Drained) -> Result<()> {
+        let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(map(kernel.ebpf, STACK_END_COUNTS)?)?;
+        for end in StackEnd::ALL {
+            let now: u64 = counts.get(&(end as u32), 0)?.iter().sum();
+            let growth = now.saturating_sub(self.ends[end as usize]);
+            self.ends[end as usize] = now;
+            if growth > 0 {
+                interval.recording.counters.stack_ends.insert(stack_end_name(end).to_string(), growth);
+            }
+        }
         Ok(())
+    }
+}
+
+/// How a stack's end is called in reports and frames.
+pub fn stack_end_name(end: StackEnd) -> &'static str {
+    match end {
+        StackEnd::Complete => "complete",
+        StackEnd::NoUserStack => "no user stack",
+        StackEnd::FramePointers => "frame pointers (tables not loaded yet)",
+        StackEnd::OutsideMapping => "address outside any mapping",
+        StackEnd::NoRow => "no unwind information",
+        StackEnd::Unsupported => "unsupported unwind rule",
+        StackEnd::ReadFault => "stack read fault",
+        StackEnd::DepthLimit => "depth limit",
+        StackEnd::TailCallLimit => "tail-call limit",
+        StackEnd::Lost => "lost (stack map full)",
     }
 }

@@ -20,6 +20,9 @@ pub enum Attach {
     Tracepoint(Tracepoint),
     /// The software CPU clock of every online CPU (a perf_event program).
     CpuClock,
+    /// Not attached: a perf_event program that others tail-call, at `index` of program array
+    /// `array`.
+    TailCall { array: &'static str, index: u32 },
 }
 
 /// A BTF tracepoint and the arguments the program reads from it.
@@ -59,7 +62,7 @@ impl Program {
     pub fn tracepoint(&self) -> Option<&Tracepoint> {
         match &self.attach {
             Attach::Tracepoint(tp) => Some(tp),
-            Attach::CpuClock => None,
+            Attach::CpuClock | Attach::TailCall { .. } => None,
         }
     }
 
@@ -67,7 +70,7 @@ impl Program {
     pub fn check(&self, btf: &Btf) -> Result<()> {
         match &self.attach {
             Attach::Tracepoint(tp) => tp.check(btf),
-            Attach::CpuClock => Ok(()),
+            Attach::CpuClock | Attach::TailCall { .. } => Ok(()),
         }
     }
 }

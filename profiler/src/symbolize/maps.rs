@@ -70,6 +70,13 @@ impl OpenFile {
     }
 }
 
+/// What a refresh found.
+#[derive(Debug, Default)]
+pub struct Refreshed {
+    pub changed: Vec<u32>,
+    pub gone: Vec<u32>,
+}
+
 /// Every process's snapshots (newest last) and the files they map.
 #[derive(Default)]
 pub struct MapsCache {
@@ -79,8 +86,8 @@ pub struct MapsCache {
 
 impl MapsCache {
     /// Reads the process's maps now, if it still exists, and opens files not yet open. A new
-    /// snapshot is kept only if the maps changed.
-    pub fn snapshot(&mut self, tgid: u32) -> io::Result<()> {
+    /// snapshot is kept only if the maps changed; returns whether they did.
+    pub fn snapshot(&mut self, tgid: u32) -> io::Result<bool> {
         let text = std::fs::read_to_string(format!("/proc/{tgid}/maps"))?;
         let mut mappings = Vec::new();
         for (mapping, key) in text.lines().filter_map(parse_line) {
@@ -100,20 +107,32 @@ impl MapsCache {
             mappings.push(mapping);
         }
         let history = self.snapshots.entry(tgid).or_default();
-        if history.last() != Some(&mappings) {
+        let changed = history.last() != Some(&mappings);
+        if changed {
             history.push(mappings);
         }
-        Ok(())
+        Ok(changed)
+    }
+
+    /// The process's newest snapshot.
+    pub fn latest(&self, tgid: u32) -> Option<&[Mapping]> {
+        self.snapshots.get(&tgid)?.last().map(Vec::as_slice)
     }
 
     /// Takes a new snapshot of every known process that still lives (mappings change: dlopen, JIT);
-    /// returns the ones that are gone.
-    pub fn refresh(&mut self) -> Vec<u32> {
+    /// returns the ones whose mappings changed, and the ones that are gone.
+    pub fn refresh(&mut self) -> Refreshed {
+        let mut refreshed = Refreshed::default();
         let tgids: Vec<u32> = self.snapshots.keys().copied().collect();
-        tgids
-            .into_iter()
-            .filter(|&tgid| self.snapshot(tgid).is_err_and(|e| e.kind() == io::ErrorKind::NotFound))
-            .collect()
+        for tgid in tgids {
+            match self.snapshot(tgid) {
+                Ok(true) => refreshed.changed.push(tgid),
+                Ok(false) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => refreshed.gone.push(tgid),
+                Err(_) => {}
+            }
+        }
+        refreshed
     }
 
     /// Forgets processes (once their last samples are named), and closes the files that no process
@@ -190,7 +209,7 @@ mod tests {
         let me = std::process::id();
         cache.snapshot(me).unwrap();
         assert!(cache.files.len() > 1);
-        assert!(cache.refresh().is_empty(), "this process lives");
+        assert!(cache.refresh().gone.is_empty(), "this process lives");
         cache.forget(&[me]);
         assert!(!cache.knows(me));
         assert_eq!(cache.files.keys().collect::<Vec<_>>(), [&VDSO], "only the vDSO copy stays");

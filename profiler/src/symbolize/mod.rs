@@ -13,16 +13,22 @@ use blazesym::symbolize::{
     source::{Elf, Kernel, Source},
 };
 
-use crate::recording::{Frame, Module, Stack, Stacks};
+use crate::{
+    recording::{Frame, Module, Stack, Stacks},
+    unwind::Unwinder,
+};
+use profiler_common::unwind::StackEnd;
 use maps::{FileKey, MapsCache};
 
-/// A sample's stacks as the kernel gave them: instruction pointers, leaf first.
-#[derive(Clone, Debug, Default)]
+/// A sample's stacks as the kernel gave them: instruction pointers, leaf first, and why the user
+/// stack ends where it does.
+#[derive(Clone, Debug)]
 pub struct RawStack {
     pub tgid: u32,
     pub tid: u32,
     pub kernel: Vec<u64>,
     pub user: Vec<u64>,
+    pub end: StackEnd,
     pub count: u64,
 }
 
@@ -101,17 +107,24 @@ impl StackSymbolizer {
 
     /// The stacks, named, with their own frame and module tables: samples of the same process and
     /// frames add up.
-    pub fn symbolize(&mut self, raw: &[RawStack], maps: &MapsCache) -> Stacks {
-        self.name_kernel_addresses(raw);
-        self.name_user_addresses(raw, maps);
+    pub fn symbolize(&mut self, raw: &[RawStack], maps: &MapsCache, unwinder: &Unwinder) -> Stacks {
+        let raw: Vec<RawStack> = raw.iter().map(|stack| without_junk(stack, maps)).collect();
+        self.name_kernel_addresses(&raw);
+        self.name_user_addresses(&raw, maps, unwinder);
         let mut merged: HashMap<(u32, u32, Vec<u32>), u64> = HashMap::new();
-        for stack in raw {
-            let mut frames = Vec::with_capacity(stack.kernel.len() + stack.user.len());
+        for stack in &raw {
+            let mut frames = Vec::with_capacity(stack.kernel.len() + stack.user.len() + 1);
             for addr in &stack.kernel {
                 frames.extend_from_slice(&self.kernel_frames[addr]);
             }
             for addr in &stack.user {
                 frames.extend_from_slice(&self.user_frames[&(stack.tgid, *addr)]);
+            }
+            if let Some(reason) = truncation(stack.end) {
+                // The root of a cut stack says why: the flamegraph shows it, and it is never read
+                // as the process's outermost function.
+                let function = format!("[truncated: {reason}]");
+                frames.push(self.interner.frame(Frame { function, module: None, kernel: false, inlined: false }));
             }
             *merged.entry((stack.tgid, stack.tid, frames)).or_default() += stack.count;
         }
@@ -172,7 +185,7 @@ impl StackSymbolizer {
     }
 
     /// Names the (process, user address) pairs not named yet: frames leaf first.
-    fn name_user_addresses(&mut self, raw: &[RawStack], maps: &MapsCache) {
+    fn name_user_addresses(&mut self, raw: &[RawStack], maps: &MapsCache, unwinder: &Unwinder) {
         let mut pairs: Vec<(u32, u64)> = raw
             .iter()
             .flat_map(|s| s.user.iter().map(move |&a| (s.tgid, a)))
@@ -234,8 +247,11 @@ impl StackSymbolizer {
                 let frames = match names {
                     Some(names) => frames_for(interner, names, module, false),
                     None => {
-                        // Offsets within a file are stable across runs; addresses are not.
-                        let offset = offset.unwrap_or(addr);
+                        // Offsets within a file are stable across runs; addresses are not. Where the
+                        // unwind table knows the function's start, every address of the function
+                        // is one frame.
+                        let start = file.zip(offset).and_then(|(key, offset)| unwinder.function_start(&key, offset));
+                        let offset = start.or(offset).unwrap_or(addr);
                         vec![interner.frame(Frame {
                             function: format!("{}+{offset:#x}", basename(&module_path)),
                             module: Some(module),
@@ -277,6 +293,27 @@ impl LocalTables {
         self.frame_ids.insert(global, local);
         local
     }
+}
+
+/// Why a stack is cut short, for the frame that says so; none for a whole stack.
+fn truncation(end: StackEnd) -> Option<&'static str> {
+    match end {
+        StackEnd::Complete | StackEnd::NoUserStack | StackEnd::FramePointers => None,
+        other => Some(crate::probes::oncpu::stack_end_name(other)),
+    }
+}
+
+/// A stack the kernel walked by frame pointers may run into junk (a register that holds no frame
+/// pointer in code built without them): it ends at its first address in no executable mapping.
+fn without_junk(stack: &RawStack, maps: &MapsCache) -> RawStack {
+    let mut stack = stack.clone();
+    if stack.end == StackEnd::FramePointers
+        && let Some(junk) = stack.user.iter().position(|&addr| maps.find(stack.tgid, addr).is_none())
+    {
+        stack.user.truncate(junk);
+        stack.end = StackEnd::OutsideMapping;
+    }
+    stack
 }
 
 /// Where a user address lies: its file (when we hold it open), its offset in the mapped file

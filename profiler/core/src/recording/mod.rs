@@ -108,6 +108,8 @@ pub struct Counters {
     /// CPU samples that found a CPU idle.
     pub idle_samples: u64,
     pub drops: Drops,
+    /// How the user stacks of the samples ended, by reason ("complete", "depth limit", ...).
+    pub stack_ends: BTreeMap<String, u64>,
 }
 
 impl Counters {
@@ -128,6 +130,7 @@ impl Counters {
             cpu_samples,
             idle_samples,
             drops,
+            stack_ends,
         } = other;
         for (mine, theirs) in [
             (&mut self.sched_switches, sched_switches),
@@ -142,6 +145,10 @@ impl Counters {
         }
         for (mine, theirs) in self.drops.counts_mut().into_iter().zip(drops.counts()) {
             *mine = mine.saturating_add(theirs);
+        }
+        for (end, count) in stack_ends {
+            let mine = self.stack_ends.entry(end.clone()).or_default();
+            *mine = mine.saturating_add(*count);
         }
     }
 }

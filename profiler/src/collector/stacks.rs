@@ -1,0 +1,70 @@
+//! What the collector keeps to turn the kernel's stacks into named ones: each sampled process's
+//! memory maps (read while it lives), the unwind tables its files need in the kernel, and the
+//! symbolizer, which remembers what it named.
+
+use anyhow::Result;
+use aya::Ebpf;
+
+use crate::{
+    recording::Stacks,
+    symbolize::{RawStack, StackSymbolizer, maps::MapsCache},
+    unwind::{UnwindStats, Unwinder},
+};
+
+pub struct StackNaming {
+    maps: MapsCache,
+    unwinder: Unwinder,
+    symbolizer: StackSymbolizer,
+}
+
+impl StackNaming {
+    pub fn new(ebpf: &Ebpf, inline: bool) -> Result<Self> {
+        Ok(StackNaming { maps: MapsCache::default(), unwinder: Unwinder::new(ebpf)?, symbolizer: StackSymbolizer::new(inline) })
+    }
+
+    /// A process sampled for the first time (or after an exec): its maps are read and its files'
+    /// tables loaded, so the unwinder walks its stacks from its next sample on.
+    pub fn announce(&mut self, ebpf: &mut Ebpf, tgid: u32) {
+        // The process may already be gone; its samples then keep module+offset frames.
+        if self.maps.snapshot(tgid).is_ok()
+            && let Err(error) = self.unwinder.load_process(ebpf, tgid, &self.maps)
+        {
+            tracing::warn!("cannot load the unwind tables of process {tgid}: {error:#}");
+        }
+    }
+
+    /// Reads every known process's maps again (dlopen, JIT), loading the tables of new files;
+    /// returns the processes that are gone.
+    pub fn refresh(&mut self, ebpf: &mut Ebpf) -> Vec<u32> {
+        let refreshed = self.maps.refresh();
+        for tgid in refreshed.changed {
+            if let Err(error) = self.unwinder.load_process(ebpf, tgid, &self.maps) {
+                tracing::warn!("cannot load the unwind tables of process {tgid}: {error:#}");
+            }
+        }
+        refreshed.gone
+    }
+
+    /// Names an interval's stacks.
+    pub fn name(&mut self, ebpf: &mut Ebpf, raw: &[RawStack]) -> Stacks {
+        for stack in raw {
+            if !self.maps.knows(stack.tgid) {
+                self.announce(ebpf, stack.tgid);
+            }
+        }
+        self.symbolizer.symbolize(raw, &self.maps, &self.unwinder)
+    }
+
+    /// Forgets processes whose last samples are named.
+    pub fn forget(&mut self, ebpf: &mut Ebpf, tgids: &[u32]) {
+        self.maps.forget(tgids);
+        self.symbolizer.forget(tgids);
+        if let Err(error) = self.unwinder.forget(ebpf, tgids) {
+            tracing::warn!("cannot forget exited processes' unwind tables: {error:#}");
+        }
+    }
+
+    pub fn unwind_stats(&self) -> &UnwindStats {
+        &self.unwinder.stats
+    }
+}
