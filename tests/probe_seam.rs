@@ -94,6 +94,7 @@ fn a_probe_from_outside_the_registry_runs_in_a_session() {
         duration: Some(Duration::from_secs(3)),
         interval: Duration::from_millis(500),
         inline: false,
+        debug_dirs: Vec::new(),
         progress: false,
     };
     let intervals = Arc::new(Mutex::new(Vec::new()));

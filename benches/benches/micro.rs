@@ -64,12 +64,13 @@ fn benches(c: &mut Criterion) {
             tid: pid,
             kernel: Vec::new(),
             user: (0..20u64).map(|d| (code[(d % 4) as usize] as u64) + (i * 20 + d) % 64).collect(),
+            end: profiler_common::unwind::StackEnd::Complete,
             count: 1,
         })
         .collect();
     // A fresh symbolizer each time: the first interval's cost, before anything is remembered.
     c.bench_function("symbolize 100 stacks of 20 user frames (own binary and libc)", |b| {
-        b.iter(|| StackSymbolizer::new(false).symbolize(&raw, &maps));
+        b.iter(|| StackSymbolizer::new(false, &[]).symbolize(&raw, &maps, None));
     });
 }
 

@@ -10,8 +10,8 @@ use aya_ebpf::{
     EbpfContext as _, Global,
     bindings::{BPF_F_USER_STACK, pt_regs},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf, bpf_get_stack,
-        bpf_probe_read_kernel, bpf_task_pt_regs,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf, bpf_get_stack, bpf_probe_read_kernel,
+        bpf_task_pt_regs,
     },
     macros::{btf_tracepoint, map, perf_event},
     maps::{Array, HashMap, LruHashMap, RingBuf},
@@ -24,7 +24,7 @@ use profiler_common::{
 };
 
 use crate::{
-    shared::{BPF_NOEXIST, count, current_selected, increment, note_process, read_field, task_ids},
+    shared::{BPF_NOEXIST, count, current_selected, increment, note_process, read_field, task_ids, task_selected},
     unwind::{PROCESS_MAPPINGS, UNWIND_STATE, count_end, start},
 };
 
@@ -87,7 +87,14 @@ pub fn oncpu_sample(ctx: PerfEventContext) -> u32 {
         Some(1) => 1,
         _ => 0,
     };
-    state.key = StackKey { tgid, tid: if SAMPLE_PER_THREAD.load() != 0 { tid } else { 0 }, kernel: 0, user: 0, end: 0, _pad: 0 };
+    state.key = StackKey {
+        tgid,
+        tid: if SAMPLE_PER_THREAD.load() != 0 { tid } else { 0 },
+        kernel: 0,
+        user: 0,
+        end: 0,
+        _pad: 0,
+    };
     state.tail_calls = 0;
     state.key.kernel = kernel_stack(&ctx, state);
     state.stack.len = 0;
@@ -117,9 +124,14 @@ fn announce(tgid: u32) {
     if SAMPLED_PROCESSES.insert(tgid, 1, BPF_NOEXIST).is_ok() {
         // SAFETY: the helper takes no arguments.
         note_process(unsafe { bpf_get_current_task() } as *const u8, tgid);
-        if NEW_PROCESSES.output::<u32>(tgid, 0).is_err() {
-            count(Counter::NewProcessDrops);
-        }
+        output(tgid);
+    }
+}
+
+#[inline(always)]
+fn output(tgid: u32) {
+    if NEW_PROCESSES.output::<u32>(tgid, 0).is_err() {
+        count(Counter::NewProcessDrops);
     }
 }
 
@@ -215,13 +227,25 @@ fn user_registers(ctx: &PerfEventContext) -> Option<(u64, u64, u64)> {
 /// TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn oncpu_sched_process_exec(ctx: BtfTracePointContext) -> i32 {
-    if let Some((_, tgid)) = task_ids(ctx.arg(0)) {
-        // The process has a new address space: its old tables no longer apply, and it is announced
-        // again on its next sample.
+    let task: *const u8 = ctx.arg(0);
+    if let Some((_, tgid)) = task_ids(task) {
+        // The process has a new address space: its old tables no longer apply. A process that was
+        // sampled before is announced again now, so that its new tables are loaded while it
+        // starts, not after its first samples; one never sampled, at its first sample.
         let _ = PROCESS_MAPPINGS.remove(tgid);
-        let _ = SAMPLED_PROCESSES.remove(tgid);
+        // SAFETY: only tested for presence.
+        if unsafe { SAMPLED_PROCESSES.get(tgid) }.is_some() && task_selected(task, tgid) {
+            output(tgid);
+        }
     }
     0
+}
+
+/// Asks userspace to read the process's maps again: its code moved (an exec), or the unwinder met
+/// code in no mapping it knows (a library loaded since, JIT code).
+#[inline(always)]
+pub fn reannounce(tgid: u32) {
+    let _ = SAMPLED_PROCESSES.remove(tgid);
 }
 
 const _: () = assert!(MAX_FRAMES < FRAME_SLOTS);

@@ -14,13 +14,13 @@ use aya_ebpf::{
     programs::PerfEventContext,
 };
 use profiler_common::unwind::{
-    CFA_DEREF_RSP, CFA_END, CFA_NONE, CFA_PLT, CFA_RBP, CFA_RSP, CFA_SIGNAL, FRAME_SLOTS, FRAMES_PER_PROGRAM, MAX_FRAMES,
-    MAX_MAPPINGS,
-    MAX_PAGES, MAX_ROWS, MAX_TAIL_CALLS, MAX_UNWOUND_PROCESSES, Mapping, NO_TABLE, PAGE_BITS, PageKey, PageRows,
-    ProcessMappings, RBP_SAVED, SIGFRAME_RBP, SIGFRAME_RIP, SIGFRAME_RSP, STACK_ENDS, StackEnd, UnwindRow, UnwindState,
+    CFA_DEREF_RSP, CFA_END, CFA_NONE, CFA_PLT, CFA_RBP, CFA_RSP, CFA_SIGNAL, FRAME_SLOTS, FRAMES_PER_PROGRAM,
+    MAX_FRAMES, MAX_MAPPINGS, MAX_PAGES, MAX_ROWS, MAX_TAIL_CALLS, MAX_UNWOUND_PROCESSES, Mapping, NO_TABLE, PAGE_BITS,
+    PageKey, PageRows, ProcessMappings, RBP_SAVED, SIGFRAME_RBP, SIGFRAME_RIP, SIGFRAME_RSP, STACK_ENDS, StackEnd,
+    UnwindRow, UnwindState,
 };
 
-use crate::oncpu::finish;
+use crate::oncpu::{finish, reannounce};
 
 /// 1: `BPF_F_MMAPABLE`, so userspace writes the rows through a mapping, not a syscall each.
 #[map]
@@ -98,7 +98,12 @@ fn step(state: &mut UnwindState, mappings: &ProcessMappings) -> Result<(), Stack
     }
     // A return address is one past the call: its frame's rule is the call's.
     let lookup = if state.exact_ip != 0 { state.ip } else { state.ip.wrapping_sub(1) };
-    let mapping = find_mapping(mappings, lookup).ok_or(StackEnd::OutsideMapping)?;
+    let Some(mapping) = find_mapping(mappings, lookup) else {
+        // With tables, a frame lands outside the known mappings when the process mapped more since
+        // (a library loaded after its exec was announced, JIT code): its maps are read again.
+        reannounce(state.key.tgid);
+        return Err(StackEnd::OutsideMapping);
+    };
     state.stack.frames[masked(len, FRAME_SLOTS)] = state.ip;
     state.stack.len = len as u32 + 1;
     state.exact_ip = 0;

@@ -179,6 +179,11 @@ pub struct RecordArgs {
     /// Name inlined functions as frames of their own (needs DWARF debug info).
     #[arg(long)]
     pub inline: bool,
+    /// Also look for debug files of stripped binaries here (by build-id, `DIR/.build-id/xx/...`,
+    /// and by debug link), before /usr/lib/debug (repeatable). Debuginfod servers in
+    /// DEBUGINFOD_URLS are asked too.
+    #[arg(long = "debug-dir", value_name = "DIR")]
+    pub debug_dirs: Vec<PathBuf>,
     /// Also write a flamegraph of the recording's stacks.
     #[arg(long, value_name = "OUT.svg")]
     pub flamegraph: Option<PathBuf>,
@@ -252,6 +257,7 @@ impl RecordArgs {
             duration: self.duration,
             interval: RECORD_DRAIN_INTERVAL,
             inline: self.inline,
+            debug_dirs: self.debug_dirs.clone(),
             progress: !self.quiet,
         })
     }

@@ -404,7 +404,7 @@ fn chroot() -> Result<PathBuf> {
     if !root.join(COMPLETE).exists() {
         remove_tree(&root)?;
         remove_tree(&partial)?;
-        install_packages(&[("debootstrap", "debootstrap")])?;
+        install_packages(&["debootstrap"])?;
         let log = dir.join("debootstrap.log");
         eprintln!("xtask: dist: making a Debian {SUITE} chroot with debootstrap (log: {})", log.display());
         let started = Instant::now();

@@ -49,6 +49,7 @@ pub const GUEST_TESTS: &[(&str, &str)] = &[
     ("record", "contended_cpu_shows_millisecond_run_queue_waits_and_idle_cpu_does_not"),
     ("record", "sigint_and_sigterm_give_complete_recordings"),
     ("stacks", "hot_functions_get_their_share_and_appear_in_the_flamegraph"),
+    ("unwind", "c_without_frame_pointers_has_whole_call_chains_in_their_shares"),
     ("cleanup", "programs_are_gone_after_every_kind_of_exit"),
 ];
 
@@ -66,11 +67,20 @@ const VIRTME_NG_VERSION: &str = "1.42";
 /// (nokaslr), magic SysRq from qemu's monitor, and a soft lockup turned into a panic, which prints
 /// every CPU's backtrace to the console log and ends qemu (virtme boots with panic=-1 and
 /// -no-reboot).
-const KERNEL_OPTIONS: [&str; 4] =
-    ["nokaslr", "sysrq_always_enabled=1", "softlockup_panic=1", "softlockup_all_cpu_backtrace=1"];
+/// `clocksource=tsc tsc=reliable`: under emulation 5.10 and 6.1 find the TSC unstable and fall back
+/// to the HPET, whose every read traps into qemu; workloads that pace themselves by the clock then
+/// drift (a freeze soak saw 70/30 shares measured as 63/37).
+const KERNEL_OPTIONS: [&str; 6] = [
+    "nokaslr",
+    "sysrq_always_enabled=1",
+    "softlockup_panic=1",
+    "softlockup_all_cpu_backtrace=1",
+    "clocksource=tsc",
+    "tsc=reliable",
+];
 
 /// Seconds a test may run in the guest before `timeout` kills it (the guest then goes on).
-const TEST_TIMEOUT: u64 = 180;
+const TEST_TIMEOUT: u64 = 300;
 /// Seconds from qemu's start to the guest's first heartbeat before the boot counts as frozen.
 const BOOT_TIMEOUT: u64 = 180;
 /// The guest writes a heartbeat every 5 s; none for this many seconds means it froze.
@@ -212,18 +222,7 @@ pub fn run(args: &Args) -> Result<()> {
 
 /// Installs what is missing and returns the path of `vng`.
 fn install_runner() -> Result<PathBuf> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES.iter().copied().filter(|p| !dpkg_installed(p)).collect();
-    if !missing.is_empty() {
-        eprintln!("xtask: kernels: installing {}", missing.join(", "));
-        status(as_root("apt-get").args(["update", "-qq"])).context("apt-get update failed")?;
-        status(
-            as_root("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
-        .with_context(|| format!("cannot install {}", missing.join(", ")))?;
-    }
+    crate::install_packages(&DEBIAN_PACKAGES)?;
     let venv = kernels_dir().join(format!("virtme-ng-{VIRTME_NG_VERSION}"));
     let vng = venv.join("bin/vng");
     let marker = venv.join("installed");
@@ -241,13 +240,6 @@ fn install_runner() -> Result<PathBuf> {
         fs::write(&marker, VIRTME_NG_VERSION)?;
     }
     Ok(vng)
-}
-
-fn dpkg_installed(package: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${db:Status-Abbrev}", package])
-        .output()
-        .is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"ii"))
 }
 
 /// A real KVM: /dev/kvm opens for writing and is not PVM's, which cannot boot stock kernels.
@@ -494,7 +486,10 @@ enum Workload {
     Command(Vec<String>),
     /// The chosen tests, then a recording with the default probes by `profiler` (the static
     /// release binary when `cargo xtask dist` built one), for the support matrix.
-    Tests { tests: Vec<GuestTest>, profiler: PathBuf },
+    Tests {
+        tests: Vec<GuestTest>,
+        profiler: PathBuf,
+    },
 }
 
 /// The binary whose recording in each guest makes the support matrix: the static release binary

@@ -125,7 +125,8 @@ fn run(task: Task) -> Result<()> {
                 bail!("the tests load eBPF programs: run them as root, e.g. `sudo -E cargo xtask test`");
             }
             cargo(&["build", "-p", "workload", "-p", "profiler"])?;
-            let mut test_args = vec!["test", "-p", "profiler-common", "-p", "profiler-core", "-p", "profiler", "-p", "xtask"];
+            let mut test_args =
+                vec!["test", "-p", "profiler-common", "-p", "profiler-core", "-p", "profiler", "-p", "xtask"];
             test_args.extend(["--", "--test-threads=1"]);
             test_args.extend(args.iter().map(String::as_str));
             cargo(&test_args)?;
@@ -142,10 +143,12 @@ fn run(task: Task) -> Result<()> {
 }
 
 /// Debian packages the tests use as real peers, by a command each provides.
-const TEST_PACKAGES: [(&str, &str); 2] = [("prometheus", "prometheus"), ("go", "golang-go")];
+/// Debian packages the tests use: real peers (Prometheus, Go's pprof), a real debuginfod server, and
+/// what the unwinding tests build and strip their workloads with; libc6-dbg names libc's local
+/// functions (`__libc_start_call_main`), as on a developer's machine.
+const TEST_PACKAGES: [&str; 6] = ["prometheus", "golang-go", "debuginfod", "libc6-dbg", "gcc", "binutils"];
 /// Debian packages the benchmarks compare against.
-const BENCH_PACKAGES: [(&str, &str); 4] =
-    [("perf", "linux-perf"), ("bpftrace", "bpftrace"), ("runqlat", "libbpf-tools"), ("profile-bpfcc", "bpfcc-tools")];
+const BENCH_PACKAGES: [&str; 4] = ["linux-perf", "bpftrace", "libbpf-tools", "bpfcc-tools"];
 
 fn setup() -> Result<()> {
     if !output_of("rustup", &["toolchain", "list"])?.lines().any(|l| l.starts_with("nightly")) {
@@ -164,12 +167,7 @@ fn setup() -> Result<()> {
     let linker_ok = output_of("bpf-linker", &["--version"]).is_ok_and(|v| v.contains(BPF_LINKER_VERSION));
     if !linker_ok {
         let llvm = PathBuf::from(format!("/usr/lib/llvm-{LLVM_MAJOR}"));
-        if !llvm.join("bin/llvm-config").exists() {
-            eprintln!("xtask: installing llvm-{LLVM_MAJOR}-dev for bpf-linker");
-            status(as_root("apt-get").args(["update", "-qq"]))?;
-            status(as_root("apt-get").args(["install", "-y", "-qq", &format!("llvm-{LLVM_MAJOR}-dev")]))
-                .with_context(|| format!("cannot install llvm-{LLVM_MAJOR}-dev"))?;
-        }
+        install_packages(&[&format!("llvm-{LLVM_MAJOR}-dev")])?;
         eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION}");
         status(
             Command::new("cargo")
@@ -188,11 +186,7 @@ fn setup() -> Result<()> {
 /// merged into a tree of symlinks under target/.
 fn bcc_kernel_source() -> Result<PathBuf> {
     const META: &str = "linux-headers-amd64";
-    if !Command::new("dpkg").args(["-s", META]).output().is_ok_and(|o| o.status.success()) {
-        eprintln!("xtask: installing {META} (for bcc)");
-        status(as_root("apt-get").args(["update", "-qq"]))?;
-        status(as_root("apt-get").args(["install", "-y", "-qq", "--no-install-recommends", META]))?;
-    }
+    install_packages(&[META])?;
     let depends = output_of("dpkg-query", &["-W", "-f=${Depends}", META])?;
     let headers = depends
         .split([',', ' '])
@@ -213,17 +207,28 @@ fn bcc_kernel_source() -> Result<PathBuf> {
     Ok(tree)
 }
 
-/// Installs the Debian packages whose command is not on the PATH.
-fn install_packages(packages: &[(&str, &str)]) -> Result<()> {
-    let missing: Vec<&str> =
-        packages.iter().filter(|(command, _)| !on_path(command)).map(|&(_, package)| package).collect();
+/// Installs the Debian packages that are not installed.
+fn install_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|package| !dpkg_installed(package)).collect();
     if !missing.is_empty() {
         eprintln!("xtask: installing {}", missing.join(", "));
         status(as_root("apt-get").args(["update", "-qq"]))?;
-        status(as_root("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing))
-            .with_context(|| format!("cannot install {}", missing.join(", ")))?;
+        status(
+            as_root("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+        .with_context(|| format!("cannot install {}", missing.join(", ")))?;
     }
     Ok(())
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${db:Status-Abbrev}", package])
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"ii"))
 }
 
 fn on_path(command: &str) -> bool {

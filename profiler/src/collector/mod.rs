@@ -25,9 +25,9 @@ use crate::{
     recording::{LeftOutProbe, Metadata, RecordOptions, Recording},
 };
 use processes::ProcessTable;
-use stacks::StackNaming;
 pub use processes::comm_to_string;
 pub use record::RecordingSink;
+use stacks::StackNaming;
 
 /// How often process names are collected and progress refreshed.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -49,6 +49,8 @@ pub struct SessionConfig {
     pub interval: Duration,
     /// Name inlined functions as frames of their own (needs DWARF).
     pub inline: bool,
+    /// Where to look for debug files of stripped binaries, before the system's directories.
+    pub debug_dirs: Vec<std::path::PathBuf>,
     /// Show a progress line on a terminal.
     pub progress: bool,
 }
@@ -114,10 +116,16 @@ impl Session {
             ),
             None => None,
         };
-        let stacks = match new_processes {
-            Some(_) => Some(StackNaming::new(&probes.ebpf, config.inline)?),
+        let mut stacks = match new_processes {
+            Some(_) => Some(StackNaming::new(&probes.ebpf, config.inline, &config.debug_dirs)?),
             None => None,
         };
+        // The processes asked for get their unwind tables before their first samples.
+        if let Some(stacks) = stacks.as_mut() {
+            for &pid in &config.options.pids {
+                stacks.announce(&mut probes.ebpf, pid);
+            }
+        }
         Ok(Session {
             config,
             probes,
@@ -150,6 +158,8 @@ impl Session {
         loop {
             let [interrupt, terminate, hangup] = &mut self.signals;
             tokio::select! {
+                // Announcements first: a process's unwind tables are wanted before its samples.
+                biased;
                 _ = &mut deadline => break,
                 _ = interrupt.recv() => break,
                 _ = terminate.recv() => break,
@@ -247,6 +257,7 @@ impl Session {
                 .map(|l| LeftOutProbe { probe: l.probe.name().into(), reason: l.reason.clone() })
                 .collect(),
             kernel_features: probes.features().names().into_iter().map(String::from).collect(),
+            unwind: self.stacks.as_ref().map(StackNaming::tables),
         }
     }
 }

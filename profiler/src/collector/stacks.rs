@@ -2,11 +2,13 @@
 //! memory maps (read while it lives), the unwind tables its files need in the kernel, and the
 //! symbolizer, which remembers what it named.
 
+use std::path::PathBuf;
+
 use anyhow::Result;
 use aya::Ebpf;
 
 use crate::{
-    recording::Stacks,
+    recording::{Stacks, UnwindTables},
     symbolize::{RawStack, StackSymbolizer, maps::MapsCache},
     unwind::{UnwindStats, Unwinder},
 };
@@ -18,8 +20,12 @@ pub struct StackNaming {
 }
 
 impl StackNaming {
-    pub fn new(ebpf: &Ebpf, inline: bool) -> Result<Self> {
-        Ok(StackNaming { maps: MapsCache::default(), unwinder: Unwinder::new(ebpf)?, symbolizer: StackSymbolizer::new(inline) })
+    pub fn new(ebpf: &Ebpf, inline: bool, debug_dirs: &[PathBuf]) -> Result<Self> {
+        Ok(StackNaming {
+            maps: MapsCache::default(),
+            unwinder: Unwinder::new(ebpf)?,
+            symbolizer: StackSymbolizer::new(inline, debug_dirs),
+        })
     }
 
     /// A process sampled for the first time (or after an exec): its maps are read and its files'
@@ -52,7 +58,7 @@ impl StackNaming {
                 self.announce(ebpf, stack.tgid);
             }
         }
-        self.symbolizer.symbolize(raw, &self.maps, &self.unwinder)
+        self.symbolizer.symbolize(raw, &self.maps, Some(&self.unwinder))
     }
 
     /// Forgets processes whose last samples are named.
@@ -64,7 +70,19 @@ impl StackNaming {
         }
     }
 
-    pub fn unwind_stats(&self) -> &UnwindStats {
-        &self.unwinder.stats
+    /// What the unwind tables cost, for the recording.
+    pub fn tables(&self) -> UnwindTables {
+        let UnwindStats { tables, rows, row_capacity, no_room, no_table, mappings_cut, build_time, bytes_read } =
+            self.unwinder.stats.clone();
+        UnwindTables {
+            tables,
+            rows,
+            row_capacity,
+            no_room,
+            no_table,
+            mappings_cut,
+            build_ns: build_time.as_nanos() as u64,
+            bytes_read,
+        }
     }
 }

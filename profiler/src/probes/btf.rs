@@ -40,7 +40,11 @@ impl KernelLayout {
             task_comm: offset("task_struct", "comm")?,
             task_state: offset("task_struct", "__state").or_else(|_| offset("task_struct", "state"))?,
             task_stack: offset("task_struct", "stack")?,
-            thread_size: if btf.resolve_ids_by_name("kasan_cache").is_ok_and(|ids| !ids.is_empty()) { 32768 } else { 16384 },
+            thread_size: if btf.resolve_ids_by_name("kasan_cache").is_ok_and(|ids| !ids.is_empty()) {
+                32768
+            } else {
+                16384
+            },
             task_cgroups: offset("task_struct", "cgroups")?,
             css_set_dfl_cgrp: offset("css_set", "dfl_cgrp")?,
             cgroup_kn: offset("cgroup", "kn")?,

@@ -208,7 +208,7 @@ mod tests {
     /// Every map name the loader and the drains use exists in the eBPF object.
     #[test]
     fn map_names_exist_in_the_object() {
-        use profiler_common::{counters, oncpu, process, runqlat, syscalls};
+        use profiler_common::{counters, oncpu, process, runqlat, syscalls, unwind};
         let object = aya_obj::Object::parse(loader::EBPF_OBJECT).unwrap();
         let names = [
             counters::COUNTERS,
@@ -223,12 +223,19 @@ mod tests {
             syscalls::SYSCALL_STATS,
             syscalls::SYSCALL_ERRNOS,
             syscalls::SYSCALL_LATENCY,
-            oncpu::STACKS,
+            oncpu::STACK_FRAMES[0],
+            oncpu::STACK_FRAMES[1],
             oncpu::STACK_SAMPLES[0],
             oncpu::STACK_SAMPLES[1],
             oncpu::STACK_BUFFER,
             oncpu::SAMPLED_PROCESSES,
             oncpu::NEW_PROCESSES,
+            unwind::UNWIND_STATE,
+            unwind::UNWIND_ROWS,
+            unwind::UNWIND_PAGES,
+            unwind::PROCESS_MAPPINGS,
+            unwind::UNWIND_PROGRAMS,
+            unwind::STACK_END_COUNTS,
         ];
         for name in names {
             assert!(object.maps.contains_key(name), "map {name} is not in the eBPF object");

@@ -15,7 +15,10 @@ use aya::{
 };
 use profiler_common::{
     oncpu::{NEW_PROCESSES, SAMPLED_PROCESSES, STACK_BUFFER, STACK_FRAMES, STACK_SAMPLES, StackKey},
-    unwind::{PROCESS_MAPPINGS, STACK_END_COUNTS, STACK_ENDS, StackEnd, StackFrames, UNWIND_PAGES, UNWIND_PROGRAMS, UNWIND_ROWS},
+    unwind::{
+        PROCESS_MAPPINGS, STACK_END_COUNTS, STACK_ENDS, StackEnd, StackFrames, UNWIND_PAGES, UNWIND_PROGRAMS,
+        UNWIND_ROWS,
+    },
 };
 
 use super::{
@@ -130,7 +133,8 @@ impl Drain for StackDrain {
         for (key, _) in &entries {
             samples.remove(key)?;
         }
-        let mut frames: HashMap<_, u64, StackFrames> = HashMap::try_from(map_mut(kernel.ebpf, STACK_FRAMES[draining])?)?;
+        let mut frames: HashMap<_, u64, StackFrames> =
+            HashMap::try_from(map_mut(kernel.ebpf, STACK_FRAMES[draining])?)?;
         let stacks: std::collections::HashMap<u64, Vec<u64>> = frames
             .iter()
             .filter_map(Result::ok)

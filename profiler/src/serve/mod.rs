@@ -47,6 +47,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         duration: None,
         interval: config.interval,
         inline: false,
+        debug_dirs: Vec::new(),
         progress: false,
     })
     .await?;

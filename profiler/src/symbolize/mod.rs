@@ -3,10 +3,11 @@
 //! (file, file offset), symbolized against the ELF file with its DWARF when present. Frames that
 //! cannot be named keep their module and offset.
 
+mod debuginfod;
 pub mod maps;
 mod perf_map;
 
-use std::collections::HashMap;
+use std::{collections::HashMap, path::PathBuf};
 
 use blazesym::symbolize::{
     Input, Symbolized, Symbolizer,
@@ -17,8 +18,10 @@ use crate::{
     recording::{Frame, Module, Stack, Stacks},
     unwind::Unwinder,
 };
-use profiler_common::unwind::StackEnd;
+use debuginfod::Debuginfod;
+use maps::OpenFile;
 use maps::{FileKey, MapsCache};
+use profiler_common::unwind::StackEnd;
 
 /// A sample's stacks as the kernel gave them: instruction pointers, leaf first, and why the user
 /// stack ends where it does.
@@ -67,12 +70,17 @@ impl Interner {
 /// (per kernel address; per process and address for user code, forgotten when the process is).
 pub struct StackSymbolizer {
     inline: bool,
+    /// Where debug files of stripped binaries are looked for (by build-id and debug link).
+    debug_dirs: Vec<PathBuf>,
+    debuginfod: Option<Debuginfod>,
     interner: Interner,
     kernel_frames: HashMap<u64, Vec<u32>>,
     user_frames: HashMap<(u32, u64), Vec<u32>>,
 }
 
 const KERNEL_MODULE: &str = "[kernel.kallsyms]";
+/// Where distributions install debug files (blazesym's defaults).
+const SYSTEM_DEBUG_DIRS: [&str; 2] = ["/usr/lib/debug", "/lib/debug"];
 
 fn basename(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
@@ -94,25 +102,73 @@ fn names(symbolized: &Symbolized<'_>, inline: bool) -> Option<Vec<String>> {
 }
 
 impl StackSymbolizer {
-    pub fn new(inline: bool) -> Self {
-        Self { inline, interner: Interner::default(), kernel_frames: HashMap::new(), user_frames: HashMap::new() }
+    /// `debug_dirs` come before the system's (/usr/lib/debug, /lib/debug); debuginfod servers are
+    /// asked when `DEBUGINFOD_URLS` names some.
+    pub fn new(inline: bool, debug_dirs: &[PathBuf]) -> Self {
+        let debug_dirs = debug_dirs.iter().cloned().chain(SYSTEM_DEBUG_DIRS.iter().map(PathBuf::from)).collect();
+        Self {
+            inline,
+            debug_dirs,
+            debuginfod: Debuginfod::from_env(),
+            interner: Interner::default(),
+            kernel_frames: HashMap::new(),
+            user_frames: HashMap::new(),
+        }
     }
 
     /// A symbolizer for one source. blazesym keeps what it parsed (kallsyms, a file's symbols and
     /// DWARF, libc's debug file among them) for as long as the symbolizer lives: one per source
     /// lets each go before the next is parsed, so memory peaks at the largest one, not their sum.
     fn symbolizer(&self) -> Symbolizer {
-        Symbolizer::builder().enable_inlined_fns(self.inline).enable_code_info(self.inline).build()
+        Symbolizer::builder()
+            .enable_inlined_fns(self.inline)
+            .enable_code_info(self.inline)
+            .set_debug_dirs(Some(&self.debug_dirs))
+            .build()
+    }
+
+    /// The debug file of a build-id: in a debug directory's `.build-id` tree, else from a
+    /// debuginfod server.
+    fn debug_file(&mut self, build_id: &str) -> Option<PathBuf> {
+        let (head, tail) = (build_id.get(..2)?, build_id.get(2..)?);
+        let local = self.debug_dirs.iter().map(|dir| dir.join(".build-id").join(head).join(format!("{tail}.debug")));
+        local.into_iter().find(|path| path.is_file()).or_else(|| self.debuginfod.as_mut()?.debug_file(build_id))
+    }
+
+    /// Names what the file itself (and its debug link) left unnamed, from its debug file found by
+    /// build-id, at the offsets' file addresses.
+    fn names_from_debug_file(
+        &mut self,
+        file: &OpenFile,
+        key: &FileKey,
+        unnamed: &[u64],
+        unwinder: Option<&Unwinder>,
+        names_by_offset: &mut HashMap<(FileKey, u64), Vec<String>>,
+    ) {
+        let Some(unwinder) = unwinder else { return };
+        let Some(build_id) = build_id(&file.fd_path()) else { return };
+        let Some(debug_file) = self.debug_file(&build_id) else { return };
+        let (offsets, addresses): (Vec<u64>, Vec<u64>) =
+            unnamed.iter().filter_map(|&offset| Some((offset, unwinder.file_address(key, offset)?))).unzip();
+        let source = Source::Elf(Elf::new(debug_file));
+        let symbolizer = self.symbolizer();
+        let results = symbolizer.symbolize(&source, Input::VirtOffset(&addresses)).unwrap_or_default();
+        for (offset, result) in offsets.iter().zip(&results) {
+            if let Some(names) = names(result, self.inline) {
+                names_by_offset.insert((*key, *offset), names);
+            }
+        }
     }
 
     /// The stacks, named, with their own frame and module tables: samples of the same process and
     /// frames add up.
-    pub fn symbolize(&mut self, raw: &[RawStack], maps: &MapsCache, unwinder: &Unwinder) -> Stacks {
-        let raw: Vec<RawStack> = raw.iter().map(|stack| without_junk(stack, maps)).collect();
+    pub fn symbolize(&mut self, raw: &[RawStack], maps: &MapsCache, unwinder: Option<&Unwinder>) -> Stacks {
+        let raw: Vec<(RawStack, bool)> = raw.iter().map(|stack| without_junk(stack, maps)).collect();
+        let (raw, cut): (Vec<RawStack>, Vec<bool>) = raw.into_iter().unzip();
         self.name_kernel_addresses(&raw);
         self.name_user_addresses(&raw, maps, unwinder);
         let mut merged: HashMap<(u32, u32, Vec<u32>), u64> = HashMap::new();
-        for stack in &raw {
+        for (stack, cut) in raw.iter().zip(cut) {
             let mut frames = Vec::with_capacity(stack.kernel.len() + stack.user.len() + 1);
             for addr in &stack.kernel {
                 frames.extend_from_slice(&self.kernel_frames[addr]);
@@ -120,7 +176,7 @@ impl StackSymbolizer {
             for addr in &stack.user {
                 frames.extend_from_slice(&self.user_frames[&(stack.tgid, *addr)]);
             }
-            if let Some(reason) = truncation(stack.end) {
+            if let Some(reason) = truncation(stack.end, cut) {
                 // The root of a cut stack says why: the flamegraph shows it, and it is never read
                 // as the process's outermost function.
                 let function = format!("[truncated: {reason}]");
@@ -185,7 +241,7 @@ impl StackSymbolizer {
     }
 
     /// Names the (process, user address) pairs not named yet: frames leaf first.
-    fn name_user_addresses(&mut self, raw: &[RawStack], maps: &MapsCache, unwinder: &Unwinder) {
+    fn name_user_addresses(&mut self, raw: &[RawStack], maps: &MapsCache, unwinder: Option<&Unwinder>) {
         let mut pairs: Vec<(u32, u64)> = raw
             .iter()
             .flat_map(|s| s.user.iter().map(move |&a| (s.tgid, a)))
@@ -223,10 +279,17 @@ impl StackSymbolizer {
             let source = Source::Elf(Elf::new(file.fd_path()));
             let symbolizer = self.symbolizer();
             let results = symbolizer.symbolize(&source, Input::FileOffset(offsets)).unwrap_or_default();
+            let mut unnamed = Vec::new();
             for (offset, result) in offsets.iter().zip(&results) {
-                if let Some(names) = names(result, self.inline) {
-                    names_by_offset.insert((*key, *offset), names);
+                match names(result, self.inline) {
+                    Some(names) => {
+                        names_by_offset.insert((*key, *offset), names);
+                    }
+                    None => unnamed.push(*offset),
                 }
+            }
+            if !unnamed.is_empty() {
+                self.names_from_debug_file(file, key, &unnamed, unwinder, &mut names_by_offset);
             }
         }
 
@@ -250,7 +313,10 @@ impl StackSymbolizer {
                         // Offsets within a file are stable across runs; addresses are not. Where the
                         // unwind table knows the function's start, every address of the function
                         // is one frame.
-                        let start = file.zip(offset).and_then(|(key, offset)| unwinder.function_start(&key, offset));
+                        let start = file
+                            .zip(offset)
+                            .zip(unwinder)
+                            .and_then(|((key, offset), u)| u.function_start(&key, offset));
                         let offset = start.or(offset).unwrap_or(addr);
                         vec![interner.frame(Frame {
                             function: format!("{}+{offset:#x}", basename(&module_path)),
@@ -295,25 +361,29 @@ impl LocalTables {
     }
 }
 
-/// Why a stack is cut short, for the frame that says so; none for a whole stack.
-fn truncation(end: StackEnd) -> Option<&'static str> {
+/// Why a stack is cut short, for the frame that says so; none for a whole stack. A frame-pointer
+/// walk is cut where junk was cut off it (`cut`).
+fn truncation(end: StackEnd, cut: bool) -> Option<&'static str> {
     match end {
-        StackEnd::Complete | StackEnd::NoUserStack | StackEnd::FramePointers => None,
+        StackEnd::Complete | StackEnd::NoUserStack => None,
+        StackEnd::FramePointers if !cut => None,
         other => Some(crate::probes::oncpu::stack_end_name(other)),
     }
 }
 
-/// A stack the kernel walked by frame pointers may run into junk (a register that holds no frame
-/// pointer in code built without them): it ends at its first address in no executable mapping.
-fn without_junk(stack: &RawStack, maps: &MapsCache) -> RawStack {
+/// A stack the kernel walked by frame pointers (before the process's tables were loaded) may run
+/// into junk, a register that holds no frame pointer in code built without them: it ends at its
+/// first address in no executable mapping. Returns whether it was cut.
+fn without_junk(stack: &RawStack, maps: &MapsCache) -> (RawStack, bool) {
     let mut stack = stack.clone();
-    if stack.end == StackEnd::FramePointers
-        && let Some(junk) = stack.user.iter().position(|&addr| maps.find(stack.tgid, addr).is_none())
-    {
+    let junk = match stack.end {
+        StackEnd::FramePointers => stack.user.iter().position(|&addr| maps.find(stack.tgid, addr).is_none()),
+        _ => None,
+    };
+    if let Some(junk) = junk {
         stack.user.truncate(junk);
-        stack.end = StackEnd::OutsideMapping;
     }
-    stack
+    (stack, junk.is_some())
 }
 
 /// Where a user address lies: its file (when we hold it open), its offset in the mapped file

@@ -67,7 +67,9 @@ struct RowsMapping {
 
 impl RowsMapping {
     fn new(ebpf: &Ebpf) -> Result<Self> {
-        let Some(Map::Array(data)) = ebpf.map(UNWIND_ROWS) else { bail!("map {UNWIND_ROWS} missing from the eBPF object") };
+        let Some(Map::Array(data)) = ebpf.map(UNWIND_ROWS) else {
+            bail!("map {UNWIND_ROWS} missing from the eBPF object")
+        };
         let len = MAX_ROWS as usize * size_of::<UnwindRow>();
         // SAFETY: a shared mapping of the map's memory, of the map's size (a whole number of pages);
         // the mapping keeps the map alive, and only this process writes it.
@@ -79,7 +81,7 @@ impl RowsMapping {
     fn write(&mut self, at: u32, rows: &[UnwindRow]) {
         let size = size_of::<UnwindRow>();
         // SAFETY: UnwindRow is repr(C) integers without padding: its bytes are its value.
-        let bytes = unsafe { std::slice::from_raw_parts(rows.as_ptr().cast::<u8>(), rows.len() * size) };
+        let bytes = unsafe { std::slice::from_raw_parts(rows.as_ptr().cast::<u8>(), size_of_val(rows)) };
         let start = at as usize * size;
         self.memory[start..start + bytes.len()].copy_from_slice(bytes);
     }
@@ -107,7 +109,9 @@ impl Unwinder {
         for mapping in snapshot {
             let file = mapping.file.and_then(|key| maps.file(&key).map(|open| (key, open)));
             let table = file.and_then(|(key, open)| self.table_for(ebpf, key, open));
-            let (table, bias) = match table.and_then(|t| Some((t, self.loaded[t].table.file_address(mapping.file_offset)?))) {
+            let size = mapping.end - mapping.start;
+            let address = |t: usize| self.loaded[t].table.mapping_address(mapping.file_offset, size);
+            let (table, bias) = match table.and_then(|t| Some((t, address(t)?))) {
                 Some((index, address)) => (self.loaded[index].id, mapping.start.wrapping_sub(address)),
                 None => (NO_TABLE, 0),
             };
@@ -142,6 +146,11 @@ impl Unwinder {
         Ok(())
     }
 
+    /// The file address that `file_offset` of file `key` is loaded at, from its table's segments.
+    pub fn file_address(&self, key: &FileKey, file_offset: u64) -> Option<u64> {
+        self.loaded[(*self.by_file.get(key)?)?].table.file_address(file_offset)
+    }
+
     /// The file offset where the function holding `file_offset` of file `key` starts, from its
     /// table: frames no symbol names still add up per function.
     pub fn function_start(&self, key: &FileKey, file_offset: u64) -> Option<u64> {
@@ -155,7 +164,8 @@ impl Unwinder {
             return *known;
         }
         let built = self.build(ebpf, file);
-        let index = built.inspect_err(|error| tracing::debug!("no unwind table for {}: {error:#}", file.path)).ok().flatten();
+        let index =
+            built.inspect_err(|error| tracing::debug!("no unwind table for {}: {error:#}", file.path)).ok().flatten();
         self.by_file.insert(key, index);
         index
     }

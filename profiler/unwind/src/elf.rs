@@ -16,6 +16,7 @@ pub struct Segment {
     pub offset: u64,
     pub size: u64,
     pub address: u64,
+    pub executable: bool,
 }
 
 impl Segment {
@@ -51,7 +52,12 @@ impl<'a> File<'a> {
             .elf_program_headers()
             .iter()
             .filter(|ph| ph.p_type(endian) == PT_LOAD)
-            .map(|ph| Segment { offset: ph.p_offset(endian), size: ph.p_filesz(endian), address: ph.p_vaddr(endian) })
+            .map(|ph| Segment {
+                offset: ph.p_offset(endian),
+                size: ph.p_filesz(endian),
+                address: ph.p_vaddr(endian),
+                executable: ph.p_flags(endian) & object::elf::PF_X != 0,
+            })
             .collect();
         Ok(File { data, elf, segments })
     }

@@ -32,6 +32,9 @@ pub enum Error {
     Layout(&'static str),
 }
 
+/// One FDE: the addresses it covers, and its rows.
+type Fde = (Range<u64>, Vec<(u64, Rule)>);
+
 /// One row: `rule` holds from `address` (a file address) to the next row's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Row {
@@ -72,19 +75,19 @@ pub fn build_id(data: &[u8]) -> Option<Vec<u8>> {
 /// Builds the table of an ELF file from its bytes.
 pub fn build(data: &[u8]) -> Result<Table, Error> {
     let file = elf::File::parse(data)?;
-    let mut fdes: Vec<(Range<u64>, Vec<(u64, Rule)>)> = Vec::new();
+    let mut fdes: Vec<Fde> = Vec::new();
     let mut skipped = 0;
     if let Some(eh) = file.eh_frame() {
         let mut section = EhFrame::new(eh.data, LittleEndian);
         section.set_address_size(8);
         let bases = file.bases(eh.address);
-        skipped += read_fdes(&section, &bases, &mut fdes)?;
+        skipped += read_fdes(&section, &bases, &mut fdes);
     }
     if let Some(debug) = file.debug_frame() {
         let mut section = gimli::DebugFrame::new(debug, LittleEndian);
         section.set_address_size(8);
         let mut extra = Vec::new();
-        skipped += read_fdes(&section, &BaseAddresses::default(), &mut extra)?;
+        skipped += read_fdes(&section, &BaseAddresses::default(), &mut extra);
         // `.eh_frame` is what the program itself unwinds with: `.debug_frame` only fills gaps.
         fdes.sort_by_key(|(range, _)| range.start);
         extra.retain(|(range, _)| !overlaps(&fdes, range));
@@ -104,7 +107,7 @@ pub fn build(data: &[u8]) -> Result<Table, Error> {
 }
 
 /// Whether `range` overlaps one of the sorted `fdes`.
-fn overlaps(fdes: &[(Range<u64>, Vec<(u64, Rule)>)], range: &Range<u64>) -> bool {
+fn overlaps(fdes: &[Fde], range: &Range<u64>) -> bool {
     let after = fdes.partition_point(|(r, _)| r.start < range.end);
     after > 0 && fdes[after - 1].0.end > range.start
 }
@@ -113,8 +116,8 @@ fn overlaps(fdes: &[(Range<u64>, Vec<(u64, Rule)>)], range: &Range<u64>) -> bool
 fn read_fdes<'a, S: UnwindSection<gimli::EndianSlice<'a, LittleEndian>>>(
     section: &S,
     bases: &BaseAddresses,
-    out: &mut Vec<(Range<u64>, Vec<(u64, Rule)>)>,
-) -> Result<usize, Error> {
+    out: &mut Vec<Fde>,
+) -> usize {
     let mut context = UnwindContext::new();
     let mut entries = section.entries(bases);
     let mut skipped = 0;
@@ -142,12 +145,12 @@ fn read_fdes<'a, S: UnwindSection<gimli::EndianSlice<'a, LittleEndian>>>(
             Err(_) => skipped += 1,
         }
     }
-    Ok(skipped)
+    skipped
 }
 
 /// All FDEs' rows in one sorted list, a no-information row at the end of each FDE that the next
 /// does not start at, and consecutive equal rules merged.
-fn rows(fdes: &[(Range<u64>, Vec<(u64, Rule)>)]) -> Vec<Row> {
+fn rows(fdes: &[Fde]) -> Vec<Row> {
     let mut rows: Vec<Row> = Vec::new();
     for (i, (range, fde_rows)) in fdes.iter().enumerate() {
         // An FDE inside the previous one (rare) starts where that one's rows stop.
@@ -176,14 +179,28 @@ fn rows(fdes: &[(Range<u64>, Vec<(u64, Rule)>)]) -> Vec<Row> {
 }
 
 impl Table {
-    /// The file address that a mapping at `file_offset` of the file starts at.
+    /// The file address that byte `file_offset` of the file is loaded at.
     pub fn file_address(&self, file_offset: u64) -> Option<u64> {
         self.segments.iter().find(|s| s.contains_offset(file_offset)).map(|s| s.address + (file_offset - s.offset))
     }
 
+    /// The file address an executable mapping of `size` bytes at `file_offset` starts at. The
+    /// mapping's offset is page-aligned, so it may lie in the segment before the code (as lld lays
+    /// segments out, not page-aligned in the file): the executable segment it maps decides.
+    pub fn mapping_address(&self, file_offset: u64, size: u64) -> Option<u64> {
+        let segment = self
+            .segments
+            .iter()
+            .find(|s| s.executable && s.offset < file_offset + size && file_offset < s.offset + s.size)?;
+        Some(file_offset.wrapping_add(segment.address.wrapping_sub(segment.offset)))
+    }
+
     /// The file offset that file address `address` is loaded from.
     pub fn file_offset(&self, address: u64) -> Option<u64> {
-        self.segments.iter().find(|s| (s.address..s.address + s.size).contains(&address)).map(|s| s.offset + (address - s.address))
+        self.segments
+            .iter()
+            .find(|s| (s.address..s.address + s.size).contains(&address))
+            .map(|s| s.offset + (address - s.address))
     }
 
     /// The start of the function (FDE) that holds file address `address`.

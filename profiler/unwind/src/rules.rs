@@ -2,7 +2,9 @@
 
 use gimli::{
     CfaRule, FrameDescriptionEntry, Reader, RegisterRule, UnwindContext, UnwindSection, X86_64,
-    constants::{DW_OP_and, DW_OP_breg7, DW_OP_breg16, DW_OP_deref, DW_OP_ge, DW_OP_lit3, DW_OP_lit15, DW_OP_plus, DW_OP_shl},
+    constants::{
+        DW_OP_and, DW_OP_breg7, DW_OP_breg16, DW_OP_deref, DW_OP_ge, DW_OP_lit3, DW_OP_lit15, DW_OP_plus, DW_OP_shl,
+    },
 };
 use profiler_common::unwind::{
     CFA_DEREF_RSP, CFA_END, CFA_NONE, CFA_PLT, CFA_RBP, CFA_RSP, CFA_SIGNAL, CFA_UNSUPPORTED, RBP_SAME, RBP_SAVED,

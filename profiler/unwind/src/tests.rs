@@ -78,7 +78,10 @@ fn a_file_without_section_headers_has_the_same_table() {
     assert_eq!(headerless.functions, whole.functions);
     let function = &whole.functions[whole.functions.len() / 2];
     assert_eq!(whole.function_start(function.start + 1), Some(function.start));
-    assert_eq!(whole.function_start(function.end), whole.functions.iter().find(|f| f.start == function.end).map(|f| f.start));
+    assert_eq!(
+        whole.function_start(function.end),
+        whole.functions.iter().find(|f| f.start == function.end).map(|f| f.start)
+    );
 }
 
 #[test]
@@ -88,6 +91,9 @@ fn mappings_find_their_file_addresses() {
     assert_eq!(gzip.file_address(text.offset + 16), Some(text.address + 16));
     assert_eq!(gzip.file_offset(text.address + 16), Some(text.offset + 16));
     assert_eq!(gzip.build_id.as_ref().map(Vec::len), Some(20), "Debian's binaries carry a build-id");
+    let code = gzip.segments.iter().find(|s| s.executable).unwrap();
+    let page = code.offset & !0xfff;
+    assert_eq!(gzip.mapping_address(page, 0x1000), Some(page + code.address - code.offset));
     assert_eq!(gzip.file_address(u64::MAX / 2), None);
 }
 

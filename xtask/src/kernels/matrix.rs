@@ -25,14 +25,20 @@ pub fn write(report: &Report<'_>, profiler: &Path, update_readme: bool) -> Resul
     let mut rows = vec![host_row(profiler)];
     for (kernel, boots) in &report.kernels {
         let Some(last) = boots.last() else { continue };
-        let report = fs::read_to_string(last.run_dir.join("matrix.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+        let report =
+            fs::read_to_string(last.run_dir.join("matrix.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
         let tests = &last.tests;
         let passed = tests.iter().filter(|t| t.0 != MATRIX_ID && t.1 == "pass").count();
         let total = tests.iter().filter(|t| t.0 != MATRIX_ID).count();
         let tests = format!("{passed} of {total}");
-        rows.push(Row { kernel: format!("{} (Debian {}, {})", kernel.release, kernel.series, kernel.version), report, tests });
+        rows.push(Row {
+            kernel: format!("{} (Debian {}, {})", kernel.release, kernel.series, kernel.version),
+            report,
+            tests,
+        });
     }
-    let binary = if profiler.to_string_lossy().contains("musl") { "the static release binary" } else { "the debug build" };
+    let binary =
+        if profiler.to_string_lossy().contains("musl") { "the static release binary" } else { "the debug build" };
     let table = table(&rows, binary);
     let path = kernels_dir().join("support-matrix.md");
     fs::write(&path, &table).with_context(|| format!("cannot write {}", path.display()))?;

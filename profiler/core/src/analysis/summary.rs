@@ -8,7 +8,7 @@ use super::{
     histogram::{Percentiles, percentiles},
     hotpaths::HotPaths,
 };
-use crate::recording::{Drops, LatencyHistogram, LeftOutProbe, Recording};
+use crate::recording::{Drops, LatencyHistogram, LeftOutProbe, Recording, UnwindTables};
 
 /// Processes with fewer run-queue samples than this are left out of the worst-p99 list: a p99 of
 /// a handful of samples is noise.
@@ -34,6 +34,9 @@ pub struct Summary {
     pub runq: Option<RunqSummary>,
     pub syscalls: Option<SyscallSummary>,
     pub cpu: Option<HotPaths>,
+    /// How the sampled user stacks ended, commonest first.
+    pub stack_ends: Vec<(String, u64)>,
+    pub unwind: Option<UnwindTables>,
     pub outliers: Outliers,
 }
 
@@ -193,6 +196,13 @@ impl Summary {
             probes: meta.options.probes.clone(),
             left_out: meta.left_out.clone(),
             kernel_features: meta.kernel_features.clone(),
+            stack_ends: {
+                let mut ends: Vec<(String, u64)> =
+                    recording.counters.stack_ends.iter().map(|(end, &n)| (end.clone(), n)).collect();
+                ends.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                ends
+            },
+            unwind: meta.unwind.clone(),
             pids: meta.options.pids.clone(),
             cgroup: meta.options.cgroup.clone(),
             events: recording.counters.events(),

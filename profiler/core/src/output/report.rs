@@ -20,6 +20,7 @@ pub fn text(summary: &Summary) -> String {
     }
     if let Some(cpu) = &summary.cpu {
         hot_paths(&mut out, cpu);
+        user_stacks(&mut out, summary);
     }
     outliers(&mut out, &summary.outliers);
     if let Some(syscalls) = &summary.syscalls {
@@ -160,6 +161,28 @@ fn syscall_tables(w: &mut String, syscalls: &SyscallSummary) {
                 errnos.join(", ")
             );
         }
+    }
+}
+
+/// How whole the user stacks are, and what the unwind tables cost.
+fn user_stacks(w: &mut String, summary: &Summary) {
+    let total: u64 = summary.stack_ends.iter().map(|(_, n)| n).sum();
+    if total > 0 {
+        let ends: Vec<String> =
+            summary.stack_ends.iter().map(|(end, n)| format!("{end} {:.1}%", percent(*n, total))).collect();
+        let _ = writeln!(w, "  user stacks: {}", ends.join(", "));
+    }
+    if let Some(tables) = &summary.unwind {
+        let _ = writeln!(
+            w,
+            "  unwind tables: {} files, {} rows of {} ({} did not fit, {} without call frame information), built in {:.1} ms",
+            tables.tables,
+            tables.rows,
+            tables.row_capacity,
+            tables.no_room,
+            tables.no_table,
+            tables.build_ns as f64 / 1e6
+        );
     }
 }
 

@@ -72,6 +72,27 @@ pub struct Metadata {
     pub left_out: Vec<LeftOutProbe>,
     /// What the kernel offered the probes (feature names, as `profiler record -v` logs them).
     pub kernel_features: Vec<String>,
+    /// The unwind tables the cpu probe loaded, when it ran.
+    pub unwind: Option<UnwindTables>,
+}
+
+/// The unwind tables in the kernel at the end of a recording.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UnwindTables {
+    /// Files whose tables were loaded.
+    pub tables: u32,
+    pub rows: u32,
+    pub row_capacity: u32,
+    /// Files whose table did not fit.
+    pub no_room: u32,
+    /// Files without usable call frame information.
+    pub no_table: u32,
+    /// Processes with more executable mappings than the unwinder keeps.
+    pub mappings_cut: u32,
+    /// Time spent building tables, and bytes of files read for it.
+    pub build_ns: u64,
+    pub bytes_read: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
