@@ -39,7 +39,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
-use crate::{as_root, status, workspace_root};
+use crate::{status, workspace_root};
 
 /// The tests run in each guest, as (test target, exact test name): each runs alone, as
 /// `target/debug/deps/TARGET-HASH --exact --test-threads=1 NAME`. Keep the list short: guests are

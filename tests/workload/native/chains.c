@@ -6,6 +6,7 @@
  *                    the same work (not of wall-clock time, so the shares hold under emulation).
  *   signal SECONDS   main -> interrupted_work, and every 20 ms a SIGALRM whose handler
  *                    (in_handler) spins for 10 ms on top of it.
+ *   deep DEPTH SECONDS  main -> descend x DEPTH -> leaf_a: stacks of a known depth (benchmarks).
  */
 #include <signal.h>
 #include <stdint.h>
@@ -59,9 +60,25 @@ __attribute__((noinline)) static void in_handler(int signal) {
 
 __attribute__((noinline)) static void interrupted_work(double until) { volatile char pad[32]; pad[0] = 8; SPIN(until, pad[0]); }
 
+/* Recursion that keeps a frame of its own at every level (no tail call). */
+__attribute__((noinline)) static void descend(int depth, double until) {
+    volatile char pad[16];
+    pad[0] = (char)depth;
+    if (depth > 1) {
+        descend(depth - 1, until);
+    } else {
+        while (now() < until) leaf_a(units_b);
+    }
+    sink += pad[0];
+}
+
 int main(int argc, char **argv) {
+    if (argc == 4 && strcmp(argv[1], "deep") == 0) {
+        descend(atoi(argv[2]), now() + atof(argv[3]));
+        return 0;
+    }
     if (argc != 3) {
-        fprintf(stderr, "usage: %s chains|signal SECONDS\n", argv[0]);
+        fprintf(stderr, "usage: %s chains|signal SECONDS, or deep DEPTH SECONDS\n", argv[0]);
         return 2;
     }
     double end = now() + atof(argv[2]);
