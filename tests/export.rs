@@ -3,31 +3,11 @@
 mod common;
 
 use std::{
-    io::{BufRead as _, BufReader},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{Workload, free_port, http_get, record_workload, run_profiler, temp_dir};
-
-fn promtool_accepts(text: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's prometheus package; `cargo xtask setup` installs it)");
-    use std::io::Write as _;
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
+use common::{Server, Workload, free_port, http_get, promtool_accepts, record_workload, run_profiler, temp_dir};
 
 #[test]
 fn prometheus_export_passes_promtool_and_keeps_the_counts() {
@@ -64,47 +44,8 @@ fn pprof_export_lists_the_hot_function_first() {
     // After the header, the first row is the function with the most flat samples.
     let first = text.lines().skip_while(|l| !l.trim_start().starts_with("flat")).nth(1).expect("a row");
     assert!(first.ends_with("workload::hot_seventy"), "{text}");
-}
-
-/// A running `profiler serve`, stopped with SIGTERM when dropped.
-struct Server {
-    child: std::process::Child,
-    addr: String,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Server {
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let mut child = Command::new(common::profiler_bin())
-            .args(["serve", "--listen", &addr, "--interval", "1s"])
-            .args(args)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        stderr.read_line(&mut line).unwrap();
-        assert!(line.contains("serving metrics"), "{line}");
-        // The first drain fills the page.
-        std::thread::sleep(Duration::from_millis(1500));
-        Server { child, addr }
-    }
-
-    fn stop(mut self) -> std::process::ExitStatus {
-        // SAFETY: kill has no memory effects; the child is ours and not reaped yet.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        std::mem::forget(self);
-        status
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    // pprof's tools take the first mapping as the main binary: the program's, not the kernel's.
+    assert!(text.lines().any(|l| l == "File: workload"), "{text}");
 }
 
 fn metric_value(text: &str, name: &str) -> f64 {

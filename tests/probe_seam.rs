@@ -88,9 +88,11 @@ fn a_probe_from_outside_the_registry_runs_in_a_session() {
     const SLEEPS: u64 = 300;
     let mut sleeper =
         Workload::spawn(&["sleep", "--cpu", "0", "--count", &SLEEPS.to_string(), "--interval-us", "1000"]);
+    // A second target that outlives the session: a recording ends when all its targets have.
+    let mut idle = std::process::Command::new("sleep").arg("30").spawn().unwrap();
     let config = SessionConfig {
         probes: ProbeSelection { probes: vec![Probe(&WAKEUPS)], named: true },
-        options: ProbeOptions { pids: vec![sleeper.pid()], frequency_hz: 99, ..Default::default() },
+        options: ProbeOptions { pids: vec![sleeper.pid(), idle.id()], frequency_hz: 99, ..Default::default() },
         duration: Some(Duration::from_secs(3)),
         interval: Duration::from_millis(500),
         inline: false,
@@ -109,6 +111,8 @@ fn a_probe_from_outside_the_registry_runs_in_a_session() {
         })
         .unwrap();
     sleeper.wait();
+    let _ = idle.kill();
+    let _ = idle.wait();
 
     assert_eq!(meta.options.probes, ["wakeups"]);
     let seen = WAKEUPS_SEEN.load(Ordering::Relaxed);

@@ -134,7 +134,8 @@ fn cgroup_filter_keeps_only_the_cgroups_tasks() {
 }
 
 /// More (process, syscall) pairs than the kernel's per-process map holds: the recorder moves the
-/// entries of exited processes out while recording, so none is dropped and every child is there.
+/// entries of exited processes out while recording, so none is dropped and every child is there
+/// (the first of a name apart, the rest in their name's total).
 #[test]
 fn many_short_lived_processes_overflow_no_map() {
     const CHILDREN: usize = 1800;
@@ -142,7 +143,8 @@ fn many_short_lived_processes_overflow_no_map() {
     let cgroup = common::TestCgroup::new();
     let dir = temp_dir();
     let mut workload = Workload::spawn(&["short-lived", "--children", &CHILDREN.to_string(), "--millis", "0"]);
-    cgroup.add(workload.pid());
+    let workload_pid = workload.pid();
+    cgroup.add(workload_pid);
     let recorder =
         Recorder::start(&dir.path().join("churn.rec"), &["--cgroup", cgroup.path(), "--probes", "sched,syscalls"]);
     workload.go();
@@ -150,11 +152,13 @@ fn many_short_lived_processes_overflow_no_map() {
     let recording = recorder.finish();
 
     let syscalls = recording.syscalls.as_ref().unwrap();
-    assert!(
-        syscalls.per_process.len() > capacity,
-        "{} rows: not enough to overflow the map",
-        syscalls.per_process.len()
-    );
+    let processes: usize = recording.tgids().iter().map(|&tgid| recording.process_count(tgid)).sum();
+    assert!(processes > CHILDREN, "{processes} processes in the recording");
+    let child =
+        recording.tgids().into_iter().find(|&tgid| recording.process_count(tgid) == 1 && tgid != workload_pid).unwrap();
+    let rows_per_child = syscalls.per_process.iter().filter(|row| row.tgid == child).count();
+    assert!(CHILDREN * rows_per_child > capacity, "{CHILDREN} × {rows_per_child} rows: not enough to overflow the map");
+    assert!(syscalls.per_process.len() < capacity / 4, "exited processes fold into their name's total");
     assert_eq!(recording.counters.drops.syscall_process, 0);
     assert_eq!(recording.counters.drops.runq_process, 0);
     // Every child execs once; a child whose pid an earlier one had shares its row.

@@ -4,9 +4,11 @@
 //! analysing a large recording. Prints a Markdown table and writes it to benches/results/.
 
 mod analysis;
+mod churn;
 mod floor;
 mod overhead;
 mod recorder;
+mod unwind;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -39,6 +41,21 @@ enum What {
     },
     /// flamegraph, report and diff on a large synthetic recording, against inferno.
     Analysis,
+    /// What unwinding user stacks costs and how whole they are, beside perf's DWARF mode.
+    Unwind {
+        /// Length of the whole-recorder measurement.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Distinct binaries for the memory measurement.
+        #[arg(long, default_value_t = 200)]
+        binaries: usize,
+    },
+    /// The recorder's memory over a long recording of process churn (not in the default set:
+    /// it takes an hour).
+    Churn {
+        #[arg(long, default_value_t = 60)]
+        minutes: u64,
+    },
     /// Attaches empty programs to BTF tracepoints until interrupted (the overhead table's floor).
     #[command(hide = true)]
     Floor {
@@ -53,7 +70,12 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let whats = match cli.what {
         Some(what) => vec![what],
-        None => vec![What::Overhead { pairs: 5 }, What::Recorder { seconds: 60 }, What::Analysis],
+        None => vec![
+            What::Overhead { pairs: 5 },
+            What::Recorder { seconds: 60 },
+            What::Analysis,
+            What::Unwind { seconds: 60, binaries: 200 },
+        ],
     };
     let mut markdown = format!(
         "# Benchmarks\n\nRun {} on {} ({} CPUs, kernel {}), by `cargo xtask bench`.\n\n",
@@ -67,6 +89,8 @@ fn main() -> Result<()> {
             What::Overhead { pairs } => overhead::run(&cli.bin, pairs)?,
             What::Recorder { seconds } => recorder::run(&cli.bin, Duration::from_secs(seconds))?,
             What::Analysis => analysis::run(&cli.bin)?,
+            What::Unwind { seconds, binaries } => unwind::run(&cli.bin, &unwind::Parts { seconds, binaries })?,
+            What::Churn { minutes } => churn::run(&cli.bin, Duration::from_secs(minutes * 60))?,
             What::Floor { clock, tracepoints } => match floor::run(&tracepoints, clock)? {},
         };
         println!("{section}");

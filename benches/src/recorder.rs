@@ -9,9 +9,28 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-struct Usage {
-    cpu_seconds: f64,
-    max_rss_mb: f64,
+pub struct Usage {
+    pub cpu_seconds: f64,
+    pub max_rss_mb: f64,
+}
+
+impl Usage {
+    /// Stops child `pid` with SIGINT, waits for it and returns its rusage (threads included).
+    pub fn stop(pid: i32) -> Result<Usage> {
+        // SAFETY: kill has no memory effects; `pid` is our child, not yet reaped.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        let mut status = 0;
+        // SAFETY: rusage is plain data, valid when zeroed.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: both pointers are to live locals of the right types.
+        let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        anyhow::ensure!(rc == pid, "wait4 failed for pid {pid}");
+        let seconds = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+        Ok(Usage {
+            cpu_seconds: seconds(usage.ru_utime) + seconds(usage.ru_stime),
+            max_rss_mb: usage.ru_maxrss as f64 / 1024.0,
+        })
+    }
 }
 
 /// Runs `command` for `duration`, stops it with SIGINT and returns its rusage.
@@ -23,21 +42,7 @@ fn measure(command: &[String], duration: Duration) -> Result<Usage> {
         .spawn()
         .with_context(|| format!("cannot start {}", command[0]))?;
     std::thread::sleep(duration);
-    let pid = child.id() as i32;
-    // SAFETY: kill has no memory effects; `pid` is our child, not yet reaped.
-    unsafe { libc::kill(pid, libc::SIGINT) };
-    let mut status = 0;
-    // SAFETY: rusage is plain data, valid when zeroed.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // wait4 reports the child's own rusage, threads included.
-    // SAFETY: both pointers are to live locals of the right types.
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    anyhow::ensure!(rc == pid, "wait4 failed for {}", command[0]);
-    let seconds = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    Ok(Usage {
-        cpu_seconds: seconds(usage.ru_utime) + seconds(usage.ru_stime),
-        max_rss_mb: usage.ru_maxrss as f64 / 1024.0,
-    })
+    Usage::stop(child.id() as i32).with_context(|| command[0].clone())
 }
 
 pub fn run(bin: &Path, duration: Duration) -> Result<String> {

@@ -40,10 +40,13 @@ pub enum Counter {
     SyscallProcessEntries,
     /// Entries created in `SYSCALL_ERRNOS`.
     SyscallErrnoEntries,
+    /// Stacks kept in the frame map being written (`STACK_FRAMES_A/B`): how full it is since the
+    /// last drain, so that a fast-filling map is drained early instead of losing stacks.
+    StackEntries,
 }
 
 /// Number of slots in the `COUNTERS` array.
-pub const NUM_COUNTERS: u32 = Counter::SyscallErrnoEntries as u32 + 1;
+pub const NUM_COUNTERS: u32 = Counter::StackEntries as u32 + 1;
 
 /// Per-CPU array of `NUM_COUNTERS` u64, indexed by `Counter`.
 pub const COUNTERS: &str = "COUNTERS";

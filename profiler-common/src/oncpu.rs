@@ -19,7 +19,9 @@ pub struct StackKey {
     pub user: u64,
     /// Why the user stack ends where it does: a `unwind::StackEnd`.
     pub end: u32,
-    pub _pad: u32,
+    /// Non-zero: the kernel stack could not be kept (its frame map was full), so the sample is
+    /// drawn with a `[lost]` frame rather than as a stack with no kernel half.
+    pub kernel_lost: u32,
 }
 
 crate::user_pod!(StackKey);

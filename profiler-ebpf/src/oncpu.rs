@@ -93,7 +93,7 @@ pub fn oncpu_sample(ctx: PerfEventContext) -> u32 {
         kernel: 0,
         user: 0,
         end: 0,
-        _pad: 0,
+        kernel_lost: 0,
     };
     state.tail_calls = 0;
     state.key.kernel = kernel_stack(&ctx, state);
@@ -103,7 +103,7 @@ pub fn oncpu_sample(ctx: PerfEventContext) -> u32 {
         return 0;
     };
     // SAFETY: only tested for presence.
-    if unsafe { PROCESS_MAPPINGS.get(&tgid) }.is_none() {
+    if unsafe { PROCESS_MAPPINGS.get(tgid) }.is_none() {
         // The process's tables are not loaded yet: the kernel's frame-pointer walk.
         let len = stack_into(&ctx, state, BPF_F_USER_STACK as u64);
         state.stack.len = len;
@@ -154,7 +154,9 @@ fn kernel_stack(ctx: &PerfEventContext, state: &mut UnwindState) -> u64 {
         return 0;
     }
     state.stack.len = len;
-    keep(state, KERNEL_SALT)
+    let hash = keep(state, KERNEL_SALT);
+    state.key.kernel_lost = u32::from(hash == 0);
+    hash
 }
 
 /// Keeps `state.stack` in the interval's frame map; returns its hash, or 0 if it could not be
@@ -167,11 +169,18 @@ fn keep(state: &mut UnwindState, salt: u64) -> u64 {
         _ => &STACK_FRAMES_A,
     };
     // SAFETY: only tested for presence.
-    if unsafe { frames.get(&hash) }.is_some() || frames.insert(&hash, &state.stack, BPF_NOEXIST).is_ok() {
+    if unsafe { frames.get(hash) }.is_some() {
+        return hash;
+    }
+    // By reference: the frames are 1 KiB, twice the BPF stack.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    let kept = frames.insert(hash, &state.stack, BPF_NOEXIST).is_ok();
+    if kept {
+        count(Counter::StackEntries);
         return hash;
     }
     // SAFETY: as above; another CPU may have kept the same stack just now.
-    match unsafe { frames.get(&hash) } {
+    match unsafe { frames.get(hash) } {
         Some(_) => hash,
         None => {
             count(Counter::StackErrors);
@@ -189,6 +198,9 @@ pub fn finish(state: &mut UnwindState, end: StackEnd) {
         if state.key.user == 0 {
             end = StackEnd::Lost;
         }
+    }
+    if state.key.kernel_lost != 0 {
+        end = StackEnd::Lost;
     }
     state.key.end = end as u32;
     count_end(end);
@@ -217,7 +229,7 @@ fn user_registers(ctx: &PerfEventContext) -> Option<(u64, u64, u64)> {
         let task = unsafe { bpf_get_current_task() } as *const u8;
         let stack: *const u8 = read_field(task, TASK_STACK_OFFSET.load())?;
         // x86-64's task_pt_regs: the registers sit at the top of the kernel stack.
-        stack.wrapping_add(THREAD_SIZE.load() as usize - core::mem::size_of::<pt_regs>()).cast()
+        stack.wrapping_add(THREAD_SIZE.load() as usize - size_of::<pt_regs>()).cast()
     };
     // SAFETY: bpf_probe_read_kernel copies with fault handling into a value of our own.
     let saved = unsafe { bpf_probe_read_kernel(saved) }.ok()?;

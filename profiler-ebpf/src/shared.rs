@@ -37,6 +37,9 @@ static KERNFS_NODE_ID_OFFSET: Global<u32> = Global::new(0);
 /// Non-zero: only processes listed in `FILTER_PIDS` are recorded.
 #[unsafe(no_mangle)]
 static FILTER_BY_PID: Global<u8> = Global::new(0);
+/// The profiler's own process, left out of everything it records (0: kept, `--include-self`).
+#[unsafe(no_mangle)]
+static OWN_TGID: Global<u32> = Global::new(0);
 /// Non-zero: only tasks in the cgroup (v2) with this id are recorded.
 #[unsafe(no_mangle)]
 static FILTER_CGROUP_ID: Global<u64> = Global::new(0);
@@ -210,7 +213,7 @@ fn task_cgroup_id(task: *const u8) -> Option<u64> {
 #[inline(always)]
 fn pid_selected(tgid: u32) -> bool {
     // SAFETY: the value is only tested for presence, never read.
-    FILTER_BY_PID.load() == 0 || unsafe { FILTER_PIDS.get(tgid) }.is_some()
+    tgid != OWN_TGID.load() && (FILTER_BY_PID.load() == 0 || unsafe { FILTER_PIDS.get(tgid) }.is_some())
 }
 
 /// Whether a task (not necessarily the current one) passes the --pid and --cgroup filters.

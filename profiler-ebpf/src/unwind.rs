@@ -62,7 +62,7 @@ pub fn oncpu_unwind(ctx: PerfEventContext) -> u32 {
     // touches it until the sample is finished.
     let state = unsafe { &mut *state };
     // SAFETY: the value is read while the program runs; userspace replaces it whole.
-    let Some(mappings) = (unsafe { PROCESS_MAPPINGS.get(&state.key.tgid) }) else {
+    let Some(mappings) = (unsafe { PROCESS_MAPPINGS.get(state.key.tgid) }) else {
         finish(state, StackEnd::FramePointers);
         return 0;
     };
@@ -199,7 +199,7 @@ fn find_mapping(mappings: &ProcessMappings, address: u64) -> Option<&Mapping> {
 fn find_row(table: u32, address: u64) -> Option<UnwindRow> {
     let key = PageKey { table, page: (address >> PAGE_BITS) as u32 };
     // SAFETY: the value is copied out at once; userspace writes a page's rows before its entry.
-    let rows = unsafe { UNWIND_PAGES.get(&key) }.copied()?;
+    let rows = unsafe { UNWIND_PAGES.get(key) }.copied()?;
     let low_bits = (address & ((1 << PAGE_BITS) - 1)) as u16;
     let (mut low, mut high) = (0u32, rows.count);
     // A page has at most 1 << PAGE_BITS rows: PAGE_BITS + 1 halvings.

@@ -86,7 +86,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
     /// How often the kernel maps are drained into the exposed metrics.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_interval)]
     pub interval: Duration,
     /// Per-process run-queue series for the N busiest process names (the rest as comm="other");
     /// off by default to bound label cardinality.
@@ -95,6 +95,9 @@ pub struct ServeArgs {
     /// Intervals in the rolling baseline of the p99 anomaly detector.
     #[arg(long, default_value_t = 30)]
     pub baseline: usize,
+    /// Also count the profiler's own process (left out by default, in the kernel).
+    #[arg(long)]
+    pub include_self: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,7 +130,7 @@ pub struct DiffArgs {
     /// The recording to judge.
     pub new: PathBuf,
     /// Smallest relative change, in percent, that is flagged.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = parse_threshold)]
     pub threshold: f64,
     /// Confidence a change must reach to be flagged (0.5 to 0.9999).
     #[arg(long, default_value_t = 0.99, value_parser = parse_confidence)]
@@ -176,6 +179,9 @@ pub struct RecordArgs {
     /// Keep threads apart in stack samples.
     #[arg(long)]
     pub per_thread: bool,
+    /// Also record the profiler's own process (left out by default, in the kernel).
+    #[arg(long)]
+    pub include_self: bool,
     /// Name inlined functions as frames of their own (needs DWARF debug info).
     #[arg(long)]
     pub inline: bool,
@@ -253,6 +259,7 @@ impl RecordArgs {
                 frequency_hz: self.frequency,
                 per_thread: self.per_thread,
                 keep_verifier_log: verbose,
+                include_self: self.include_self,
             },
             duration: self.duration,
             interval: RECORD_DRAIN_INTERVAL,
@@ -277,6 +284,7 @@ impl ServeArgs {
                 frequency_hz: DEFAULT_FREQUENCY_HZ,
                 per_thread: false,
                 keep_verifier_log: verbose,
+                include_self: self.include_self,
             },
             interval: self.interval,
             processes: ProcessSeries { top: self.top_processes },
@@ -291,15 +299,46 @@ impl FlamegraphArgs {
     }
 }
 
+/// The longest duration taken: past a month, a number is a typo, not a plan (`serve` is the mode
+/// that runs for good).
+const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Plain numbers are seconds (as in perf and bcc tools); anything else is a humantime duration.
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    if let Ok(seconds) = text.parse::<f64>() {
-        if seconds.is_finite() && seconds > 0.0 {
-            return Ok(Duration::from_secs_f64(seconds));
+    let duration = match text.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds > 0.0 => {
+            Duration::try_from_secs_f64(seconds).map_err(|_| too_long())?
         }
+        Ok(_) => return Err("the duration must be positive".into()),
+        Err(_) => humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 10, 10s, 2m, 500ms)"))?,
+    };
+    if duration > MAX_DURATION {
+        return Err(too_long());
+    }
+    if duration.is_zero() {
         return Err("the duration must be positive".into());
     }
-    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 10, 10s, 2m, 500ms)"))
+    Ok(duration)
+}
+
+fn too_long() -> String {
+    format!("the duration must be at most {}", humantime::format_duration(MAX_DURATION))
+}
+
+/// A drain interval: short enough to be useful, long enough that draining is not all it does.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = parse_duration(text)?;
+    if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&interval) {
+        return Err("the interval must be from 100ms to 1h".into());
+    }
+    Ok(interval)
+}
+
+fn parse_threshold(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(t) if t.is_finite() && (0.0..=10_000.0).contains(&t) => Ok(t),
+        _ => Err("the threshold is a percentage from 0 to 10000, e.g. 10".into()),
+    }
 }
 
 #[cfg(test)]
@@ -315,6 +354,14 @@ mod tests {
         assert!(parse_duration("0").is_err());
         assert!(parse_duration("-3").is_err());
         assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_duration("1e20").unwrap_err(), "the duration must be at most 30days");
+        assert!(parse_duration("99999999999999999999").is_err());
+        assert!(parse_duration("inf").is_err() && parse_duration("NaN").is_err());
+        assert!(parse_duration("400days").is_err());
+        assert!(parse_interval("99999999999999999999").is_err() && parse_interval("1ms").is_err());
+        assert_eq!(parse_interval("10s").unwrap(), Duration::from_secs(10));
+        assert!(parse_threshold("NaN").is_err() && parse_threshold("-1").is_err() && parse_threshold("inf").is_err());
+        assert_eq!(parse_threshold("12.5").unwrap(), 12.5);
     }
 
     #[test]

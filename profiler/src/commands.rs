@@ -11,7 +11,7 @@ use crate::{
         fold::{Selection, folded},
         summary::Summary,
     },
-    atomic_file,
+    atomic_file::{self, Access, Prepared},
     cli::{Cli, Command, DiffArgs, ExportCommand, FlamegraphArgs, Generated, RecordArgs, ReportArgs, ReportOptions},
     collector::{RecordingSink, Session},
     output::{self, flamegraph, pprof, prometheus::Exposition, report},
@@ -35,6 +35,10 @@ pub fn run(command: Command, verbose: bool) -> Result<ExitCode> {
 
 fn record(args: &RecordArgs, verbose: bool) -> Result<()> {
     let config = args.session_config(verbose)?;
+    // Outputs are opened before anything is attached: a path that cannot be written fails now,
+    // not when a long recording ends.
+    let output = atomic_file::prepare(&args.output, Access::Private)?;
+    let svg_output = args.flamegraph.as_deref().map(|path| atomic_file::prepare(path, Access::Shared)).transpose()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let recording = runtime.block_on(async {
         let session = Session::start(config).await?;
@@ -50,19 +54,18 @@ fn record(args: &RecordArgs, verbose: bool) -> Result<()> {
         let meta = session.run(&mut [&mut sink]).await?;
         anyhow::Ok(sink.finish(meta))
     })?;
-    recording::write_file(&args.output, &recording)
-        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    recording::write_prepared(output, &recording)?;
     // A quiet machine may give no samples at all: the recording stands, the graph is skipped.
-    let svg = match &args.flamegraph {
-        Some(path) if recording.stacks.as_ref().is_some_and(|s| !s.stacks.is_empty()) => {
-            write_flamegraph(&recording, &Selection::default(), "CPU flamegraph", path)?;
+    let svg = match (svg_output, &args.flamegraph) {
+        (Some(svg_output), Some(path)) if recording.stacks.as_ref().is_some_and(|s| !s.stacks.is_empty()) => {
+            write_flamegraph(&recording, &Selection::default(), "CPU flamegraph", svg_output)?;
             Some(path)
         }
-        Some(_) => {
+        (Some(_), _) => {
             eprintln!("profiler: no CPU samples were taken, so no flamegraph was written");
             None
         }
-        None => None,
+        (None, _) => None,
     };
     if !args.quiet {
         print_report(&recording, &args.report)?;
@@ -81,14 +84,21 @@ fn report(args: &ReportArgs) -> Result<()> {
 fn print_report(recording: &Recording, options: &ReportOptions) -> Result<()> {
     let summary = Summary::new(recording, options.top);
     if options.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        print(&format!("{}\n", serde_json::to_string_pretty(&summary)?))
     } else {
-        print!("{}", report::text(&summary));
+        print(&report::text(&summary))?;
         if options.histogram {
-            print!("{}", report::histograms(recording, options.top));
+            print(&report::histograms(recording, options.top))?;
         }
+        Ok(())
     }
-    Ok(())
+}
+
+/// Standard output that fails with an error (stdout on a full disk), not a panic as `print!` does.
+/// A closed pipe ends the process quietly through SIGPIPE, as coreutils do (main keeps its default).
+fn print(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).and_then(|()| out.flush()).context("cannot write to standard output")
 }
 
 fn render_flamegraph(args: &FlamegraphArgs) -> Result<()> {
@@ -98,29 +108,34 @@ fn render_flamegraph(args: &FlamegraphArgs) -> Result<()> {
         return print_folded(&recording, &selection);
     }
     match &args.output {
-        Some(path) => write_flamegraph(&recording, &selection, &args.title, path),
+        Some(path) => {
+            write_flamegraph(&recording, &selection, &args.title, atomic_file::prepare(path, Access::Shared)?)
+        }
         None => {
             let lines = folded(&recording, recording_stacks(&recording)?, &selection);
-            flamegraph::svg(&lines, &args.title, std::io::stdout().lock())
+            let mut out = std::io::stdout().lock();
+            flamegraph::svg(&lines, &args.title, &mut out)?;
+            out.flush().context("cannot write to standard output")
         }
     }
 }
 
 fn print_folded(recording: &Recording, selection: &Selection) -> Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut text = String::new();
     for line in folded(recording, recording_stacks(recording)?, selection) {
-        writeln!(out, "{line}")?;
+        text.push_str(&line);
+        text.push('\n');
     }
-    Ok(())
+    print(&text)
 }
 
 /// Renders to a temporary file renamed into place, so a failed render leaves no partial SVG.
-fn write_flamegraph(recording: &Recording, selection: &Selection, title: &str, path: &Path) -> Result<()> {
+fn write_flamegraph(recording: &Recording, selection: &Selection, title: &str, output: Prepared) -> Result<()> {
     let lines = folded(recording, recording_stacks(recording)?, selection);
     if lines.is_empty() {
         anyhow::bail!("no stacks to draw: no samples match");
     }
-    atomic_file::write(path, |out| flamegraph::svg(&lines, title, out))
+    output.write(|out| flamegraph::svg(&lines, title, out))
 }
 
 fn compare(args: &DiffArgs) -> Result<ExitCode> {
@@ -131,14 +146,14 @@ fn compare(args: &DiffArgs) -> Result<ExitCode> {
     if let Some(path) = &args.flamegraph {
         let lines = |r: &Recording| recording_stacks(r).map(|s| folded(r, s, &Selection::default()));
         let (before, after) = (lines(&base)?, lines(&new)?);
-        atomic_file::write(path, |out| {
+        atomic_file::write(path, Access::Shared, |out| {
             flamegraph::differential_svg(&before, &after, "Differential CPU flamegraph", out)
         })?;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        print(&format!("{}\n", serde_json::to_string_pretty(&result)?))?;
     } else {
-        print!("{}", output::diff::text(&result));
+        print(&output::diff::text(&result))?;
     }
     Ok(if args.fail_on_regression && !result.regressions.is_empty() { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
@@ -149,14 +164,14 @@ fn export(command: ExportCommand) -> Result<()> {
             let recording = read_recording(&file)?;
             let text = Exposition::new(&recording, output::prometheus::ProcessSeries { top: top_processes }).render();
             match output {
-                Some(path) => atomic_file::write(&path, |out| Ok(out.write_all(text.as_bytes())?)),
-                None => Ok(std::io::stdout().lock().write_all(text.as_bytes())?),
+                Some(path) => atomic_file::write(&path, Access::Shared, |out| Ok(out.write_all(text.as_bytes())?)),
+                None => print(&text),
             }
         }
         ExportCommand::Pprof { file, output } => {
             let recording = read_recording(&file)?;
             let profile = pprof::encode(&recording, recording_stacks(&recording)?);
-            atomic_file::write(&output, |out| Ok(out.write_all(&profile)?))
+            atomic_file::write(&output, Access::Shared, |out| Ok(out.write_all(&profile)?))
         }
         ExportCommand::Folded { file } => print_folded(&read_recording(&file)?, &Selection::default()),
     }

@@ -241,3 +241,76 @@ pub fn http_get(addr: &str, path: &str, accept: Option<&str>) -> (u16, String) {
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+/// A running `profiler serve`, stopped with SIGTERM when dropped.
+pub struct Server {
+    child: Child,
+    pub addr: String,
+}
+
+impl Server {
+    pub fn start(args: &[&str]) -> Server {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut child = Command::new(profiler_bin())
+            .args(["serve", "--listen", &addr, "--interval", "1s"])
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        assert!(line.contains("serving metrics"), "{line}");
+        // Keep reading: a closed pipe would fail the server's later messages.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        // The first drain fills the page.
+        std::thread::sleep(Duration::from_millis(1500));
+        Server { child, addr }
+    }
+
+    pub fn stop(self) -> ExitStatus {
+        self.stop_within(Duration::from_secs(60)).0
+    }
+
+    /// Sends SIGTERM and waits at most `limit` for the exit; returns the status and how long the
+    /// exit took. Past the limit, the server is killed and the test fails.
+    pub fn stop_within(mut self, limit: Duration) -> (ExitStatus, Duration) {
+        let sent = std::time::Instant::now();
+        // SAFETY: kill has no memory effects; the child is ours and not reaped yet.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, sent.elapsed());
+            }
+            assert!(sent.elapsed() < limit, "serve still running {limit:?} after SIGTERM");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `promtool check metrics` passes the exposition.
+pub fn promtool_accepts(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; `cargo xtask setup` installs it)");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -34,7 +34,7 @@ enum Task {
         seconds: u32,
     },
     /// Install the peer tools and run the benchmarks (overhead against libbpf-tools, bpftrace and
-    /// perf, recorder cost, analysis speed, micro-benchmarks); writes benches/results/RESULTS.md.
+    /// perf, recorder cost, analysis speed, unwinding, micro-benchmarks); writes benches/results/RESULTS.md.
     Bench {
         /// Arguments for the benchmark runner, e.g. `overhead --pairs 9`.
         #[arg(last = true)]

@@ -7,3 +7,4 @@ pub mod analysis;
 pub mod atomic_file;
 pub mod output;
 pub mod recording;
+pub mod text;

@@ -120,12 +120,19 @@ impl Session {
             Some(_) => Some(StackNaming::new(&probes.ebpf, config.inline, &config.debug_dirs)?),
             None => None,
         };
+        if stacks.is_some() {
+            warn_if_kernel_addresses_hidden();
+        }
         // The processes asked for get their unwind tables before their first samples.
         if let Some(stacks) = stacks.as_mut() {
             for &pid in &config.options.pids {
                 stacks.announce(&mut probes.ebpf, pid);
             }
         }
+        // The window opened when the last program was attached, before the set-up that followed.
+        let started = probes.opened();
+        let start_unix_ns = (SystemTime::now() - started.elapsed()).duration_since(UNIX_EPOCH).unwrap_or_default();
+        let start_unix_ns = start_unix_ns.as_nanos() as u64;
         Ok(Session {
             config,
             probes,
@@ -135,8 +142,8 @@ impl Session {
             processes: ProcessTable::default(),
             forget_next: Vec::new(),
             last_feed: false,
-            started: Instant::now(),
-            start_unix_ns: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64,
+            started,
+            start_unix_ns,
         })
     }
 
@@ -153,7 +160,16 @@ impl Session {
         let mut drain =
             tokio::time::interval_at(tokio::time::Instant::now() + self.config.interval, self.config.interval);
         let mut early_drain_at = EARLY_DRAIN_AT;
-        let deadline = tokio::time::sleep(self.config.duration.unwrap_or(Duration::MAX / 4));
+        // The programs are detached at the deadline exactly, by a thread of the probes'; the loop
+        // ends at the same time unless it is busy, and then as soon as it is free.
+        let deadline = match self.config.duration {
+            Some(duration) => {
+                self.probes.detach_at(self.started + duration);
+                tokio::time::Instant::from_std(self.started + duration)
+            }
+            None => tokio::time::Instant::now() + Duration::from_secs(1 << 40),
+        };
+        let deadline = tokio::time::sleep_until(deadline);
         tokio::pin!(deadline);
         loop {
             let [interrupt, terminate, hangup] = &mut self.signals;
@@ -179,6 +195,10 @@ impl Session {
                     }
                 }
                 _ = poll.tick() => {
+                    if targets_exited(&self.config.options.pids) {
+                        eprintln!("profiler: every process asked for with -p has exited: ending the recording");
+                        break;
+                    }
                     self.processes.add_from_kernel(self.probes.take_process_names()?);
                     let (counters, fullest) = self.probes.status()?;
                     progress.set_message(format!(
@@ -194,8 +214,7 @@ impl Session {
                 _ = drain.tick() => self.feed(sinks)?,
             }
         }
-        let duration = self.started.elapsed();
-        self.probes.detach()?;
+        let duration = self.probes.detach()?;
         progress.finish_and_clear();
         if let Some(stacks) = self.stacks.as_mut() {
             stacks.refresh(&mut self.probes.ebpf);
@@ -250,6 +269,7 @@ impl Session {
                 duration_limit_ns: config.duration.map(|d| d.as_nanos() as u64),
                 frequency_hz: config.options.frequency_hz,
                 per_thread: config.options.per_thread,
+                excluded_self: !config.options.include_self,
             },
             left_out: probes
                 .left_out()
@@ -276,6 +296,37 @@ async fn new_processes(ring: &mut Option<AsyncFd<RingBuf<MapData>>>) -> std::io:
     }
     guard.clear_ready();
     Ok(tgids)
+}
+
+/// With `-p`, whether none of the processes is alive any more (a zombie counts as exited): the
+/// recording then ends, as perf's does.
+fn targets_exited(pids: &[u32]) -> bool {
+    let alive = |pid: &u32| {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+        // The state follows the command name, which may itself hold ") ".
+        let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+        !matches!(state, Some('Z' | 'X') | None)
+    };
+    !pids.is_empty() && !pids.iter().any(alive)
+}
+
+/// Without CAP_SYSLOG, or with kernel.kptr_restrict set, /proc/kallsyms shows every address as 0
+/// and no kernel frame can be named: the user hears it once, at the start, not from a graph of
+/// hex addresses.
+fn warn_if_kernel_addresses_hidden() {
+    let Ok(file) = std::fs::File::open("/proc/kallsyms") else { return };
+    let mut first = String::new();
+    if std::io::BufRead::read_line(&mut std::io::BufReader::new(file), &mut first).is_err() {
+        return;
+    }
+    let address = first.split_whitespace().next().unwrap_or("");
+    if !address.is_empty() && address.bytes().all(|b| b == b'0') {
+        let restrict = std::fs::read_to_string("/proc/sys/kernel/kptr_restrict").unwrap_or_default();
+        eprintln!(
+            "profiler: kernel addresses are hidden (kernel.kptr_restrict = {}, or no CAP_SYSLOG): kernel frames will be unnamed addresses",
+            restrict.trim()
+        );
+    }
 }
 
 /// Symbolization keeps one open file per mapped executable; allow as many as the hard limit.

@@ -84,7 +84,7 @@ fn read_proc(tgid: u32) -> Option<Process> {
         .ok()
         .filter(|raw| !raw.is_empty())
         .map(|raw| String::from_utf8_lossy(&raw).trim_end_matches('\0').replace('\0', " "));
-    Some(Process { comm, exe, cmdline })
+    Some(Process { comm, exe, cmdline, folded: 0 })
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! memory maps (read while it lives), the unwind tables its files need in the kernel, and the
 //! symbolizer, which remembers what it named.
 
-use std::path::PathBuf;
+use std::{collections::HashSet, path::PathBuf};
 
 use anyhow::Result;
 use aya::Ebpf;
@@ -17,6 +17,10 @@ pub struct StackNaming {
     maps: MapsCache,
     unwinder: Unwinder,
     symbolizer: StackSymbolizer,
+    /// Processes whose maps are read again at each refresh: those sampled in the last interval
+    /// and those announced since.
+    active: HashSet<u32>,
+    announced: HashSet<u32>,
 }
 
 impl StackNaming {
@@ -25,12 +29,16 @@ impl StackNaming {
             maps: MapsCache::default(),
             unwinder: Unwinder::new(ebpf)?,
             symbolizer: StackSymbolizer::new(inline, debug_dirs),
+            active: HashSet::new(),
+            announced: HashSet::new(),
         })
     }
 
     /// A process sampled for the first time (or after an exec): its maps are read and its files'
     /// tables loaded, so the unwinder walks its stacks from its next sample on.
     pub fn announce(&mut self, ebpf: &mut Ebpf, tgid: u32) {
+        self.announced.insert(tgid);
+        self.active.insert(tgid);
         // The process may already be gone; its samples then keep module+offset frames.
         if self.maps.snapshot(tgid).is_ok()
             && let Err(error) = self.unwinder.load_process(ebpf, tgid, &self.maps)
@@ -42,7 +50,7 @@ impl StackNaming {
     /// Reads every known process's maps again (dlopen, JIT), loading the tables of new files;
     /// returns the processes that are gone.
     pub fn refresh(&mut self, ebpf: &mut Ebpf) -> Vec<u32> {
-        let refreshed = self.maps.refresh();
+        let refreshed = self.maps.refresh(&self.active);
         for tgid in refreshed.changed {
             if let Err(error) = self.unwinder.load_process(ebpf, tgid, &self.maps) {
                 tracing::warn!("cannot load the unwind tables of process {tgid}: {error:#}");
@@ -53,6 +61,7 @@ impl StackNaming {
 
     /// Names an interval's stacks.
     pub fn name(&mut self, ebpf: &mut Ebpf, raw: &[RawStack]) -> Stacks {
+        self.active = raw.iter().map(|stack| stack.tgid).chain(self.announced.drain()).collect();
         for stack in raw {
             if !self.maps.knows(stack.tgid) {
                 self.announce(ebpf, stack.tgid);

@@ -3,6 +3,7 @@
 use std::{
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -20,6 +21,7 @@ use profiler_common::{
 use super::{
     Drain, Drained, Exits, Feature, Kernel, KernelFeatures, LeftOut, Probe, ProbeOptions, ProbeSelection, btf,
     btf::{KernelLayout, load_vmlinux},
+    links::Links,
     oncpu, privileges,
     program::{self, Attach, Program},
     verifier,
@@ -41,6 +43,8 @@ pub struct Probes {
     /// `COUNTERS` at the last drain, summed over CPUs.
     counters: [u64; NUM_COUNTERS as usize],
     exits: Exits,
+    links: Links,
+    opened: Instant,
 }
 
 /// The programs that run `probe` on this kernel, or why it cannot run here.
@@ -120,9 +124,11 @@ impl Probes {
         let tracepoints: Vec<&str> = programs.iter().filter_map(|p| p.tracepoint()).map(|tp| tp.name).collect();
         let aya_btf = btf::attach_targets(&kernel.btf, &tracepoints)?;
         drop(kernel);
+        let mut links = Links::default();
         for program in &programs {
-            attach_program(&mut ebpf, program, &aya_btf, options)?;
+            attach_program(&mut ebpf, program, &aya_btf, options, &mut links)?;
         }
+        let opened = links.open();
         let drains = probes.iter().map(|probe| probe.0.drain()).collect();
         Ok(Self {
             ebpf,
@@ -133,6 +139,8 @@ impl Probes {
             drains,
             counters: [0; NUM_COUNTERS as usize],
             exits: Exits::default(),
+            links,
+            opened,
         })
     }
 
@@ -160,8 +168,20 @@ impl Probes {
         self.programs.len()
     }
 
-    /// Detaches every program; maps stay readable until `self` is dropped.
-    pub fn detach(&mut self) -> Result<()> {
+    /// When the last program was attached: the recording's window opens then.
+    pub fn opened(&self) -> Instant {
+        self.opened
+    }
+
+    /// Detaches every program at `deadline`, from a thread of its own, however busy the caller is.
+    pub fn detach_at(&self, deadline: Instant) {
+        self.links.close_at(deadline);
+    }
+
+    /// Detaches every program (unless the deadline did already) and returns the window the
+    /// programs were attached for; maps stay readable until `self` is dropped.
+    pub fn detach(&mut self) -> Result<Duration> {
+        let window = self.links.close();
         for program in std::mem::take(&mut self.programs) {
             let Some(loaded) = self.ebpf.program_mut(program.name) else { continue };
             match program.attach {
@@ -171,7 +191,7 @@ impl Probes {
                 }
             }
         }
-        Ok(())
+        Ok(window)
     }
 
     /// What the probes aggregated since the last drain, and the processes that exited meanwhile
@@ -230,6 +250,7 @@ fn load_object(
 ) -> Result<Ebpf> {
     let cgroup_id = options.cgroup.as_deref().map(cgroup_id).transpose()?.unwrap_or(0);
     let filter_by_pid = u8::from(!options.pids.is_empty());
+    let own_tgid = if options.include_self { 0 } else { std::process::id() };
     let per_thread = u8::from(options.per_thread);
     let pid_max = pid_max()?;
     let tid_arrays = u8::from(pid_max <= MAX_PID_MAX_FOR_ARRAYS);
@@ -261,6 +282,7 @@ fn load_object(
     }
     loader.override_global("FILTER_BY_PID", &filter_by_pid, true);
     loader.override_global("FILTER_CGROUP_ID", &cgroup_id, true);
+    loader.override_global("OWN_TGID", &own_tgid, true);
     loader.override_global("SAMPLE_PER_THREAD", &per_thread, true);
     let has_task_pt_regs = u8::from(features.has(Feature::TaskPtRegs));
     loader.override_global("HAS_TASK_PT_REGS", &has_task_pt_regs, true);
@@ -276,7 +298,13 @@ fn load_object(
 }
 
 /// Loads one program and attaches it where its spec says.
-fn attach_program(ebpf: &mut Ebpf, program: &Program, btf: &aya::Btf, options: &ProbeOptions) -> Result<()> {
+fn attach_program(
+    ebpf: &mut Ebpf,
+    program: &Program,
+    btf: &aya::Btf,
+    options: &ProbeOptions,
+    links: &mut Links,
+) -> Result<()> {
     let keep_log = options.keep_verifier_log;
     match &program.attach {
         Attach::Tracepoint(tp) => {
@@ -285,13 +313,14 @@ fn attach_program(ebpf: &mut Ebpf, program: &Program, btf: &aya::Btf, options: &
                 .ok_or_else(|| anyhow!("program {} missing from the eBPF object", program.name))?
                 .try_into()?;
             loaded.load(tp.name, btf).map_err(|e| verifier::explain(program.name, e, keep_log))?;
-            loaded
+            let link = loaded
                 .attach()
                 .map_err(|e| verifier::explain(program.name, e, keep_log))
                 .with_context(|| format!("cannot attach program {} to {}:{}", program.name, tp.category, tp.name))?;
+            links.hold(loaded.take_link(link)?);
             Ok(())
         }
-        Attach::CpuClock => oncpu::attach_sampler(ebpf, program.name, options),
+        Attach::CpuClock => oncpu::attach_sampler(ebpf, program.name, options, links),
         Attach::TailCall { array, index } => {
             let loaded: &mut aya::programs::PerfEvent = ebpf
                 .program_mut(program.name)

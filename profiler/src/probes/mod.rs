@@ -10,6 +10,7 @@
 mod btf;
 mod counter_map;
 mod features;
+mod links;
 mod loader;
 pub mod oncpu;
 mod privileges;
@@ -188,6 +189,9 @@ pub struct ProbeOptions {
     pub per_thread: bool,
     /// Save the whole verifier log of a rejected program to a file (`-v`).
     pub keep_verifier_log: bool,
+    /// Record the profiler's own threads too; by default the kernel leaves them out, so its drains
+    /// and symbolization do not show up as the machine's syscalls and waits.
+    pub include_self: bool,
 }
 
 #[cfg(test)]

@@ -14,7 +14,8 @@ use aya::{
     util::online_cpus,
 };
 use profiler_common::{
-    oncpu::{NEW_PROCESSES, SAMPLED_PROCESSES, STACK_BUFFER, STACK_FRAMES, STACK_SAMPLES, StackKey},
+    counters::{COUNTERS, Counter},
+    oncpu::{MAX_STACKS, NEW_PROCESSES, SAMPLED_PROCESSES, STACK_BUFFER, STACK_FRAMES, STACK_SAMPLES, StackKey},
     unwind::{
         PROCESS_MAPPINGS, STACK_END_COUNTS, STACK_ENDS, StackEnd, StackFrames, UNWIND_PAGES, UNWIND_PROGRAMS,
         UNWIND_ROWS,
@@ -23,6 +24,7 @@ use profiler_common::{
 
 use super::{
     Drain, Drained, Feature, Kernel, ProbeOptions, ProbeSpec, Probes,
+    links::Links,
     loader::{map, map_mut},
     program::{Alternatives, Attach, Program, TASK, tracepoint},
     verifier,
@@ -74,13 +76,13 @@ impl ProbeSpec for Cpu {
     }
 
     fn drain(&self) -> Box<dyn Drain> {
-        Box::new(StackDrain { active: 0, ends: [0; STACK_ENDS as usize] })
+        Box::new(StackDrain { active: 0, ends: [0; STACK_ENDS as usize], entries_at_flip: 0 })
     }
 }
 
 /// Attaches the sampler to the software CPU clock of every online CPU. The software clock exists
 /// everywhere, including VMs without a hardware PMU.
-pub fn attach_sampler(ebpf: &mut Ebpf, name: &str, options: &ProbeOptions) -> Result<()> {
+pub(super) fn attach_sampler(ebpf: &mut Ebpf, name: &str, options: &ProbeOptions, links: &mut Links) -> Result<()> {
     let keep_log = options.keep_verifier_log;
     let program: &mut PerfEvent =
         ebpf.program_mut(name).with_context(|| format!("program {name} missing from the eBPF object"))?.try_into()?;
@@ -88,7 +90,7 @@ pub fn attach_sampler(ebpf: &mut Ebpf, name: &str, options: &ProbeOptions) -> Re
     let frequency_hz = u64::from(options.frequency_hz);
     let cpus = online_cpus().map_err(|(_, error)| error).context("cannot list online CPUs")?;
     for cpu in cpus {
-        program
+        let link = program
             .attach(
                 PerfEventConfig::Software(SoftwareEvent::CpuClock),
                 PerfEventScope::AllProcessesOneCpu { cpu },
@@ -97,6 +99,7 @@ pub fn attach_sampler(ebpf: &mut Ebpf, name: &str, options: &ProbeOptions) -> Re
             )
             .map_err(|e| verifier::explain(name, e, keep_log))
             .with_context(|| format!("cannot open the CPU clock event on CPU {cpu}"))?;
+        links.hold(program.take_link(link)?);
     }
     Ok(())
 }
@@ -118,6 +121,8 @@ struct StackDrain {
     active: usize,
     /// `STACK_END_COUNTS` at the last drain, summed over CPUs.
     ends: [u64; STACK_ENDS as usize],
+    /// `Counter::StackEntries` when the sampler last moved to a freshly emptied frame map.
+    entries_at_flip: u64,
 }
 
 impl Drain for StackDrain {
@@ -126,6 +131,8 @@ impl Drain for StackDrain {
         self.active = 1 - draining;
         let mut buffer: Array<_, u32> = Array::try_from(map_mut(kernel.ebpf, STACK_BUFFER)?)?;
         buffer.set(0, self.active as u32, 0).context("cannot switch the sample maps")?;
+        let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(map(kernel.ebpf, COUNTERS)?)?;
+        self.entries_at_flip = counters.get(&(Counter::StackEntries as u32), 0)?.iter().sum();
         std::thread::sleep(FLIP_GRACE);
 
         let mut samples: HashMap<_, StackKey, u64> = HashMap::try_from(map_mut(kernel.ebpf, STACK_SAMPLES[draining])?)?;
@@ -143,20 +150,42 @@ impl Drain for StackDrain {
         for hash in stacks.keys() {
             frames.remove(hash)?;
         }
-        let frames_of = |hash: u64| if hash == 0 { Vec::new() } else { stacks.get(&hash).cloned().unwrap_or_default() };
-        interval.stacks.extend(entries.into_iter().map(|(key, count)| RawStack {
-            tgid: key.tgid,
-            tid: key.tid,
-            kernel: frames_of(key.kernel),
-            user: frames_of(key.user),
-            end: StackEnd::from_u32(key.end).unwrap_or(StackEnd::Unsupported),
-            count,
+        interval.stacks.extend(entries.into_iter().map(|(key, count)| {
+            // A hash whose frames are not in the map (a sample counted as the map was emptied)
+            // is a lost stack, drawn as such, never as a stack without that half.
+            let frames_of = |hash: u64| match hash {
+                0 => Some(Vec::new()),
+                hash => stacks.get(&hash).cloned(),
+            };
+            let (kernel, user) = (frames_of(key.kernel), frames_of(key.user));
+            let end = match (&kernel, &user) {
+                (Some(_), Some(_)) => StackEnd::from_u32(key.end).unwrap_or(StackEnd::Unsupported),
+                _ => StackEnd::Lost,
+            };
+            RawStack {
+                tgid: key.tgid,
+                tid: key.tid,
+                kernel: kernel.unwrap_or_default(),
+                user: user.unwrap_or_default(),
+                end,
+                count,
+            }
         }));
         self.drain_ends(kernel, interval)
+    }
+
+    fn fullest(&self, counters: &[u64]) -> f64 {
+        self.frames_fill(counters)
     }
 }
 
 impl StackDrain {
+    /// How full the frame map being written is: stacks kept since it was emptied, over its size.
+    fn frames_fill(&self, counters: &[u64]) -> f64 {
+        let kept = counters[Counter::StackEntries as usize].saturating_sub(self.entries_at_flip);
+        kept as f64 / f64::from(MAX_STACKS)
+    }
+
     /// How the user stacks of the interval ended, by reason.
     fn drain_ends(&mut self, kernel: &mut Kernel<'_>, interval: &mut Drained) -> Result<()> {
         let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(map(kernel.ebpf, STACK_END_COUNTS)?)?;

@@ -18,7 +18,7 @@ pub fn check() -> Result<()> {
         return Ok(());
     }
     bail!(
-        "missing {}: recording needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN); run it as root, e.g. `sudo profiler record`",
+        "missing {}: loading the probes needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN); run the profiler as root, e.g. with sudo",
         missing.join(" and ")
     )
 }

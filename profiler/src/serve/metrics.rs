@@ -4,7 +4,7 @@
 //! rendered for scrapes.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{Arc, Mutex},
     time::Instant,
 };
@@ -16,13 +16,46 @@ use crate::{
     analysis::summary::syscall_name,
     collector::{Interval, Sink},
     output::prometheus::{Exposition, Gauge, ProcessSeries, prometheus_text},
-    recording::Accumulator,
+    recording::{Accumulator, FIRST_FOLDED_ID, FoldedNames, LatencyHistogram, Recording},
 };
 
-/// Synthetic ids of folded names start above any pid (pid_max is at most 2^22).
-const FIRST_FOLDED_ID: u32 = 1 << 31;
-/// Names kept apart at most; beyond, exited processes fold into "other".
-const MAX_FOLDED_NAMES: usize = 4096;
+/// The series everything outside the top names goes to.
+const OTHER: &str = "other";
+
+/// Per-process run-queue series for `--top-processes`: the first N names to be busiest keep their
+/// series for good, and each interval's waits go to the series their process belongs to then. A
+/// series only ever grows, whatever the processes do later (exit, rename, fall out of the top):
+/// a Prometheus counter must never decrease, and "other" did when membership moved with rank.
+#[derive(Default)]
+struct ProcessHistograms {
+    top: usize,
+    members: BTreeSet<String>,
+    series: BTreeMap<String, LatencyHistogram>,
+}
+
+impl ProcessHistograms {
+    fn add(&mut self, delta: &Recording) {
+        let Some(runq) = delta.runq.as_ref().filter(|_| self.top > 0) else { return };
+        let mut by_name: BTreeMap<&str, LatencyHistogram> = BTreeMap::new();
+        for (&tgid, h) in &runq.per_process {
+            by_name.entry(delta.process_name(tgid)).or_default().merge(h);
+        }
+        let mut ranked: Vec<(&str, u64)> = by_name.iter().map(|(name, h)| (*name, h.count())).collect();
+        ranked.sort_by_key(|&(name, count)| (std::cmp::Reverse(count), name));
+        for (name, _) in ranked {
+            if self.members.len() >= self.top {
+                break;
+            }
+            if name != OTHER {
+                self.members.insert(name.to_string());
+            }
+        }
+        for (name, h) in by_name {
+            let series = if self.members.contains(name) { name } else { OTHER };
+            self.series.entry(series.to_string()).or_default().merge(&h);
+        }
+    }
+}
 
 /// The rendered exposition of the last interval, in both formats.
 #[derive(Default)]
@@ -33,31 +66,25 @@ pub struct Page {
 
 pub struct MetricsSink {
     totals: Accumulator,
-    folded_ids: HashMap<String, u32>,
+    folded: FoldedNames,
     detector: Detector,
-    processes: ProcessSeries,
+    processes: ProcessHistograms,
     page: Arc<Mutex<Page>>,
+    /// Processes that exited in the last interval: their last waits and calls may come in the
+    /// next one, so they fold one interval later.
+    exited: Vec<u32>,
 }
 
 impl MetricsSink {
     pub fn new(processes: ProcessSeries, baseline: usize, page: Arc<Mutex<Page>>) -> Self {
         Self {
             totals: Accumulator::default(),
-            folded_ids: HashMap::new(),
+            folded: FoldedNames::default(),
             detector: Detector::new(baseline),
-            processes,
+            processes: ProcessHistograms { top: processes.top, ..Default::default() },
             page,
+            exited: Vec::new(),
         }
-    }
-
-    /// The id of the per-name total of exited processes called `name`.
-    fn folded_id(&mut self, name: &str) -> u32 {
-        if let Some(&id) = self.folded_ids.get(name) {
-            return id;
-        }
-        let name = if self.folded_ids.len() >= MAX_FOLDED_NAMES { "other" } else { name };
-        let next = FIRST_FOLDED_ID + self.folded_ids.len() as u32;
-        *self.folded_ids.entry(name.to_string()).or_insert(next)
     }
 
     fn observe(&mut self, interval: &Interval<'_>) {
@@ -101,15 +128,16 @@ impl Sink for MetricsSink {
     fn interval(&mut self, interval: &Interval<'_>) -> Result<()> {
         let started = Instant::now();
         self.totals.add(interval.delta);
-        for &tgid in interval.exited {
-            let name = self.totals.recording().process_name(tgid).to_string();
-            let id = self.folded_id(&name);
-            self.totals.fold(tgid, id);
-        }
+        self.processes.add(interval.delta);
+        let exited = std::mem::replace(&mut self.exited, interval.exited.to_vec());
+        let moves: HashMap<u32, u32> =
+            exited.iter().map(|&tgid| (tgid, self.folded.id(self.totals.recording().process_name(tgid)))).collect();
+        self.totals.fold(&moves);
         self.observe(interval);
 
         let totals = self.totals.recording();
-        let mut exposition = Exposition::new(totals, self.processes);
+        let mut exposition =
+            Exposition::new(totals, ProcessSeries::default()).with_process_series(&self.processes.series);
         exposition.gauges.extend(self.anomaly_gauges());
         for &(map, fill) in interval.fills {
             exposition.gauges.push(Gauge {
@@ -136,5 +164,45 @@ impl Sink for MetricsSink {
         let openmetrics = exposition.render_openmetrics();
         *self.page.lock().expect("page lock") = Page { prometheus: prometheus_text(&openmetrics), openmetrics };
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recording::{Process, RunqLatency};
+
+    fn interval(waits: &[(u32, &str, u64)]) -> Recording {
+        let mut delta = Recording { runq: Some(RunqLatency::default()), ..Default::default() };
+        for &(tgid, comm, count) in waits {
+            let runq = delta.runq.as_mut().unwrap();
+            runq.per_process.insert(tgid, LatencyHistogram::from_values(std::iter::repeat_n(1000, count as usize)));
+            delta.processes.insert(tgid, Process { comm: comm.into(), ..Default::default() });
+        }
+        delta
+    }
+
+    /// The churn that made comm="other" go down: names overtaking each other in rank, processes
+    /// exiting and new ones arriving. Every series only grows.
+    #[test]
+    fn series_never_decrease_when_ranks_change() {
+        let mut histograms = ProcessHistograms { top: 2, ..Default::default() };
+        let mut last: BTreeMap<String, u64> = BTreeMap::new();
+        let intervals = [
+            vec![(1, "a", 10), (2, "b", 5), (3, "c", 1)],
+            vec![(3, "c", 50), (4, "d", 40)],
+            vec![(1, "a", 1), (5, "e", 100), (4, "d", 3)],
+            vec![(6, "b", 7)],
+        ];
+        for waits in &intervals {
+            histograms.add(&interval(waits));
+            for (name, h) in &histograms.series {
+                let before = last.insert(name.clone(), h.count()).unwrap_or(0);
+                assert!(h.count() >= before, "{name} went from {before} to {}", h.count());
+            }
+        }
+        assert_eq!(histograms.members, ["a", "b"].map(String::from).into());
+        let count = |name: &str| histograms.series[name].count();
+        assert_eq!((count("a"), count("b"), count("other")), (11, 12, 194));
     }
 }

@@ -4,6 +4,7 @@
 //! cannot disturb the probes.
 
 mod anomaly;
+mod http;
 mod metrics;
 
 use std::{
@@ -59,17 +60,12 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         .route("/", get(|| async { "profiler: metrics at /metrics\n" }))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .with_state(page.clone());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .await
-    });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(http::run(listener, app, http::Limits::default(), stopped));
     let mut sink = MetricsSink::new(config.processes, config.baseline, page);
     let result = session.run(&mut [&mut sink]).await;
-    let _ = stop_tx.send(());
+    // The probes are detached by now; the server closes what clients still hold open.
+    let _ = stop.send(true);
     let _ = server.await;
     result.map(|_| ())
 }

@@ -73,6 +73,9 @@ pub struct StackSymbolizer {
     /// Where debug files of stripped binaries are looked for (by build-id and debug link).
     debug_dirs: Vec<PathBuf>,
     debuginfod: Option<Debuginfod>,
+    /// Kept for the session: it holds kallsyms parsed (a few MB), where parsing it again for every
+    /// interval's new kernel addresses was most of the recorder's CPU time.
+    kernel: Symbolizer,
     interner: Interner,
     kernel_frames: HashMap<u64, Vec<u32>>,
     user_frames: HashMap<(u32, u64), Vec<u32>>,
@@ -110,15 +113,16 @@ impl StackSymbolizer {
             inline,
             debug_dirs,
             debuginfod: Debuginfod::from_env(),
+            kernel: Symbolizer::builder().enable_inlined_fns(inline).enable_code_info(inline).build(),
             interner: Interner::default(),
             kernel_frames: HashMap::new(),
             user_frames: HashMap::new(),
         }
     }
 
-    /// A symbolizer for one source. blazesym keeps what it parsed (kallsyms, a file's symbols and
-    /// DWARF, libc's debug file among them) for as long as the symbolizer lives: one per source
-    /// lets each go before the next is parsed, so memory peaks at the largest one, not their sum.
+    /// A symbolizer for one user source. blazesym keeps what it parsed (a file's symbols and DWARF,
+    /// libc's debug file among them) for as long as the symbolizer lives: one per source lets each
+    /// go before the next is parsed, so memory peaks at the largest one, not their sum.
     fn symbolizer(&self) -> Symbolizer {
         Symbolizer::builder()
             .enable_inlined_fns(self.inline)
@@ -176,10 +180,9 @@ impl StackSymbolizer {
             for addr in &stack.user {
                 frames.extend_from_slice(&self.user_frames[&(stack.tgid, *addr)]);
             }
-            if let Some(reason) = truncation(stack.end, cut) {
-                // The root of a cut stack says why: the flamegraph shows it, and it is never read
-                // as the process's outermost function.
-                let function = format!("[truncated: {reason}]");
+            if let Some(function) = root_frame(stack.end, cut) {
+                // The root of a cut or lost stack says why: the flamegraph shows it, and it is
+                // never read as the process's outermost function.
                 frames.push(self.interner.frame(Frame { function, module: None, kernel: false, inlined: false }));
             }
             *merged.entry((stack.tgid, stack.tid, frames)).or_default() += stack.count;
@@ -216,8 +219,7 @@ impl StackSymbolizer {
             return;
         }
         let source = Source::Kernel(Kernel::default());
-        let symbolizer = self.symbolizer();
-        let results = symbolizer.symbolize(&source, Input::AbsAddr(&addrs)).unwrap_or_default();
+        let results = self.kernel.symbolize(&source, Input::AbsAddr(&addrs)).unwrap_or_default();
         let (inline, interner) = (self.inline, &mut self.interner);
         let module = interner.module(KERNEL_MODULE, || None);
         let named: Vec<(u64, Vec<u32>)> = addrs
@@ -361,15 +363,20 @@ impl LocalTables {
     }
 }
 
-/// Why a stack is cut short, for the frame that says so; none for a whole stack. A frame-pointer
+/// The frame that says why a stack is cut short or lost; none for a whole stack. A frame-pointer
 /// walk is cut where junk was cut off it (`cut`).
-fn truncation(end: StackEnd, cut: bool) -> Option<&'static str> {
+fn root_frame(end: StackEnd, cut: bool) -> Option<String> {
     match end {
         StackEnd::Complete | StackEnd::NoUserStack => None,
         StackEnd::FramePointers if !cut => None,
-        other => Some(crate::probes::oncpu::stack_end_name(other)),
+        StackEnd::Lost => Some(LOST_FRAME.to_string()),
+        other => Some(format!("[truncated: {}]", crate::probes::oncpu::stack_end_name(other))),
     }
 }
+
+/// The root of a sample whose stack could not be kept (its frame map was full): counted and
+/// drawn, never shown as an empty stack.
+pub const LOST_FRAME: &str = "[lost]";
 
 /// A stack the kernel walked by frame pointers (before the process's tables were loaded) may run
 /// into junk, a register that holds no frame pointer in code built without them: it ends at its

@@ -59,9 +59,12 @@ pub struct Unwinder {
     pub stats: UnwindStats,
 }
 
-/// `UNWIND_ROWS`, mapped: rows are written in place, not by a syscall each.
+/// `UNWIND_ROWS`, written in place through a mapping of just the pages a table's rows cover, not
+/// by a syscall each. The mapping lasts one write: the kernel maps every page of a mapped range at
+/// once, so a mapping of the whole map would count its 32 MiB in our RSS for as long as it lived,
+/// though the memory is the map's (counted as such, in the kernel).
 struct RowsMapping {
-    memory: memmap2::MmapMut,
+    map: std::os::fd::OwnedFd,
     rows: u32,
 }
 
@@ -70,20 +73,26 @@ impl RowsMapping {
         let Some(Map::Array(data)) = ebpf.map(UNWIND_ROWS) else {
             bail!("map {UNWIND_ROWS} missing from the eBPF object")
         };
-        let len = MAX_ROWS as usize * size_of::<UnwindRow>();
-        // SAFETY: a shared mapping of the map's memory, of the map's size (a whole number of pages);
-        // the mapping keeps the map alive, and only this process writes it.
-        let memory = unsafe { memmap2::MmapOptions::new().len(len).map_mut(data.fd().as_fd().as_raw_fd()) }
-            .context("cannot map the unwind rows")?;
-        Ok(RowsMapping { memory, rows: MAX_ROWS })
+        let map = data.fd().as_fd().try_clone_to_owned().context("cannot hold the unwind rows")?;
+        Ok(RowsMapping { map, rows: MAX_ROWS })
     }
 
-    fn write(&mut self, at: u32, rows: &[UnwindRow]) {
-        let size = size_of::<UnwindRow>();
+    fn write(&mut self, at: u32, rows: &[UnwindRow]) -> Result<()> {
+        const PAGE: u64 = 4096;
+        let size = size_of::<UnwindRow>() as u64;
+        let start = u64::from(at) * size;
+        let first_page = start / PAGE * PAGE;
+        let len = (start + size_of_val(rows) as u64 - first_page) as usize;
+        // SAFETY: a shared mapping of pages inside the map's memory (rows end below MAX_ROWS, so
+        // within its size); only this process writes the map, and the mapping ends with this call.
+        let mut memory =
+            unsafe { memmap2::MmapOptions::new().offset(first_page).len(len).map_mut(self.map.as_raw_fd()) }
+                .context("cannot map the unwind rows")?;
         // SAFETY: UnwindRow is repr(C) integers without padding: its bytes are its value.
         let bytes = unsafe { std::slice::from_raw_parts(rows.as_ptr().cast::<u8>(), size_of_val(rows)) };
-        let start = at as usize * size;
-        self.memory[start..start + bytes.len()].copy_from_slice(bytes);
+        let offset = (start - first_page) as usize;
+        memory[offset..offset + bytes.len()].copy_from_slice(bytes);
+        Ok(())
     }
 }
 
@@ -194,7 +203,7 @@ impl Unwinder {
         }
         let id = self.loaded.len() as u32 + 1;
         let first = self.next_row;
-        self.rows.write(first, &paged.rows);
+        self.rows.write(first, &paged.rows)?;
         let mut pages: BpfHashMap<_, PageKey, PageRows> = BpfHashMap::try_from(map_mut(ebpf, UNWIND_PAGES)?)?;
         for (page, rows) in &paged.pages {
             let rows = PageRows { first: first + rows.first, count: rows.count };

@@ -75,8 +75,10 @@ pub fn folded(recording: &Recording, stacks: &Stacks, selection: &Selection) -> 
 }
 
 /// Frame names must not contain the separators of the folded format.
+/// A frame or process name as one field of a folded line: `;` separates frames, and control
+/// characters are escaped (a newline would split the line, and XML cannot carry most of them).
 fn sanitize(name: &str) -> String {
-    name.replace(';', ":").replace(['\n', '\r'], " ")
+    crate::text::shown(name).replace(';', ":")
 }
 
 #[cfg(test)]

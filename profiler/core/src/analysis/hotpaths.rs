@@ -38,6 +38,8 @@ pub struct FunctionShare {
 pub struct PathShare {
     pub comm: String,
     pub tgid: u32,
+    /// Processes the id stands for (more than 1: a total of exited processes of that name).
+    pub processes: usize,
     /// Root first.
     pub frames: Vec<String>,
     pub samples: u64,
@@ -47,6 +49,8 @@ pub struct PathShare {
 #[derive(Debug, Serialize)]
 pub struct ProcessShare {
     pub tgid: u32,
+    /// Processes the id stands for (more than 1: a total of exited processes of that name).
+    pub processes: usize,
     pub comm: String,
     pub samples: u64,
     pub percent: f64,
@@ -139,6 +143,7 @@ impl HotPaths {
             .map(|stack| PathShare {
                 comm: recording.process_name(stack.tgid).to_string(),
                 tgid: stack.tgid,
+                processes: recording.process_count(stack.tgid),
                 frames: stack
                     .frames
                     .iter()
@@ -154,6 +159,7 @@ impl HotPaths {
             .into_iter()
             .map(|(tgid, count)| ProcessShare {
                 tgid,
+                processes: recording.process_count(tgid),
                 comm: recording.process_name(tgid).to_string(),
                 samples: count,
                 percent: percent(count, samples),

@@ -10,9 +10,39 @@ use super::{
 };
 use crate::recording::{Drops, LatencyHistogram, LeftOutProbe, Recording, UnwindTables};
 
-/// Processes with fewer run-queue samples than this are left out of the worst-p99 list: a p99 of
-/// a handful of samples is noise.
-const MIN_SAMPLES_FOR_RANKING: u64 = 20;
+/// Process names with fewer run-queue samples than this are left out of the worst-p99 list and
+/// the outliers: below 100 samples, a p99 is just the maximum.
+const MIN_SAMPLES_FOR_RANKING: u64 = 100;
+
+/// Run-queue latency grouped by process name, as `diff` compares it: forty short-lived `sh`
+/// processes are one workload, and apart each has too few waits for a p99.
+struct NamedLatency<'a> {
+    comm: &'a str,
+    /// The ids of that name, lowest first.
+    tgids: Vec<u32>,
+    /// Processes they stand for (a total of exited processes stands for many).
+    processes: usize,
+    latency: Percentiles,
+}
+
+fn latency_by_name(recording: &Recording) -> Vec<NamedLatency<'_>> {
+    let Some(runq) = &recording.runq else { return Vec::new() };
+    let mut by_name: BTreeMap<&str, (Vec<u32>, LatencyHistogram)> = BTreeMap::new();
+    for (&tgid, histogram) in &runq.per_process {
+        let (tgids, merged) = by_name.entry(recording.process_name(tgid)).or_default();
+        tgids.push(tgid);
+        merged.merge(histogram);
+    }
+    by_name
+        .into_iter()
+        .map(|(comm, (mut tgids, histogram))| {
+            tgids.sort_unstable();
+            let processes = tgids.iter().map(|&tgid| recording.process_count(tgid)).sum();
+            NamedLatency { comm, tgids, processes, latency: percentiles(&histogram) }
+        })
+        .filter(|named| named.latency.count >= MIN_SAMPLES_FOR_RANKING)
+        .collect()
+}
 
 #[derive(Debug, Serialize)]
 pub struct Summary {
@@ -28,6 +58,8 @@ pub struct Summary {
     pub kernel_features: Vec<String>,
     pub pids: Vec<u32>,
     pub cgroup: Option<String>,
+    /// The profiler's own process was left out.
+    pub excluded_self: bool,
     pub events: u64,
     pub drops: Drops,
     pub dropped_total: u64,
@@ -52,7 +84,10 @@ pub struct Outliers {
 
 #[derive(Debug, Serialize)]
 pub struct ProcessOutlier {
+    /// The lowest pid of the processes of that name.
     pub tgid: u32,
+    /// How many processes of that name there were.
+    pub processes: usize,
     pub comm: String,
     pub p99_ns: u64,
     pub median_p99_ns: u64,
@@ -91,31 +126,25 @@ pub fn robust_z(values: &[f64]) -> Option<Vec<f64>> {
 }
 
 fn runq_outliers(recording: &Recording) -> Vec<ProcessOutlier> {
-    let Some(runq) = &recording.runq else { return Vec::new() };
-    let ranked: Vec<(u32, u64)> = runq
-        .per_process
-        .iter()
-        .map(|(&tgid, h)| (tgid, percentiles(h)))
-        .filter(|(_, p)| p.count >= MIN_SAMPLES_FOR_RANKING && p.p99_ns > 0)
-        .map(|(tgid, p)| (tgid, p.p99_ns))
-        .collect();
+    let ranked: Vec<NamedLatency> = latency_by_name(recording).into_iter().filter(|n| n.latency.p99_ns > 0).collect();
     if ranked.len() < MIN_PROCESSES_FOR_OUTLIERS {
         return Vec::new();
     }
     // Latencies spread over orders of magnitude: compare them on a log scale.
-    let logs: Vec<f64> = ranked.iter().map(|&(_, p99)| (p99 as f64).ln()).collect();
+    let logs: Vec<f64> = ranked.iter().map(|n| (n.latency.p99_ns as f64).ln()).collect();
     let Some(z) = robust_z(&logs) else { return Vec::new() };
-    let mut sorted: Vec<u64> = ranked.iter().map(|&(_, p99)| p99).collect();
+    let mut sorted: Vec<u64> = ranked.iter().map(|n| n.latency.p99_ns).collect();
     sorted.sort_unstable();
     let median_p99_ns = sorted[sorted.len() / 2];
     let mut outliers: Vec<ProcessOutlier> = ranked
         .iter()
         .zip(z)
         .filter(|(_, z)| *z > OUTLIER_Z)
-        .map(|(&(tgid, p99_ns), z)| ProcessOutlier {
-            tgid,
-            comm: recording.process_name(tgid).to_string(),
-            p99_ns,
+        .map(|(named, z)| ProcessOutlier {
+            tgid: named.tgids[0],
+            processes: named.processes,
+            comm: named.comm.to_string(),
+            p99_ns: named.latency.p99_ns,
             median_p99_ns,
             z,
         })
@@ -137,7 +166,10 @@ pub struct RunqSummary {
 
 #[derive(Debug, Serialize)]
 pub struct ProcessLatency {
+    /// The lowest pid of the processes of that name.
     pub tgid: u32,
+    /// How many processes of that name there were.
+    pub processes: usize,
     pub comm: String,
     pub latency: Percentiles,
 }
@@ -167,6 +199,8 @@ pub struct SyscallRow {
 #[derive(Debug, Serialize)]
 pub struct ProcessSyscallErrors {
     pub tgid: u32,
+    /// Processes the id stands for (more than 1: a total of exited processes of that name).
+    pub processes: usize,
     pub comm: String,
     pub syscall: String,
     pub count: u64,
@@ -205,19 +239,19 @@ impl Summary {
             unwind: meta.unwind.clone(),
             pids: meta.options.pids.clone(),
             cgroup: meta.options.cgroup.clone(),
+            excluded_self: meta.options.excluded_self,
             events: recording.counters.events(),
             drops: recording.counters.drops.clone(),
             dropped_total: recording.counters.drops.total(),
             runq: recording.runq.as_ref().map(|runq| {
-                let mut worst: Vec<ProcessLatency> = runq
-                    .per_process
-                    .iter()
-                    .map(|(&tgid, histogram)| ProcessLatency {
-                        tgid,
-                        comm: recording.process_name(tgid).to_string(),
-                        latency: percentiles(histogram),
+                let mut worst: Vec<ProcessLatency> = latency_by_name(recording)
+                    .into_iter()
+                    .map(|named| ProcessLatency {
+                        tgid: named.tgids[0],
+                        processes: named.processes,
+                        comm: named.comm.to_string(),
+                        latency: named.latency,
                     })
-                    .filter(|p| p.latency.count >= MIN_SAMPLES_FOR_RANKING)
                     .collect();
                 worst.sort_by(|a, b| b.latency.p99_ns.cmp(&a.latency.p99_ns).then(a.tgid.cmp(&b.tgid)));
                 worst.truncate(top);
@@ -324,6 +358,7 @@ fn errors_by_process(
         .filter(|row| row.errors > 0)
         .map(|row| ProcessSyscallErrors {
             tgid: row.tgid,
+            processes: recording.process_count(row.tgid),
             comm: recording.process_name(row.tgid).to_string(),
             syscall: syscall_name(row.nr),
             count: row.count,
@@ -346,6 +381,31 @@ mod tests {
         assert_eq!(syscall_name(100_000), "syscall_100000");
         assert_eq!(errno_name(2), "ENOENT");
         assert_eq!(errno_name(512), "ERESTARTSYS");
+    }
+
+    /// Forty short-lived `sh` with 10 waits each are one workload with a p99; a process with 40
+    /// waits has none worth ranking (its p99 would be its maximum).
+    #[test]
+    fn worst_p99_groups_processes_by_name_and_needs_enough_waits() {
+        use crate::recording::{Process, RunqLatency};
+        let mut recording = Recording { runq: Some(RunqLatency::default()), ..Default::default() };
+        let mut add = |tgid: u32, comm: &str, folded: u32, waits: usize, ns: u64| {
+            let runq = recording.runq.as_mut().unwrap();
+            runq.per_process.insert(tgid, LatencyHistogram::from_values(std::iter::repeat_n(ns, waits)));
+            recording.processes.insert(tgid, Process { comm: comm.into(), folded, ..Default::default() });
+        };
+        for tgid in 100..140 {
+            add(tgid, "sh", 0, 10, 1_000_000);
+        }
+        add(crate::recording::FIRST_FOLDED_ID, "sh", 200, 100, 1_000_000);
+        add(7, "app", 0, 500, 10_000);
+        add(8, "lonely", 0, 40, 100_000_000);
+        let summary = Summary::new(&recording, 10);
+        let worst = &summary.runq.as_ref().unwrap().worst_processes;
+        let rows: Vec<(&str, usize, u64)> =
+            worst.iter().map(|p| (p.comm.as_str(), p.processes, p.latency.count)).collect();
+        assert_eq!(rows, [("sh", 240, 500), ("app", 1, 500)]);
+        assert_eq!(worst[0].tgid, 100);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use crate::analysis::{
     diff::{Diff, FunctionComparison, LatencyComparison, PathComparison, SyscallComparison},
     histogram::format_ns,
 };
+use crate::text::shown;
 
 fn value(v: f64, unit: &str) -> String {
     match unit {
@@ -41,7 +42,7 @@ pub fn text(diff: &Diff) -> String {
 /// Warnings, then the flagged changes: regressions first.
 fn findings(w: &mut String, diff: &Diff) {
     for warning in &diff.warnings {
-        let _ = writeln!(w, "warning: {warning}: the comparison is weaker");
+        let _ = writeln!(w, "warning: {}: the comparison is weaker", shown(warning));
     }
     for (title, findings) in [("REGRESSIONS", &diff.regressions), ("Improvements", &diff.improvements)] {
         let _ = writeln!(w, "{title}: {}", findings.len());
@@ -50,12 +51,12 @@ fn findings(w: &mut String, diff: &Diff) {
                 w,
                 "  {:<18} {:<32} {:<12} {:>10} → {:<10} {:>8}   {}",
                 f.kind,
-                f.subject,
+                shown(&f.subject),
                 f.metric,
                 value(f.base, &f.unit),
                 value(f.new, &f.unit),
                 change(f.change_percent),
-                f.detail
+                shown(&f.detail)
             );
         }
     }
@@ -78,8 +79,15 @@ fn latency(w: &mut String, latency: &[LatencyComparison]) {
                 )
             })
             .collect();
-        let _ =
-            writeln!(w, "  {:<18} {:<32} n {}→{}  {}", c.kind, c.subject, c.base_count, c.new_count, cells.join("  "));
+        let _ = writeln!(
+            w,
+            "  {:<18} {:<32} n {}→{}  {}",
+            c.kind,
+            shown(&c.subject),
+            c.base_count,
+            c.new_count,
+            cells.join("  ")
+        );
     }
 }
 
@@ -119,7 +127,7 @@ fn functions(w: &mut String, functions: &[FunctionComparison]) {
             f.self_z,
             format!("{:.2}%", f.base_total_percent),
             format!("{:.2}%", f.new_total_percent),
-            f.function,
+            shown(&f.function),
             if f.kernel { " [k]" } else { "" }
         );
     }
@@ -129,6 +137,6 @@ fn paths(w: &mut String, paths: &[PathComparison]) {
     let _ = writeln!(w, "\nCall paths whose share grew most");
     for p in paths {
         let (before, after) = (format!("{:.2}%", p.base_percent), format!("{:.2}%", p.new_percent));
-        let _ = writeln!(w, "  {before:>7} → {after:<7}  {}", p.path);
+        let _ = writeln!(w, "  {before:>7} → {after:<7}  {}", shown(&p.path));
     }
 }

@@ -141,15 +141,16 @@ fn build(recording: &Recording, stacks: &Stacks) -> proto::Profile {
     let samples_type = proto::ValueType { r#type: strings.get("samples"), unit: strings.get("count") };
     let cpu_type = proto::ValueType { r#type: strings.get("cpu"), unit: strings.get("nanoseconds") };
 
-    let mapping = stacks
-        .modules
-        .iter()
-        .enumerate()
-        .map(|(i, m)| proto::Mapping {
-            id: i as u64 + 1,
-            filename: strings.get(&m.path),
-            build_id: strings.get(m.build_id.as_deref().unwrap_or("")),
-            has_functions: true,
+    let mapping = main_first(stacks)
+        .into_iter()
+        .map(|i| {
+            let m = &stacks.modules[i];
+            proto::Mapping {
+                id: i as u64 + 1,
+                filename: strings.get(&m.path),
+                build_id: strings.get(m.build_id.as_deref().unwrap_or("")),
+                has_functions: true,
+            }
         })
         .collect();
     // One function and one location per interned frame: ids are frame index + 1.
@@ -171,10 +172,12 @@ fn build(recording: &Recording, stacks: &Stacks) -> proto::Profile {
         .stacks
         .iter()
         .map(|stack| {
-            let mut label = vec![
-                proto::Label { key: pid_key, str: 0, num: i64::from(stack.tgid) },
-                proto::Label { key: comm_key, str: strings.get(recording.process_name(stack.tgid)), num: 0 },
-            ];
+            let mut label =
+                vec![proto::Label { key: comm_key, str: strings.get(recording.process_name(stack.tgid)), num: 0 }];
+            // A total of exited processes has no pid of its own.
+            if stack.tgid < crate::recording::FIRST_FOLDED_ID {
+                label.push(proto::Label { key: pid_key, str: 0, num: i64::from(stack.tgid) });
+            }
             if stack.tid != 0 {
                 label.push(proto::Label { key: thread_key, str: 0, num: i64::from(stack.tid) });
             }
@@ -199,6 +202,30 @@ fn build(recording: &Recording, stacks: &Stacks) -> proto::Profile {
         period_type: Some(cpu_type),
         period,
     }
+}
+
+/// Module indices in the order pprof wants mappings: its tools take the first as the main binary
+/// (`go tool pprof` titles the profile with it), so user modules come first, led by the one that
+/// holds the outermost user frame of most samples (`_start`, Go's `runtime.goexit`: the program,
+/// not libc, which is in as many stacks), and the kernel's last.
+fn main_first(stacks: &Stacks) -> Vec<usize> {
+    let mut roots = vec![0u64; stacks.modules.len()];
+    let mut kernel = vec![false; stacks.modules.len()];
+    for frame in &stacks.frames {
+        if let Some(m) = frame.module.and_then(|m| kernel.get_mut(m as usize)) {
+            *m |= frame.kernel;
+        }
+    }
+    for stack in &stacks.stacks {
+        // Leaf first: the outermost user frame with a module is the last one.
+        let root = stack.frames.iter().rev().filter_map(|&f| stacks.frame(f)).find(|f| !f.kernel && f.module.is_some());
+        if let Some(n) = root.and_then(|f| f.module).and_then(|m| roots.get_mut(m as usize)) {
+            *n += stack.count;
+        }
+    }
+    let mut order: Vec<usize> = (0..stacks.modules.len()).collect();
+    order.sort_by_key(|&m| (kernel[m], std::cmp::Reverse(roots[m]), m));
+    order
 }
 
 #[cfg(test)]
@@ -228,5 +255,36 @@ mod tests {
         let function = &profile.function[leaf as usize - 1];
         assert_eq!(profile.string_table[function.name as usize], "work");
         assert_eq!(profile.string_table[profile.mapping[0].build_id as usize], "abcd");
+    }
+
+    /// A Go program's stacks: the kernel module was interned first (its frames were named first)
+    /// and libc is in as many stacks, yet the main mapping must be the program's.
+    #[test]
+    fn the_main_mapping_is_the_busiest_user_module() {
+        let frame =
+            |name: &str, module, kernel| Frame { function: name.into(), module: Some(module), kernel, inlined: false };
+        let stacks = Stacks {
+            frames: vec![
+                frame("do_syscall_64", 0, true),
+                frame("runtime.futex", 1, false),
+                frame("write", 2, false),
+                frame("main.main", 1, false),
+            ],
+            modules: vec![
+                Module { path: "[kernel.kallsyms]".into(), build_id: None },
+                Module { path: "/usr/bin/server".into(), build_id: None },
+                Module { path: "/usr/lib/libc.so.6".into(), build_id: None },
+            ],
+            stacks: vec![
+                Stack { tgid: 9, tid: 0, frames: vec![0, 1, 3], count: 50 },
+                Stack { tgid: 9, tid: 0, frames: vec![2, 3], count: 10 },
+                Stack { tgid: 9, tid: 0, frames: vec![0, 2], count: 5 },
+            ],
+        };
+        let profile = build(&Recording::default(), &stacks);
+        let paths: Vec<&str> =
+            profile.mapping.iter().map(|m| profile.string_table[m.filename as usize].as_str()).collect();
+        assert_eq!(paths, ["/usr/bin/server", "/usr/lib/libc.so.6", "[kernel.kallsyms]"]);
+        assert_eq!(profile.mapping[0].id, 2, "ids stay the modules' own, as the locations name them");
     }
 }

@@ -143,6 +143,16 @@ impl Exposition {
         }
     }
 
+    /// Per-process run-queue series added up by the caller (`serve`), replacing the ranking of
+    /// one recording: series whose membership never changes, so their counters never go down.
+    pub fn with_process_series(mut self, series: &BTreeMap<String, LatencyHistogram>) -> Self {
+        self.runq_per_process = series
+            .iter()
+            .map(|(name, h)| ExposedHistogram::new(vec![("comm".into(), name.clone())], h, None))
+            .collect();
+        self
+    }
+
     /// Syscall latency histograms, call and error counters.
     fn add_syscalls(&mut self, syscalls: &Syscalls) {
         let mut counts: BTreeMap<u32, (u64, u64)> = BTreeMap::new();

@@ -1,6 +1,6 @@
 //! The text report: what a person reads at the end of `record` and from `report FILE`.
 
-use std::fmt::Write as _;
+use std::{borrow::Cow, fmt::Write as _};
 
 use crate::{
     analysis::{
@@ -10,6 +10,7 @@ use crate::{
         summary::{Outliers, RunqSummary, Summary, SyscallSummary, syscall_name},
     },
     recording::{LatencyHistogram, Recording},
+    text::shown,
 };
 
 pub fn text(summary: &Summary) -> String {
@@ -34,8 +35,8 @@ fn header(w: &mut String, summary: &Summary) {
     let _ = writeln!(
         w,
         "Recording: {} ({}, {} CPUs), {:.1}s, probes: {}",
-        summary.hostname,
-        summary.kernel_release,
+        shown(&summary.hostname),
+        shown(&summary.kernel_release),
         summary.cpus,
         summary.duration_s,
         summary.probes.join(", ")
@@ -48,7 +49,10 @@ fn header(w: &mut String, summary: &Summary) {
         let _ = writeln!(w, "Filter: pid {}", pids.join(", "));
     }
     if let Some(cgroup) = &summary.cgroup {
-        let _ = writeln!(w, "Filter: cgroup {cgroup}");
+        let _ = writeln!(w, "Filter: cgroup {}", shown(cgroup));
+    }
+    if summary.excluded_self {
+        let _ = writeln!(w, "Filter: the profiler's own process left out (--include-self keeps it)");
     }
     let _ = writeln!(w, "Events: {}   Dropped: {}", summary.events, summary.dropped_total);
     if summary.dropped_total > 0 {
@@ -80,15 +84,15 @@ fn run_queue(w: &mut String, runq: &RunqSummary) {
         runq.wakeups
     );
     let _ =
-        writeln!(w, "  {:<24} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}", "", "count", "p50", "p90", "p99", "p99.9", "max");
+        writeln!(w, "  {:<34} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}", "", "count", "p50", "p90", "p99", "p99.9", "max");
     latency_row(w, "system-wide", &runq.system);
     for (cpu, p) in runq.per_cpu.iter().enumerate().filter(|(_, p)| p.count > 0) {
         latency_row(w, &format!("cpu {cpu}"), p);
     }
     if !runq.worst_processes.is_empty() {
-        let _ = writeln!(w, "  worst p99 by process:");
+        let _ = writeln!(w, "  worst p99 by process name (at least 100 waits):");
         for p in &runq.worst_processes {
-            latency_row(w, &format!("{} [{}]", p.comm, p.tgid), &p.latency);
+            latency_row(w, &process_label(&p.comm, p.tgid, p.processes), &p.latency);
         }
     }
 }
@@ -102,9 +106,8 @@ fn outliers(w: &mut String, outliers: &Outliers) {
     for p in &outliers.runq_processes {
         let _ = writeln!(
             w,
-            "  {} [{}]: run-queue p99 {} against a median of {} across processes (robust z {:.1})",
-            p.comm,
-            p.tgid,
+            "  {}: run-queue p99 {} against a median of {} across process names (robust z {:.1})",
+            process_label(&p.comm, p.tgid, p.processes),
             format_ns(p.p99_ns),
             format_ns(p.median_p99_ns),
             p.z
@@ -154,7 +157,7 @@ fn syscall_tables(w: &mut String, syscalls: &SyscallSummary) {
             let _ = writeln!(
                 w,
                 "  {:<24} {:<16} {:>8} of {:<10} {}",
-                format!("{} [{}]", row.comm, row.tgid),
+                process_label(&row.comm, row.tgid, row.processes),
                 row.syscall,
                 row.errors,
                 row.count,
@@ -192,7 +195,8 @@ fn hot_paths(w: &mut String, cpu: &HotPaths) {
     if !cpu.processes.is_empty() {
         let _ = writeln!(w, "  busiest processes:");
         for p in &cpu.processes {
-            let _ = writeln!(w, "  {:>6.1}%  {:>8}  {} [{}]", p.percent, p.samples, p.comm, p.tgid);
+            let _ =
+                writeln!(w, "  {:>6.1}%  {:>8}  {}", p.percent, p.samples, process_label(&p.comm, p.tgid, p.processes));
         }
     }
     for (title, rows) in [("self", &cpu.by_self), ("total", &cpu.by_total)] {
@@ -205,11 +209,12 @@ fn hot_paths(w: &mut String, cpu: &HotPaths) {
             let module = f.module.as_deref().map(|m| m.rsplit('/').next().unwrap_or(m)).unwrap_or("?");
             let _ = writeln!(
                 w,
-                "  {:>6.1}% {:>6.1}%  {}{} ({module})",
+                "  {:>6.1}% {:>6.1}%  {}{} ({})",
                 f.self_percent,
                 f.total_percent,
-                f.function,
-                if f.kernel { " [k]" } else { "" }
+                shown(&f.function),
+                if f.kernel { " [k]" } else { "" },
+                shown(module)
             );
         }
     }
@@ -218,19 +223,32 @@ fn hot_paths(w: &mut String, cpu: &HotPaths) {
         for path in &cpu.heaviest_paths {
             const SHOWN: usize = 6;
             let skip = path.frames.len().saturating_sub(SHOWN);
-            let tail: Vec<&str> = path.frames[skip..].iter().map(String::as_str).collect();
+            let tail: Vec<Cow<str>> = path.frames[skip..].iter().map(|f| shown(f)).collect();
             let ellipsis = if skip > 0 { "… ← " } else { "" };
-            let _ =
-                writeln!(w, "  {:>6.1}%  {} [{}]: {ellipsis}{}", path.percent, path.comm, path.tgid, tail.join(" → "));
+            let _ = writeln!(
+                w,
+                "  {:>6.1}%  {}: {ellipsis}{}",
+                path.percent,
+                process_label(&path.comm, path.tgid, path.processes),
+                tail.join(" → ")
+            );
         }
+    }
+}
+
+/// `comm [pid]` for one process, `comm (N processes)` for a name many processes shared.
+fn process_label(comm: &str, tgid: u32, processes: usize) -> String {
+    match processes {
+        1 => format!("{} [{tgid}]", shown(comm)),
+        n => format!("{} ({n} processes)", shown(comm)),
     }
 }
 
 fn latency_row(w: &mut String, label: &str, p: &Percentiles) {
     let _ = writeln!(
         w,
-        "  {:<24} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        truncate(label, 24),
+        "  {:<34} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        truncate(label, 34),
         p.count,
         format_ns(p.p50_ns),
         format_ns(p.p90_ns),

@@ -4,7 +4,32 @@
 
 use std::collections::HashMap;
 
-use super::{Frame, LatencyHistogram, Module, ProcessSyscall, Recording, RunqLatency, Stack, Stacks, Syscalls};
+use super::{
+    Frame, LatencyHistogram, Module, Process, ProcessSyscall, Recording, RunqLatency, Stack, Stacks, Syscalls,
+};
+
+/// Synthetic ids of per-name totals start above any pid (pid_max is at most 2^22).
+pub const FIRST_FOLDED_ID: u32 = 1 << 31;
+/// Names kept apart at most; beyond, exited processes fold into "other".
+const MAX_FOLDED_NAMES: usize = 4096;
+
+/// The ids of per-name totals of exited processes, as `record` and `serve` fold them.
+#[derive(Default)]
+pub struct FoldedNames {
+    ids: HashMap<String, u32>,
+}
+
+impl FoldedNames {
+    /// The id of the total of exited processes called `name`.
+    pub fn id(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let name = if self.ids.len() >= MAX_FOLDED_NAMES { "other" } else { name };
+        let next = FIRST_FOLDED_ID + self.ids.len() as u32;
+        *self.ids.entry(name.to_string()).or_insert(next)
+    }
+}
 
 /// A recording built from deltas.
 #[derive(Default)]
@@ -55,40 +80,45 @@ impl Accumulator {
         }
     }
 
-    /// Moves everything of process `from` to process `into`, merging with what `into` has: a
+    /// Moves everything of each process `from` to its `into`, merging with what `into` has: a
     /// process that exited folds into a per-name total, so what is kept follows the processes
-    /// alive and every total still only grows. `into` is described by `from`'s description unless
-    /// it has one.
-    pub fn fold(&mut self, from: u32, into: u32) {
-        let recording = &mut self.recording;
-        if let Some(runq) = recording.runq.as_mut()
-            && let Some(histogram) = runq.per_process.remove(&from)
-        {
-            runq.per_process.entry(into).or_default().merge(&histogram);
+    /// alive (or the names seen) and every total still only grows. One pass over what is kept,
+    /// however many processes fold. `into` is described by the first `from` unless it has a
+    /// description, and counts the processes folded into it.
+    pub fn fold(&mut self, moves: &HashMap<u32, u32>) {
+        if moves.is_empty() {
+            return;
         }
-        if let Some(syscalls) = recording.syscalls.as_mut() {
-            let moved: Vec<ProcessSyscall> =
-                syscalls.per_process.iter().filter(|row| row.tgid == from).cloned().collect();
-            if !moved.is_empty() {
-                syscalls.per_process.retain(|row| row.tgid != from);
-                self.syscall_rows =
-                    syscalls.per_process.iter().enumerate().map(|(i, row)| ((row.tgid, row.nr), i)).collect();
-                let moved = Syscalls {
-                    latency: Default::default(),
-                    per_process: moved.into_iter().map(|row| ProcessSyscall { tgid: into, ..row }).collect(),
-                };
-                add_syscalls(syscalls, &mut self.syscall_rows, &moved);
+        let target = |tgid: u32| moves.get(&tgid).copied();
+        let recording = &mut self.recording;
+        if let Some(runq) = recording.runq.as_mut() {
+            for (&from, &into) in moves {
+                if let Some(histogram) = runq.per_process.remove(&from) {
+                    runq.per_process.entry(into).or_default().merge(&histogram);
+                }
             }
         }
+        if let Some(syscalls) = recording.syscalls.as_mut()
+            && syscalls.per_process.iter().any(|row| moves.contains_key(&row.tgid))
+        {
+            let rows = std::mem::take(&mut syscalls.per_process);
+            self.syscall_rows.clear();
+            let moved = Syscalls {
+                latency: Default::default(),
+                per_process: rows
+                    .into_iter()
+                    .map(|row| ProcessSyscall { tgid: target(row.tgid).unwrap_or(row.tgid), ..row })
+                    .collect(),
+            };
+            add_syscalls(syscalls, &mut self.syscall_rows, &moved);
+        }
         if let Some(stacks) = recording.stacks.as_mut()
-            && stacks.stacks.iter().any(|stack| stack.tgid == from)
+            && stacks.stacks.iter().any(|stack| moves.contains_key(&stack.tgid))
         {
             let mut merged: Vec<Stack> = Vec::with_capacity(stacks.stacks.len());
             self.stack_ids.clear();
             for mut stack in std::mem::take(&mut stacks.stacks) {
-                if stack.tgid == from {
-                    stack.tgid = into;
-                }
+                stack.tgid = target(stack.tgid).unwrap_or(stack.tgid);
                 let key = (stack.tgid, stack.tid, stack.frames.clone());
                 match self.stack_ids.get(&key) {
                     Some(&index) => merged[index].count = merged[index].count.saturating_add(stack.count),
@@ -100,8 +130,11 @@ impl Accumulator {
             }
             stacks.stacks = merged;
         }
-        if let Some(process) = recording.processes.remove(&from) {
-            recording.processes.entry(into).or_insert(process);
+        for (&from, &into) in moves {
+            let Some(process) = recording.processes.remove(&from) else { continue };
+            let folded = process.folded.max(1);
+            let total = recording.processes.entry(into).or_insert(Process { cmdline: None, folded: 0, ..process });
+            total.folded += folded;
         }
     }
 
@@ -188,7 +221,7 @@ impl Interning<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recording::{Counters, Process};
+    use crate::recording::Counters;
 
     fn delta(function: &str, count: u64, latency_ns: u64) -> Recording {
         let stacks = Stacks {
@@ -241,20 +274,20 @@ mod tests {
     #[test]
     fn an_exited_process_folds_into_a_total() {
         let mut accumulator = Accumulator::default();
+        let into = FIRST_FOLDED_ID;
         accumulator.add(&delta("main", 3, 100));
-        accumulator.fold(7, 1000);
-        let mut again = delta("main", 2, 100);
-        again.processes.clear();
-        accumulator.add(&again);
-        accumulator.fold(7, 1000);
+        accumulator.fold(&[(7, into)].into());
+        // Pid 7 again, a new process of the same name.
+        accumulator.add(&delta("main", 2, 100));
+        accumulator.fold(&[(7, into)].into());
         let recording = accumulator.finish();
         let stacks = recording.stacks.as_ref().unwrap();
         assert_eq!(stacks.stacks.len(), 1);
-        assert_eq!((stacks.stacks[0].tgid, stacks.stacks[0].count), (1000, 5));
+        assert_eq!((stacks.stacks[0].tgid, stacks.stacks[0].count), (into, 5));
         let rows = &recording.syscalls.as_ref().unwrap().per_process;
         assert_eq!(rows.len(), 1);
-        assert_eq!((rows[0].tgid, rows[0].count, rows[0].errnos.clone()), (1000, 2, vec![(2, 2)]));
-        assert_eq!(recording.processes.keys().collect::<Vec<_>>(), [&1000]);
-        assert_eq!(recording.processes[&1000].comm, "app-main");
+        assert_eq!((rows[0].tgid, rows[0].count, rows[0].errnos.clone()), (into, 2, vec![(2, 2)]));
+        assert_eq!(recording.processes.keys().collect::<Vec<_>>(), [&into]);
+        assert_eq!((recording.processes[&into].comm.as_str(), recording.processes[&into].folded), ("app-main", 2));
     }
 }

@@ -6,12 +6,18 @@
 //! 8       4     format version, little-endian
 //! 12      8     body length in bytes, little-endian
 //! 20      4     CRC-32 of the body
-//! 24      ...   body: deflate(MessagePack(Recording)), structs as maps keyed by field name
+//! 24      8     inflated body length in bytes, little-endian (since version 3)
+//! 32      ...   body: deflate(MessagePack(Recording)), structs as maps keyed by field name
 //! ```
+//!
+//! The reader trusts none of the lengths beyond what it checks: the body must be exactly as long
+//! as declared, and inflates to exactly its declared length or is refused, so a small file cannot
+//! make the reader allocate gigabytes.
 //!
 //! The body names every field, so the format grows without a new version: a reader fills fields a
 //! file lacks with their defaults and skips fields it does not know. The version changes only when
-//! a field changes meaning. Version 1 (postcard, no names) is still read, through `v1`.
+//! a field changes meaning. Version 1 (postcard, no names) is still read, through `v1`, and version
+//! 2 (no inflated length) with its inflation bounded by a ratio no recording comes near.
 
 use std::{
     fs,
@@ -23,15 +29,22 @@ use flate2::{Compression, read::DeflateDecoder, write::DeflateEncoder};
 use serde::Deserialize as _;
 
 use super::Recording;
+use crate::atomic_file::Access;
 
 pub const MAGIC: [u8; 8] = *b"\x89PRF\r\n\x1a\n";
 /// Bumped when a field changes meaning (adding one needs no bump); older readers refuse newer files.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// The last version whose body was postcard.
 const POSTCARD_VERSION: u32 = 1;
-const HEADER_LEN: usize = 24;
+/// The last version without the inflated length in its header.
+const UNSIZED_VERSION: u32 = 2;
+const HEADER_LEN: usize = 32;
+const UNSIZED_HEADER_LEN: usize = 24;
 /// A recording holds aggregates; anything that inflates past this is not one of ours.
 const MAX_BODY_INFLATED: u64 = 1 << 30;
+/// Bound on inflation for files that do not declare their inflated length: recordings compress
+/// about 5-20 times; a body that inflates 256 times is a deflate bomb, not a recording.
+const MAX_UNSIZED_RATIO: u64 = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordingError {
@@ -39,6 +52,8 @@ pub enum RecordingError {
     Io(#[from] std::io::Error),
     #[error("not a profiler recording (unknown file signature)")]
     NotARecording,
+    #[error("not a regular file: give the path of a recording")]
+    NotAFile,
     #[error(
         "recording format version {found} is newer than this profiler reads (up to {supported}): upgrade the profiler"
     )]
@@ -56,6 +71,7 @@ pub fn write(recording: &Recording) -> Vec<u8> {
 
 /// Wraps an encoded (MessagePack) body into the file format: compression, header and checksum.
 pub fn frame(body: &[u8]) -> Vec<u8> {
+    let raw_len = body.len();
     let mut encoder = DeflateEncoder::new(Vec::new(), Compression::default());
     encoder.write_all(body).expect("writing into memory cannot fail");
     let body = encoder.finish().expect("writing into memory cannot fail");
@@ -65,6 +81,7 @@ pub fn frame(body: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&(raw_len as u64).to_le_bytes());
     out.extend_from_slice(&body);
     out
 }
@@ -74,7 +91,7 @@ pub fn read(bytes: &[u8]) -> Result<Recording, RecordingError> {
     if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
         return Err(RecordingError::NotARecording);
     }
-    if bytes.len() < HEADER_LEN {
+    if bytes.len() < UNSIZED_HEADER_LEN {
         return Err(RecordingError::Truncated { expected: HEADER_LEN as u64, found: bytes.len() as u64 });
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
@@ -84,10 +101,14 @@ pub fn read(bytes: &[u8]) -> Result<Recording, RecordingError> {
     if version == 0 {
         return Err(RecordingError::Corrupt("format version 0".into()));
     }
+    let header_len = if version <= UNSIZED_VERSION { UNSIZED_HEADER_LEN } else { HEADER_LEN };
+    if bytes.len() < header_len {
+        return Err(RecordingError::Truncated { expected: header_len as u64, found: bytes.len() as u64 });
+    }
     let body_len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
     let crc = u32::from_le_bytes(bytes[20..24].try_into().expect("4 bytes"));
-    let body = &bytes[HEADER_LEN..];
-    let expected = (HEADER_LEN as u64).saturating_add(body_len);
+    let body = &bytes[header_len..];
+    let expected = (header_len as u64).saturating_add(body_len);
     if (body.len() as u64) < body_len {
         return Err(RecordingError::Truncated { expected, found: bytes.len() as u64 });
     }
@@ -97,11 +118,8 @@ pub fn read(bytes: &[u8]) -> Result<Recording, RecordingError> {
     if crc32fast::hash(body) != crc {
         return Err(RecordingError::Corrupt("checksum mismatch".into()));
     }
-    let mut inflated = Vec::new();
-    DeflateDecoder::new(body)
-        .take(MAX_BODY_INFLATED)
-        .read_to_end(&mut inflated)
-        .map_err(|e| RecordingError::Corrupt(format!("cannot decompress: {e}")))?;
+    let declared = (version > UNSIZED_VERSION).then(|| u64::from_le_bytes(bytes[24..32].try_into().expect("8 bytes")));
+    let inflated = inflate(body, declared)?;
     let corrupt = |e: &dyn std::fmt::Display| RecordingError::Corrupt(format!("cannot decode: {e}"));
     if version == POSTCARD_VERSION {
         let old = postcard::from_bytes::<super::v1::Recording>(&inflated).map_err(|e| corrupt(&e))?;
@@ -115,15 +133,52 @@ pub fn read(bytes: &[u8]) -> Result<Recording, RecordingError> {
     Ok(recording)
 }
 
+/// Inflates the body to its declared length exactly (or, without one, to a bounded ratio of it).
+fn inflate(body: &[u8], declared: Option<u64>) -> Result<Vec<u8>, RecordingError> {
+    let limit = match declared {
+        Some(len) if len > MAX_BODY_INFLATED => {
+            return Err(RecordingError::Corrupt(format!("declares {len} bytes inflated, more than any recording")));
+        }
+        Some(len) => len,
+        None => (body.len() as u64).saturating_mul(MAX_UNSIZED_RATIO).min(MAX_BODY_INFLATED),
+    };
+    let mut inflated = Vec::with_capacity(declared.unwrap_or(0).min(1 << 24) as usize);
+    DeflateDecoder::new(body)
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut inflated)
+        .map_err(|e| RecordingError::Corrupt(format!("cannot decompress: {e}")))?;
+    let found = inflated.len() as u64;
+    match declared {
+        Some(len) if found != len => {
+            Err(RecordingError::Corrupt(format!("inflates to more or less than its declared {len} bytes")))
+        }
+        None if found > limit => Err(RecordingError::Corrupt(format!("inflates past {limit} bytes: not a recording"))),
+        _ => Ok(inflated),
+    }
+}
+
+/// Reads a recording file; anything but a regular file (a device, a FIFO, a directory) is refused
+/// before it is opened, so `report /dev/zero` or a FIFO neither grows nor blocks.
 pub fn read_file(path: &Path) -> Result<Recording, RecordingError> {
-    let bytes = fs::read(path)?;
+    let meta = fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(RecordingError::NotAFile);
+    }
+    let mut bytes = Vec::with_capacity(meta.len().min(MAX_BODY_INFLATED) as usize);
+    fs::File::open(path)?.take(MAX_BODY_INFLATED).read_to_end(&mut bytes)?;
     read(&bytes)
 }
 
 /// Writes atomically: an interrupted write never leaves a partial file under the final name.
+/// Recordings are private to their owner (0600), as perf.data is.
 pub fn write_file(path: &Path, recording: &Recording) -> anyhow::Result<()> {
+    write_prepared(crate::atomic_file::prepare(path, Access::Private)?, recording)
+}
+
+/// Writes into an output opened before recording began.
+pub fn write_prepared(output: crate::atomic_file::Prepared, recording: &Recording) -> anyhow::Result<()> {
     let bytes = write(recording);
-    crate::atomic_file::write(path, |out| Ok(out.write_all(&bytes)?))
+    output.write(|out| Ok(out.write_all(&bytes)?))
 }
 
 #[cfg(test)]
@@ -220,5 +275,33 @@ mod tests {
         let mut body = rmp_serde::to_vec_named(&sample()).unwrap();
         body.push(0xc0);
         assert!(matches!(read(&frame(&body)), Err(RecordingError::Corrupt(_))), "bytes after the body's value");
+    }
+
+    /// A body that inflates past its declared length is refused without inflating it all: 64 MiB
+    /// of zeros deflate to 64 KiB, declared as 100 bytes.
+    #[test]
+    fn inflation_is_bounded_by_the_declared_length() {
+        let mut bomb = frame(&vec![0u8; 64 << 20]);
+        bomb[24..32].copy_from_slice(&100u64.to_le_bytes());
+        let error = read(&bomb).unwrap_err();
+        assert_eq!(error.to_string(), "corrupt recording: inflates to more or less than its declared 100 bytes");
+        let mut huge = frame(b"x");
+        huge[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(read(&huge), Err(RecordingError::Corrupt(_))));
+        // Version 2 had no declared length: the ratio bounds it.
+        let mut undeclared = frame(&vec![0u8; 64 << 20]);
+        undeclared.drain(24..32);
+        undeclared[8..12].copy_from_slice(&2u32.to_le_bytes());
+        assert!(read(&undeclared).unwrap_err().to_string().contains("inflates past"));
+        let mut version_2 = write(&sample());
+        version_2.drain(24..32);
+        version_2[8..12].copy_from_slice(&2u32.to_le_bytes());
+        assert_eq!(read(&version_2).unwrap(), sample());
+    }
+
+    #[test]
+    fn only_regular_files_are_read() {
+        assert!(matches!(read_file(Path::new("/dev/zero")), Err(RecordingError::NotAFile)));
+        assert!(matches!(read_file(Path::new("/")), Err(RecordingError::NotAFile)));
     }
 }

@@ -5,9 +5,9 @@ mod accumulate;
 mod format;
 mod v1;
 
-pub use accumulate::Accumulator;
+pub use accumulate::{Accumulator, FIRST_FOLDED_ID, FoldedNames};
 
-pub use format::{FORMAT_VERSION, MAGIC, RecordingError, frame, read, read_file, write, write_file};
+pub use format::{FORMAT_VERSION, MAGIC, RecordingError, frame, read, read_file, write, write_file, write_prepared};
 
 use std::collections::BTreeMap;
 
@@ -53,6 +53,11 @@ impl Recording {
 
     pub fn process_name(&self, tgid: u32) -> &str {
         self.processes.get(&tgid).map_or("?", |p| p.comm.as_str())
+    }
+
+    /// How many processes an id stands for: 1, or the count of a per-name total of exited ones.
+    pub fn process_count(&self, tgid: u32) -> usize {
+        self.processes.get(&tgid).map_or(1, |p| p.folded.max(1) as usize)
     }
 }
 
@@ -113,6 +118,8 @@ pub struct RecordOptions {
     /// Sampling frequency of the `cpu` probe, per CPU.
     pub frequency_hz: u32,
     pub per_thread: bool,
+    /// The profiler's own process was left out (recordings before this field kept it).
+    pub excluded_self: bool,
 }
 
 /// Event and drop counts, summed over CPUs.
@@ -346,6 +353,9 @@ pub struct Process {
     /// The executable's path, when the process was alive long enough to read it.
     pub exe: Option<String>,
     pub cmdline: Option<String>,
+    /// Non-zero: not one process but the total of this many exited processes of this name (the
+    /// id is then no pid, but at or above `FIRST_FOLDED_ID`).
+    pub folded: u32,
 }
 
 /// A latency distribution in the kernel's log-linear buckets (nanoseconds), stored sparsely as
