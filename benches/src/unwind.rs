@@ -266,7 +266,8 @@ fn maps_memlock(pid: u32) -> u64 {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return 0 };
     let mut maps: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
     for info in fds.flatten().filter_map(|fd| std::fs::read_to_string(fd.path()).ok()) {
-        let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u64>().ok());
+        let field =
+            |name: &str| info.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u64>().ok());
         if let (Some(id), Some(memlock)) = (field("map_id:"), field("memlock:")) {
             maps.insert(id, memlock);
         }
