@@ -4,22 +4,22 @@
 //! cannot be named keep their module and offset.
 
 mod debuginfod;
+mod files;
 pub mod maps;
 mod perf_map;
 
 use std::{collections::HashMap, path::PathBuf};
 
 use blazesym::symbolize::{
-    Input, Symbolized, Symbolizer,
-    source::{Elf, Kernel, Source},
+    Input, Symbolizer,
+    source::{Kernel, Source},
 };
 
 use crate::{
     recording::{Frame, Module, Stack, Stacks},
     unwind::Unwinder,
 };
-use debuginfod::Debuginfod;
-use maps::OpenFile;
+use files::{FileNames, names};
 use maps::{FileKey, MapsCache};
 use profiler_common::unwind::StackEnd;
 
@@ -67,12 +67,11 @@ impl Interner {
 }
 
 /// Names stacks, interval after interval: what an address is called is worked out once and kept
-/// (per kernel address; per process and address for user code, forgotten when the process is).
+/// (per kernel address; per file and offset for user code, and per process and address, forgotten
+/// when the process is).
 pub struct StackSymbolizer {
     inline: bool,
-    /// Where debug files of stripped binaries are looked for (by build-id and debug link).
-    debug_dirs: Vec<PathBuf>,
-    debuginfod: Option<Debuginfod>,
+    files: FileNames,
     /// Kept for the session: it holds kallsyms parsed (a few MB), where parsing it again for every
     /// interval's new kernel addresses was most of the recorder's CPU time.
     kernel: Symbolizer,
@@ -89,21 +88,6 @@ fn basename(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
-/// Names for one address: the function and, with `--inline`, the functions inlined into it
-/// (outermost first, as they appear going from root to leaf).
-fn names(symbolized: &Symbolized<'_>, inline: bool) -> Option<Vec<String>> {
-    match symbolized {
-        Symbolized::Sym(sym) => {
-            let mut names = vec![sym.name.to_string()];
-            if inline {
-                names.extend(sym.inlined.iter().map(|f| f.name.to_string()));
-            }
-            Some(names)
-        }
-        Symbolized::Unknown(_) => None,
-    }
-}
-
 impl StackSymbolizer {
     /// `debug_dirs` come before the system's (/usr/lib/debug, /lib/debug); debuginfod servers are
     /// asked when `DEBUGINFOD_URLS` names some.
@@ -111,56 +95,11 @@ impl StackSymbolizer {
         let debug_dirs = debug_dirs.iter().cloned().chain(SYSTEM_DEBUG_DIRS.iter().map(PathBuf::from)).collect();
         Self {
             inline,
-            debug_dirs,
-            debuginfod: Debuginfod::from_env(),
+            files: FileNames::new(inline, debug_dirs),
             kernel: Symbolizer::builder().enable_inlined_fns(inline).enable_code_info(inline).build(),
             interner: Interner::default(),
             kernel_frames: HashMap::new(),
             user_frames: HashMap::new(),
-        }
-    }
-
-    /// A symbolizer for one user source. blazesym keeps what it parsed (a file's symbols and DWARF,
-    /// libc's debug file among them) for as long as the symbolizer lives: one per source lets each
-    /// go before the next is parsed, so memory peaks at the largest one, not their sum.
-    fn symbolizer(&self) -> Symbolizer {
-        Symbolizer::builder()
-            .enable_inlined_fns(self.inline)
-            .enable_code_info(self.inline)
-            .set_debug_dirs(Some(&self.debug_dirs))
-            .build()
-    }
-
-    /// The debug file of a build-id: in a debug directory's `.build-id` tree, else from a
-    /// debuginfod server.
-    fn debug_file(&mut self, build_id: &str) -> Option<PathBuf> {
-        let (head, tail) = (build_id.get(..2)?, build_id.get(2..)?);
-        let local = self.debug_dirs.iter().map(|dir| dir.join(".build-id").join(head).join(format!("{tail}.debug")));
-        local.into_iter().find(|path| path.is_file()).or_else(|| self.debuginfod.as_mut()?.debug_file(build_id))
-    }
-
-    /// Names what the file itself (and its debug link) left unnamed, from its debug file found by
-    /// build-id, at the offsets' file addresses.
-    fn names_from_debug_file(
-        &mut self,
-        file: &OpenFile,
-        key: &FileKey,
-        unnamed: &[u64],
-        unwinder: Option<&Unwinder>,
-        names_by_offset: &mut HashMap<(FileKey, u64), Vec<String>>,
-    ) {
-        let Some(unwinder) = unwinder else { return };
-        let Some(build_id) = build_id(&file.fd_path()) else { return };
-        let Some(debug_file) = self.debug_file(&build_id) else { return };
-        let (offsets, addresses): (Vec<u64>, Vec<u64>) =
-            unnamed.iter().filter_map(|&offset| Some((offset, unwinder.file_address(key, offset)?))).unzip();
-        let source = Source::Elf(Elf::new(debug_file));
-        let symbolizer = self.symbolizer();
-        let results = symbolizer.symbolize(&source, Input::VirtOffset(&addresses)).unwrap_or_default();
-        for (offset, result) in offsets.iter().zip(&results) {
-            if let Some(names) = names(result, self.inline) {
-                names_by_offset.insert((*key, *offset), names);
-            }
         }
     }
 
@@ -198,6 +137,7 @@ impl StackSymbolizer {
         stacks.sort_by(|a, b| {
             b.count.cmp(&a.count).then_with(|| (a.tgid, a.tid, &a.frames).cmp(&(b.tgid, b.tid, &b.frames)))
         });
+        self.files.end_interval(|key| maps.file(key).is_some());
         Stacks { frames: tables.frames, modules: tables.modules, stacks }
     }
 
@@ -273,30 +213,14 @@ impl StackSymbolizer {
             };
             located.push(place);
         }
-        let mut names_by_offset: HashMap<(FileKey, u64), Vec<String>> = HashMap::new();
-        for (key, offsets) in &mut by_file {
-            offsets.sort_unstable();
-            offsets.dedup();
-            let Some(file) = maps.file(key) else { continue };
-            let source = Source::Elf(Elf::new(file.fd_path()));
-            let symbolizer = self.symbolizer();
-            let results = symbolizer.symbolize(&source, Input::FileOffset(offsets)).unwrap_or_default();
-            let mut unnamed = Vec::new();
-            for (offset, result) in offsets.iter().zip(&results) {
-                match names(result, self.inline) {
-                    Some(names) => {
-                        names_by_offset.insert((*key, *offset), names);
-                    }
-                    None => unnamed.push(*offset),
-                }
-            }
-            if !unnamed.is_empty() {
-                self.names_from_debug_file(file, key, &unnamed, unwinder, &mut names_by_offset);
+        for (key, offsets) in &by_file {
+            if let Some(file) = maps.file(key) {
+                self.files.name(*key, file, offsets, unwinder);
             }
         }
 
         let mut perf_maps = perf_map::PerfMaps::default();
-        let interner = &mut self.interner;
+        let (interner, files) = (&mut self.interner, &self.files);
         let named: Vec<((u32, u64), Vec<u32>)> = located
             .into_iter()
             .map(|Located { tgid, addr, file, offset, path }| {
@@ -304,7 +228,7 @@ impl StackSymbolizer {
                 let module = interner
                     .module(&module_path, || file.and_then(|key| maps.file(&key)).and_then(|f| build_id(&f.fd_path())));
                 let names = match (file, offset) {
-                    (Some(key), Some(offset)) => names_by_offset.get(&(key, offset)).cloned(),
+                    (Some(key), Some(offset)) => files.get(&key, offset).map(<[String]>::to_vec),
                     // Anonymous executable memory: JIT code, named in /tmp/perf-PID.map if the
                     // runtime writes one.
                     _ => perf_maps.lookup(tgid, addr).map(|name| vec![name]),
