@@ -125,6 +125,7 @@ fn sample_recording() -> profiler::recording::Recording {
                 total_ns: 10,
                 errnos: vec![(2, 1)],
             }],
+            counts_only: false,
         }),
         ..Default::default()
     }

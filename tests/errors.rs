@@ -99,3 +99,20 @@ fn flamegraph_without_the_cpu_probe_is_refused_before_recording() {
     assert!(stderr.contains("cpu probe"), "{stderr}");
     assert!(!output.exists() && !svg.exists());
 }
+
+#[test]
+fn both_syscall_probes_at_once_are_refused_before_recording() {
+    let dir = temp_dir();
+    let output = dir.path().join("never.rec");
+    for command in ["record", "serve"] {
+        let mut args = vec![command, "--probes", "syscalls,syscall-counts"];
+        if command == "record" {
+            args.extend(["-d", "1", "-o", output.to_str().unwrap()]);
+        }
+        let result = run_profiler(&args);
+        assert_eq!(result.status.code(), Some(1), "{command}");
+        let stderr = single_error_line(&result);
+        assert!(stderr.contains("choose one"), "{stderr}");
+    }
+    assert!(!output.exists());
+}

@@ -84,6 +84,26 @@ fn serve_exposes_live_metrics_and_survives_a_scrape_flood() {
     assert!(server.stop().success(), "SIGTERM exits 0");
 }
 
+/// `serve --probes syscall-counts`: the call and error counters, one program, and no latency
+/// series (absent, not zero).
+#[test]
+fn serve_counts_syscalls_without_latency_series() {
+    let server = Server::start(&["--probes", "syscall-counts"]);
+    let mut workload = Workload::spawn(&["syscalls", "--getppid", "1000", "--fail-open", "10"]);
+    workload.go();
+    workload.wait();
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, page) = http_get(&server.addr, "/metrics", None);
+    assert_eq!(status, 200);
+    promtool_accepts(&page);
+    assert_eq!(metric_value(&page, "profiler_programs_attached"), 1.0);
+    assert!(metric_value(&page, "profiler_syscalls_total{syscall=\"getppid\"}") >= 1000.0);
+    assert!(metric_value(&page, "profiler_syscall_errors_total{syscall=\"openat\",errno=\"ENOENT\"}") >= 10.0);
+    assert!(!page.contains("profiler_syscall_latency"), "no latency series");
+    assert!(!page.contains("profiler_runqueue_latency"), "only the probe asked for");
+    assert!(server.stop().success());
+}
+
 #[test]
 fn a_real_prometheus_scrapes_serve_and_answers_histogram_quantile() {
     let dir = temp_dir();

@@ -45,6 +45,83 @@ fn counts_exactly_the_syscalls_a_process_makes() {
     assert!(recording.runq.is_none());
 }
 
+/// The count-only probe: the same exact counts and errnos, from sys_exit alone, and no latency,
+/// which every output leaves out (not shows as zero) and says why.
+#[test]
+fn syscall_counts_counts_exactly_and_reports_no_latency() {
+    const GETPPID: u64 = 5_000;
+    const FAILED_OPENS: u64 = 37;
+    let dir = temp_dir();
+    let path = dir.path().join("counts.rec");
+    let mut workload =
+        Workload::spawn(&["syscalls", "--getppid", &GETPPID.to_string(), "--fail-open", &FAILED_OPENS.to_string()]);
+    let pid = workload.pid();
+    let recorder = Recorder::start(&path, &["-p", &pid.to_string(), "--probes", "syscall-counts"]);
+    workload.go();
+    workload.wait();
+    let recording = recorder.finish();
+
+    let getppid = syscall_row(&recording, pid, "getppid");
+    assert_eq!((getppid.count, getppid.errors, getppid.total_ns), (GETPPID, 0, 0));
+    let openat = syscall_row(&recording, pid, "openat");
+    assert!(openat.count >= FAILED_OPENS);
+    assert_eq!(openat.errors, FAILED_OPENS);
+    assert_eq!(openat.errnos, vec![(ENOENT, FAILED_OPENS)]);
+    let syscalls = recording.syscalls.as_ref().unwrap();
+    assert!(syscalls.counts_only);
+    assert!(syscalls.latency.is_empty());
+    assert!(syscalls.per_process.iter().all(|r| r.tgid == pid));
+    assert_eq!(recording.processes[&pid].comm, "workload");
+    let calls: u64 = syscalls.per_process.iter().map(|r| r.count).sum();
+    assert_eq!(recording.counters.syscalls, calls, "the total is the rows' sum");
+    assert_eq!(recording.meta.options.probes, ["syscall-counts"]);
+
+    let report = common::run_profiler(&["report", path.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&report.stdout);
+    assert!(report.status.success(), "{text}");
+    let section = &text[text.find("Syscalls:").expect("a syscall section")..];
+    assert!(section.contains("counted, not timed"), "{section}");
+    assert!(!section.contains("p99") && !section.contains("by total time"), "{section}");
+    let getppid_line = section.lines().find(|l| l.trim_start().starts_with("getppid")).unwrap();
+    assert_eq!(getppid_line.split_whitespace().collect::<Vec<_>>(), ["getppid", &GETPPID.to_string(), "0"]);
+
+    let json = common::run_profiler(&["report", "--json", path.to_str().unwrap()]);
+    let summary: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let by_count = summary["syscalls"]["by_count"].as_array().unwrap();
+    let row = by_count.iter().find(|r| r["name"] == "getppid").unwrap();
+    assert_eq!(row["count"], GETPPID);
+    assert!(row.get("latency").is_none() && row.get("total_ns").is_none(), "{row}");
+    assert!(summary["syscalls"]["latency_not_measured"].is_string());
+}
+
+/// Threads of one process on every CPU make the same syscall at once: each CPU counts its own
+/// calls (no atomic instruction), and the drain's sum is exact, for both syscall probes.
+#[test]
+fn threads_on_every_cpu_are_counted_exactly() {
+    const THREADS: u64 = 4;
+    const GETPPID: u64 = 20_000;
+    let dir = temp_dir();
+    for probe in ["syscalls", "syscall-counts"] {
+        let mut workload = Workload::spawn(&[
+            "syscalls",
+            "--getppid",
+            &GETPPID.to_string(),
+            "--fail-open",
+            "3",
+            "--threads",
+            &THREADS.to_string(),
+        ]);
+        let pid = workload.pid();
+        let path = dir.path().join(format!("{probe}.rec"));
+        let recorder = Recorder::start(&path, &["-p", &pid.to_string(), "--probes", probe]);
+        workload.go();
+        workload.wait();
+        let recording = recorder.finish();
+        assert_eq!(syscall_row(&recording, pid, "getppid").count, THREADS * GETPPID, "{probe}");
+        assert_eq!(syscall_row(&recording, pid, "openat").errors, THREADS * 3, "{probe}");
+    }
+}
+
 #[test]
 fn contended_cpu_shows_millisecond_run_queue_waits_and_idle_cpu_does_not() {
     let dir = temp_dir();
@@ -168,23 +245,42 @@ fn many_short_lived_processes_overflow_no_map() {
     assert!(recording.tgids().iter().all(|tgid| recording.processes[tgid].comm == "workload"));
 }
 
-/// Sets kernel.pid_max for the length of a test.
-struct PidMax(String);
+/// Sets kernel.pid_max for the length of a test; one test at a time.
+struct PidMax {
+    old: String,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+}
+
+static PID_MAX_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl PidMax {
     const PATH: &str = "/proc/sys/kernel/pid_max";
 
     fn set(value: u32) -> PidMax {
+        let guard = PID_MAX_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let old = std::fs::read_to_string(Self::PATH).unwrap();
         std::fs::write(Self::PATH, value.to_string()).unwrap();
-        PidMax(old.trim().to_string())
+        PidMax { old: old.trim().to_string(), _one_at_a_time: guard }
     }
 }
 
 impl Drop for PidMax {
     fn drop(&mut self) {
-        let _ = std::fs::write(Self::PATH, &self.0);
+        let _ = std::fs::write(Self::PATH, &self.old);
     }
+}
+
+/// A workload whose process gets `pid` (the kernel hands out the id after ns_last_pid, unless
+/// another fork takes it first: then again).
+fn spawn_with_pid(pid: u32, args: &[&str]) -> Workload {
+    for _ in 0..100 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+        let workload = Workload::spawn(args);
+        if workload.pid() == pid {
+            return workload;
+        }
+    }
+    panic!("pid {pid} was always taken first");
 }
 
 fn loaded_map_ids() -> std::collections::BTreeSet<u32> {
@@ -202,24 +298,22 @@ fn new_map_capacity(name: &str, before: &std::collections::BTreeSet<u32>) -> Vec
         .collect()
 }
 
-/// Start times live in arrays indexed by thread id when kernel.pid_max is the kernel's default, and
-/// in hash maps when it is as large as systemd sets it (the arrays would take 32 MB each); either
-/// way the counts are exact.
+/// Start times live in arrays indexed by thread id, sized to kernel.pid_max up to 2^20 slots (with
+/// pid_max as large as systemd sets it, threads share slots by their ids' low bits); either way
+/// the counts are exact and every call of a thread alone in its slot is timed.
 #[test]
-fn start_times_in_arrays_or_hash_maps_by_pid_max() {
+fn start_time_arrays_follow_pid_max_up_to_a_million_slots() {
     const GETPPID: u64 = 3_000;
-    let hashed = profiler_common::process::MAX_HASHED_THREADS;
-    for (pid_max, array_len, hash_len) in [(32_768, 32_768, 1), (4_194_304, 1, hashed)] {
+    let slots = profiler_common::process::MAX_THREAD_SLOTS;
+    for (pid_max, array_len, pid) in [(32_768, 32_768, 30_000), (4_194_304, slots, 3 * slots + 777)] {
         let _pid_max = PidMax::set(pid_max);
         let dir = temp_dir();
-        let mut workload = Workload::spawn(&["syscalls", "--getppid", &GETPPID.to_string(), "--fail-open", "0"]);
-        let pid = workload.pid();
+        let mut workload = spawn_with_pid(pid, &["syscalls", "--getppid", &GETPPID.to_string(), "--fail-open", "0"]);
         let args = ["-p", &pid.to_string(), "--probes", "sched,syscalls"];
         let before = loaded_map_ids();
         let recorder = Recorder::start(&dir.path().join("starts.rec"), &args);
         for name in ["SYSCALL_START", "RUNQ_START"] {
             assert_eq!(new_map_capacity(name, &before), vec![array_len], "{name} at pid_max {pid_max}");
-            assert_eq!(new_map_capacity(&format!("{name}_BY_TID"), &before), vec![hash_len], "{name}_BY_TID");
         }
         workload.go();
         workload.wait();
@@ -231,4 +325,35 @@ fn start_times_in_arrays_or_hash_maps_by_pid_max() {
         assert!(recording.runq.as_ref().unwrap().system.count() > 0, "run-queue latencies measured");
         assert_eq!(recording.counters.drops.start, 0);
     }
+}
+
+/// Two threads whose ids share a slot (pid_max 4194304): one sleeps in a syscall while the other
+/// makes thousands. The sleeper's entry time is overwritten, which is counted; its call is still
+/// counted, untimed, and none of the other's is lost or mistimed.
+#[test]
+fn threads_sharing_a_slot_lose_a_latency_never_a_count() {
+    const GETPPID: u64 = 5_000;
+    let slots = profiler_common::process::MAX_THREAD_SLOTS;
+    let _pid_max = PidMax::set(4_194_304);
+    let dir = temp_dir();
+    let (sleeper_pid, caller_pid) = (slots + 4242, 2 * slots + 4242);
+    let mut sleeper = spawn_with_pid(sleeper_pid, &["sleep", "--cpu", "0", "--count", "1", "--interval-us", "400000"]);
+    let mut caller = spawn_with_pid(caller_pid, &["syscalls", "--getppid", &GETPPID.to_string(), "--fail-open", "0"]);
+    let args = ["-p", &sleeper_pid.to_string(), "-p", &caller_pid.to_string(), "--probes", "syscalls"];
+    let recorder = Recorder::start(&dir.path().join("shared.rec"), &args);
+    sleeper.go();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    caller.go();
+    caller.wait();
+    sleeper.wait();
+    let recording = recorder.finish();
+
+    assert_eq!(syscall_row(&recording, caller_pid, "getppid").count, GETPPID);
+    let syscalls = recording.syscalls.as_ref().unwrap();
+    let getppid_nr = syscalls::Sysno::getppid.id() as u32;
+    assert_eq!(syscalls.latency[&getppid_nr].count(), GETPPID, "every getppid timed");
+    assert_eq!(syscall_row(&recording, sleeper_pid, "clock_nanosleep").count, 1, "the sleep is counted");
+    let sleep_nr = syscalls::Sysno::clock_nanosleep.id() as u32;
+    assert!(!syscalls.latency.contains_key(&sleep_nr), "its entry time was overwritten: untimed");
+    assert!(recording.counters.drops.start >= 1, "the overwrite is counted");
 }

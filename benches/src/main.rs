@@ -33,6 +33,9 @@ enum What {
     Overhead {
         #[arg(long, default_value_t = 5)]
         pairs: usize,
+        /// Only the workloads whose name starts with this (e.g. `syscalls`).
+        #[arg(long)]
+        only: Option<String>,
     },
     /// CPU time and peak RSS of each recorder over a recording on a busy machine.
     Recorder {
@@ -71,7 +74,7 @@ fn main() -> Result<()> {
     let whats = match cli.what {
         Some(what) => vec![what],
         None => vec![
-            What::Overhead { pairs: 5 },
+            What::Overhead { pairs: 5, only: None },
             What::Recorder { seconds: 60 },
             What::Analysis,
             What::Unwind { seconds: 60, binaries: 200 },
@@ -86,7 +89,7 @@ fn main() -> Result<()> {
     );
     for what in whats {
         let section = match what {
-            What::Overhead { pairs } => overhead::run(&cli.bin, pairs)?,
+            What::Overhead { pairs, only } => overhead::run(&cli.bin, pairs, only.as_deref())?,
             What::Recorder { seconds } => recorder::run(&cli.bin, Duration::from_secs(seconds))?,
             What::Analysis => analysis::run(&cli.bin)?,
             What::Unwind { seconds, binaries } => unwind::run(&cli.bin, &unwind::Parts { seconds, binaries })?,

@@ -80,6 +80,8 @@ fn floor(name: &'static str, clock: bool, tracepoints: &[&str]) -> Tracer {
 
 /// kernel.pid_max as systemd sets it.
 const SYSTEMD_PID_MAX: u32 = 4_194_304;
+/// kernel.pid_max as the kernel sets it on a machine of few CPUs.
+const KERNEL_PID_MAX: u32 = 32_768;
 
 fn workloads(bin: &Path) -> Vec<Workload> {
     let profiler = bin.join("profiler").display().to_string();
@@ -115,7 +117,18 @@ fn workloads(bin: &Path) -> Vec<Workload> {
             name: "syscalls: `taskset -c 1 perf bench syscall basic -l 5000000`",
             command: words("taskset -c 1 perf bench syscall basic -l 5000000"),
             tracers: vec![
-                tracer("profiler --probes syscalls (counts, errnos, latency histograms)", &ours("syscalls")),
+                tracer(
+                    "profiler --probes syscall-counts (counts, errnos), kernel.pid_max 32768",
+                    &ours("syscall-counts"),
+                )
+                .with_pid_max(KERNEL_PID_MAX),
+                tracer("profiler --probes syscall-counts, kernel.pid_max 4194304", &ours("syscall-counts"))
+                    .with_pid_max(SYSTEMD_PID_MAX),
+                tracer(
+                    "profiler --probes syscalls (counts, errnos, latency histograms), kernel.pid_max 32768",
+                    &ours("syscalls"),
+                )
+                .with_pid_max(KERNEL_PID_MAX),
                 tracer(
                     "profiler --probes syscalls, kernel.pid_max 4194304 (start times in a hash map)",
                     &ours("syscalls"),
@@ -274,12 +287,13 @@ fn stop(mut child: Child) {
     let _ = child.wait();
 }
 
-pub fn run(bin: &Path, pairs: usize) -> Result<String> {
+/// `only`: the workloads whose name starts with it (all if none).
+pub fn run(bin: &Path, pairs: usize, only: Option<&str>) -> Result<String> {
     let mut out = String::from(
         "## Overhead: slowdown of the workload under each tracer\n\nEach row: the workload alone and under the tracer, interleaved, \
          as pairs; the ratio traced/alone of each pair; median and range of the ratios. 1.00 is no slowdown.\n\n",
     );
-    for workload in workloads(bin) {
+    for workload in workloads(bin).into_iter().filter(|w| only.is_none_or(|only| w.name.starts_with(only))) {
         out.push_str(&format!(
             "### {}\n\n| tracer | median slowdown | min–max | pairs |\n|---|---|---|---|\n",
             workload.name

@@ -18,8 +18,8 @@ pub enum Counter {
     SyscallProcessDrops,
     /// Failed syscalls whose errno did not fit in the errno map.
     SyscallErrnoDrops,
-    /// Per-thread start timestamps that could not be stored: a thread id at or above the `pid_max` the
-    /// arrays were sized for, or, with hash maps (large `pid_max`), a full map.
+    /// Per-thread start timestamps lost: overwritten by another thread's that shares their slot
+    /// (only with `pid_max` above `MAX_THREAD_SLOTS`), or a thread id above the array's size.
     StartDrops,
     /// Processes whose name could not be stored in the process map.
     ProcessDrops,

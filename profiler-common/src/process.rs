@@ -26,10 +26,7 @@ pub const MAX_PROCESSES: u32 = 16384;
 /// kernel's `/proc/sys/kernel/pid_max`.
 pub const DEFAULT_PID_MAX: u32 = 32768;
 
-/// Largest `pid_max` for which per-thread start times live in arrays indexed by thread id (8 MB per
-/// array at most). Above it (systemd sets 4194304, which would make each array 32 MB) they live in
-/// hash maps of `MAX_HASHED_THREADS` entries instead.
-pub const MAX_PID_MAX_FOR_ARRAYS: u32 = 1 << 20;
-
-/// Capacity of the per-thread hash maps.
-pub const MAX_HASHED_THREADS: u32 = 32768;
+/// Most slots of a per-thread array (8 MB): with a larger `pid_max` (systemd sets 4194304, which
+/// would make each array 32 MB), threads whose ids differ only above these bits share a slot, each
+/// value tagged with its thread's high bits (see `PerThread` in profiler-ebpf).
+pub const MAX_THREAD_SLOTS: u32 = 1 << 20;

@@ -13,10 +13,8 @@ crate::user_pod!(ProcessBucket);
 /// Capacity of `RUNQ_PROCESS_LATENCY`; a busy process touches 30 to 100 buckets.
 pub const MAX_PROCESS_BUCKETS: u32 = 131072;
 
-/// Per-thread enqueue times: an array indexed by thread id, or a hash map by thread id (see
-/// `process::MAX_PID_MAX_FOR_ARRAYS`); the loader shrinks the one not used to one entry.
+/// Per-thread enqueue times: an array indexed by thread id (see `process::MAX_THREAD_SLOTS`).
 pub const RUNQ_START: &str = "RUNQ_START";
-pub const RUNQ_START_BY_TID: &str = "RUNQ_START_BY_TID";
 /// Per-CPU array of one `histogram::Histogram`: each CPU's run-queue latency.
 pub const RUNQ_LATENCY: &str = "RUNQ_LATENCY";
 /// Hash map `ProcessBucket` -> count.

@@ -37,11 +37,10 @@ pub const MAX_PROCESS_SYSCALLS: u32 = 32768;
 /// Capacity of `SYSCALL_ERRNOS`.
 pub const MAX_SYSCALL_ERRNOS: u32 = 8192;
 
-/// Per-thread syscall entry words (time and number): an array indexed by thread id, or a hash
-/// map by thread id; the loader shrinks the one not used to one entry.
+/// Per-thread syscall entry words (time and number): an array indexed by thread id (see
+/// `process::MAX_THREAD_SLOTS`).
 pub const SYSCALL_START: &str = "SYSCALL_START";
-pub const SYSCALL_START_BY_TID: &str = "SYSCALL_START_BY_TID";
-/// Hash map `ProcessSyscall` -> `SyscallStats`.
+/// Per-CPU hash map `ProcessSyscall` -> `SyscallStats`.
 pub const SYSCALL_STATS: &str = "SYSCALL_STATS";
 /// Hash map `SyscallErrno` -> count.
 pub const SYSCALL_ERRNOS: &str = "SYSCALL_ERRNOS";

@@ -10,7 +10,7 @@ use aya_ebpf::{
 use profiler_common::{
     counters::Counter,
     histogram::{Histogram, bucket_index},
-    process::{DEFAULT_PID_MAX, MAX_HASHED_THREADS},
+    process::DEFAULT_PID_MAX,
     runqlat::{MAX_PROCESS_BUCKETS, ProcessBucket},
 };
 
@@ -18,13 +18,10 @@ use crate::shared::{
     PerThread, count, histogram_slot, increment, note_process, now_ns, task_ids, task_selected, task_state,
 };
 
-/// When each runnable thread was enqueued (0: not waiting), by thread id: one of these two maps, the
-/// other sized to one entry by the loader (see `PerThread`).
+/// When each runnable thread was enqueued (0: not waiting), by thread id (see `PerThread`).
 #[map]
 static RUNQ_START: Array<u64> = Array::with_max_entries(DEFAULT_PID_MAX, 0);
-#[map]
-static RUNQ_START_BY_TID: HashMap<u32, u64> = HashMap::with_max_entries(MAX_HASHED_THREADS, 0);
-const RUNQ_STARTS: PerThread = PerThread { array: &RUNQ_START, hash: &RUNQ_START_BY_TID };
+const RUNQ_STARTS: PerThread = PerThread(&RUNQ_START);
 
 /// Run-queue latency histogram, one per CPU (the CPU the thread ran on); their sum is system-wide.
 #[map]
@@ -80,7 +77,7 @@ pub fn runq_sched_switch_task_state(ctx: BtfTracePointContext) -> i32 {
 }
 
 /// TP_PROTO(struct task_struct *p, ...): the exiting thread's start time is cleared, so a new
-/// thread reusing its id starts clean and the hash map holds only live threads.
+/// thread reusing its id starts clean.
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn runq_thread_exit(ctx: BtfTracePointContext) -> i32 {
     if let Some((tid, _)) = task_ids(ctx.arg(0)) {

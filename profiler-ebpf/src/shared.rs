@@ -55,6 +55,8 @@ static PROCESSES: LruHashMap<u32, ProcessName> = LruHashMap::with_max_entries(MA
 
 /// Only create a map entry, never overwrite one.
 pub const BPF_NOEXIST: u64 = 1;
+/// A hash map that allocates entries as they are created.
+pub const BPF_F_NO_PREALLOC: u32 = 1;
 
 #[inline(always)]
 pub fn count(counter: Counter) {
@@ -103,72 +105,72 @@ pub fn histogram_slot(histogram: *mut Histogram, bucket: u32) -> *mut u64 {
     unsafe { (&raw mut (*histogram).buckets).cast::<u64>().add(index) }
 }
 
-/// Per-thread start values (a timestamp, 0 for none), keyed by thread id. An array indexed by
-/// thread id when the loader sized it to kernel.pid_max (`TID_ARRAYS`): an array lookup is a bounds
-/// check and an add that the verifier inlines, where a hash lookup hashes the key and walks a bucket
-/// on the hottest path. Else a hash map, updated in place. The flag is read-only data, so the
-/// verifier drops the branch not taken.
-pub struct PerThread {
-    pub array: &'static Array<u64>,
-    pub hash: &'static HashMap<u32, u64>,
-}
+/// Per-thread start values (a timestamp, 0 for none), in an array indexed by the thread id's low
+/// `THREAD_SLOT_BITS` bits: an array lookup is a bounds check and an add that the verifier inlines,
+/// where a hash lookup hashes the key and walks a bucket on the hottest path. The loader sizes the
+/// array to kernel.pid_max, up to 2^20 slots (8 MB). Above that (systemd sets pid_max to 4194304), two threads may share a slot: each
+/// word keeps the id's high bits as a tag, so a thread never takes another's value; a value that
+/// overwrites another thread's is counted (`StartDrops`). Values are kept modulo 2^62.
+pub struct PerThread(pub &'static Array<u64>);
 
-/// Non-zero: per-thread values live in the arrays (see `PerThread`).
-#[unsafe(no_mangle)]
-static TID_ARRAYS: Global<u8> = Global::new(1);
+/// Bits of a thread id that index a `PerThread` array.
+pub const THREAD_SLOT_BITS: u32 = 20;
+/// Bits of a slot that hold the rest of the thread id (ids are below 2^22, Linux's PID_MAX_LIMIT).
+const TAG_BITS: u32 = 2;
+const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
+/// What survives of a value stored in a slot.
+pub const THREAD_VALUE_MASK: u64 = u64::MAX >> TAG_BITS;
 
 impl PerThread {
+    /// The thread's slot, and the tag that marks it as the thread's.
     #[inline(always)]
-    fn slot(&self, tid: u32) -> Option<*mut u64> {
-        match TID_ARRAYS.load() != 0 {
-            true => self.array.get_ptr_mut(tid),
-            false => self.hash.get_ptr_mut(tid),
-        }
+    fn slot(&self, tid: u32) -> Option<(*mut u64, u64)> {
+        let slot = self.0.get_ptr_mut(tid & ((1 << THREAD_SLOT_BITS) - 1))?;
+        Some((slot, u64::from(tid >> THREAD_SLOT_BITS) & TAG_MASK))
     }
 
     #[inline(always)]
     pub fn store(&self, tid: u32, value: u64) {
-        if let Some(slot) = self.slot(tid) {
-            // SAFETY: the slot is the map's, live while the program runs; one thread's slot is only
-            // written by that thread's events.
-            unsafe { *slot = value };
-            return;
-        }
-        // Array: a thread id at or above the pid_max it was sized for. Hash: full.
-        if TID_ARRAYS.load() != 0 || self.hash.insert(tid, value, 0).is_err() {
+        let Some((slot, tag)) = self.slot(tid) else {
+            // An id above the array's size: pid_max was raised after the arrays were sized.
             count(Counter::StartDrops);
+            return;
+        };
+        // SAFETY: the slot is the map's, live while the program runs. A slot is shared only by
+        // threads whose ids differ above THREAD_SLOT_BITS; a store may race another thread's, and
+        // then one of the two values is lost, as when one overwrites the other.
+        unsafe {
+            let held = *slot;
+            if held != 0 && held & TAG_MASK != tag {
+                count(Counter::StartDrops);
+            }
+            *slot = (value << TAG_BITS) | tag;
         }
     }
 
-    /// Takes a thread's value out, leaving 0 (none) behind.
+    /// Takes the thread's value out, leaving 0 (none) behind; 0 if the slot holds none of its.
     #[inline(always)]
     pub fn take(&self, tid: u32) -> u64 {
-        let Some(slot) = self.slot(tid) else {
+        let Some((slot, tag)) = self.slot(tid) else {
             return 0;
         };
         // SAFETY: as in `store`.
         unsafe {
-            let value = *slot;
-            // Only a set slot is written: a store, even of the 0 already there, would pull the
+            let held = *slot;
+            // Only a held slot is written: a store, even of the 0 already there, would pull the
             // slot's cache line away from the other CPUs.
-            if value != 0 {
-                *slot = 0;
+            if held == 0 || held & TAG_MASK != tag {
+                return 0;
             }
-            value
+            *slot = 0;
+            held >> TAG_BITS
         }
     }
 
     /// Forgets an exiting thread, so that a new thread reusing its id starts clean.
     #[inline(always)]
     pub fn forget(&self, tid: u32) {
-        match TID_ARRAYS.load() != 0 {
-            true => {
-                self.take(tid);
-            }
-            false => {
-                let _ = self.hash.remove(tid);
-            }
-        }
+        self.take(tid);
     }
 }
 

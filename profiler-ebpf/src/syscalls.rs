@@ -1,42 +1,51 @@
 //! Syscalls: count, errors (with errno) and latency per (process, syscall), and a latency histogram
 //! per syscall. BTF tracepoints on raw_syscalls pass the syscall number and return value as
 //! arguments, so the hot path reads no tracepoint record.
+//!
+//! Two probes share the maps: `syscalls` times each call (a hook on entry and exit, a clock read in
+//! each); `syscall-counts` counts calls and errors from the exit alone, as libbpf-tools' syscount
+//! does without -L, for machines whose syscall rate makes timing too dear. The loader runs one or
+//! the other, never both.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
     macros::{btf_tracepoint, map},
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, PerCpuHashMap},
     programs::BtfTracePointContext,
 };
 use profiler_common::{
     counters::Counter,
     histogram::{Histogram, bucket_index},
-    process::{DEFAULT_PID_MAX, MAX_HASHED_THREADS},
+    process::DEFAULT_PID_MAX,
     syscalls::{MAX_PROCESS_SYSCALLS, MAX_SYSCALL_ERRNOS, MAX_SYSCALL_NR, ProcessSyscall, SyscallErrno, SyscallStats},
 };
 
 use crate::shared::{
-    BPF_NOEXIST, PerThread, atomic_add, count, current_selected, histogram_slot, increment, note_process, now_ns,
-    task_ids,
+    BPF_F_NO_PREALLOC, BPF_NOEXIST, PerThread, THREAD_VALUE_MASK, atomic_add, count, current_selected, histogram_slot,
+    increment, note_process, now_ns, task_ids,
 };
 
-/// When each thread entered which syscall (0: not in a syscall), by thread id: one of these two maps,
-/// the other sized to one entry by the loader (see `PerThread`). One word per thread: the entry time shifted left past the
-/// syscall number, so the time is kept modulo 2^54 ns (208 days), and differences of such times
-/// are exact for any latency shorter than that.
+/// When each thread entered which syscall (0: not in a syscall), by thread id (see `PerThread`).
+/// One value per thread: the entry time shifted left past the syscall number, which the slot keeps
+/// modulo 2^62, so the time is kept modulo 2^52 ns (52 days), and differences of such times are
+/// exact for any latency shorter than that.
 #[map]
 static SYSCALL_START: Array<u64> = Array::with_max_entries(DEFAULT_PID_MAX, 0);
-#[map]
-static SYSCALL_START_BY_TID: HashMap<u32, u64> = HashMap::with_max_entries(MAX_HASHED_THREADS, 0);
-const SYSCALL_STARTS: PerThread = PerThread { array: &SYSCALL_START, hash: &SYSCALL_START_BY_TID };
+const SYSCALL_STARTS: PerThread = PerThread(&SYSCALL_START);
 
-/// Bits of a `SYSCALL_START` word that hold the syscall number.
+/// Bits of a `SYSCALL_START` value that hold the syscall number.
 const NR_BITS: u32 = 10;
 const NR_MASK: u64 = (1 << NR_BITS) - 1;
 const _: () = assert!(MAX_SYSCALL_NR <= 1 << NR_BITS);
+/// The entry time's bits in a `SYSCALL_START` value.
+const TIME_MASK: u64 = THREAD_VALUE_MASK >> NR_BITS;
 
+/// One value per CPU, so that a call is counted with plain adds, never an atomic instruction on a
+/// cache line that the process's threads on other CPUs also write. Not preallocated: entries cost
+/// their CPUs' values only once used, not capacity times CPUs up front.
 #[map]
-static SYSCALL_STATS: HashMap<ProcessSyscall, SyscallStats> = HashMap::with_max_entries(MAX_PROCESS_SYSCALLS, 0);
+static SYSCALL_STATS: PerCpuHashMap<ProcessSyscall, SyscallStats> =
+    PerCpuHashMap::with_max_entries(MAX_PROCESS_SYSCALLS, BPF_F_NO_PREALLOC);
 
 #[map]
 static SYSCALL_ERRNOS: HashMap<SyscallErrno, u64> = HashMap::with_max_entries(MAX_SYSCALL_ERRNOS, 0);
@@ -47,6 +56,11 @@ static SYSCALL_LATENCY: Array<Histogram> = Array::with_max_entries(MAX_SYSCALL_N
 
 /// The kernel returns errors as -errno with errno below 4096.
 const MAX_ERRNO: i64 = 4095;
+
+/// `struct pt_regs.orig_ax` on x86_64, in 8-byte words: the syscall number, which sys_exit does not
+/// pass. The layout is the ptrace ABI's (`user_regs_struct`), fixed; the verifier checks the load
+/// against the kernel's BTF of `pt_regs` all the same.
+const PT_REGS_ORIG_AX: usize = 15;
 
 /// TP_PROTO(struct pt_regs *regs, long id)
 #[btf_tracepoint(function = "sys_enter")]
@@ -78,20 +92,47 @@ pub fn syscall_thread_exit(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "sys_exit")]
 pub fn syscall_sys_exit(ctx: BtfTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
     let start = SYSCALL_STARTS.take(pid_tgid as u32);
     if start == 0 {
-        return 0;
+        // No entry time: the call began before the probe was attached, or another thread with the
+        // same slot overwrote it (counted). It is counted all the same, untimed.
+        return count_untimed(&ctx, tgid);
     }
     let nr = (start & NR_MASK) as u32;
-    let latency = (now_ns() << NR_BITS).wrapping_sub(start & !NR_MASK) >> NR_BITS;
-    let ret: i64 = ctx.arg(1);
-    let errno = if (-MAX_ERRNO..0).contains(&ret) { (-ret) as u32 } else { 0 };
-    let tgid = (pid_tgid >> 32) as u32;
-
+    let latency = now_ns().wrapping_sub(start >> NR_BITS) & TIME_MASK;
     if let Some(histogram) = SYSCALL_LATENCY.get_ptr_mut(nr) {
         atomic_add(histogram_slot(histogram, bucket_index(latency)), 1);
     }
+    add_call(tgid, nr, ctx.arg(1), latency);
+    0
+}
 
+/// TP_PROTO(struct pt_regs *regs, long ret): the `syscall-counts` probe, alone on sys_exit.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn syscall_counts_sys_exit(ctx: BtfTracePointContext) -> i32 {
+    count_untimed(&ctx, (bpf_get_current_pid_tgid() >> 32) as u32)
+}
+
+/// Counts the call that sys_exit reports, without its latency, if its process is recorded.
+#[inline(always)]
+fn count_untimed(ctx: &BtfTracePointContext, tgid: u32) -> i32 {
+    let regs: *const u64 = ctx.arg(0);
+    // SAFETY: a BTF tracepoint's pointer arguments are typed by the kernel's BTF: the verifier lets
+    // this load through only if it reads a field of `struct pt_regs` (orig_ax), and turns a fault
+    // into a zero.
+    let nr = unsafe { *regs.add(PT_REGS_ORIG_AX) } as i64;
+    if !(0..MAX_SYSCALL_NR as i64).contains(&nr) || !current_selected(tgid) {
+        return 0;
+    }
+    add_call(tgid, nr as u32, ctx.arg(1), 0);
+    0
+}
+
+/// Counts one call of syscall `nr` by process `tgid` that returned `ret` and took `latency_ns`.
+#[inline(always)]
+fn add_call(tgid: u32, nr: u32, ret: i64, latency_ns: u64) {
+    let errno = if (-MAX_ERRNO..0).contains(&ret) { (-ret) as u32 } else { 0 };
     let key = ProcessSyscall { tgid, nr };
     let stats = match SYSCALL_STATS.get_ptr_mut(key) {
         Some(stats) => stats,
@@ -101,24 +142,24 @@ pub fn syscall_sys_exit(ctx: BtfTracePointContext) -> i32 {
             }
             let Some(stats) = SYSCALL_STATS.get_ptr_mut(key) else {
                 count(Counter::SyscallProcessDrops);
-                return 0;
+                return;
             };
             // SAFETY: the helper takes no arguments.
             note_process(unsafe { bpf_get_current_task() } as *const u8, tgid);
             stats
         }
     };
-    // SAFETY: `stats` points into the map's value, live while the program runs.
+    // SAFETY: `stats` points to this CPU's value in the map, live while the program runs; programs
+    // do not migrate, and no other program writes the map: plain adds are race-free.
     unsafe {
-        atomic_add(&raw mut (*stats).count, 1);
-        atomic_add(&raw mut (*stats).total_ns, latency);
+        (*stats).count += 1;
+        (*stats).total_ns += latency_ns;
     }
     if errno != 0 {
         // SAFETY: as above.
-        unsafe { atomic_add(&raw mut (*stats).errors, 1) };
+        unsafe { (*stats).errors += 1 };
         if increment(&SYSCALL_ERRNOS, &SyscallErrno { tgid, nr, errno, _pad: 0 }, Counter::SyscallErrnoDrops) {
             count(Counter::SyscallErrnoEntries);
         }
     }
-    0
 }

@@ -170,7 +170,7 @@ pub struct RecordArgs {
     /// Record only tasks of this cgroup v2 (a path, absolute or relative to the cgroup v2 root).
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
-    /// Probes to run, comma-separated; default: all.
+    /// Probes to run, comma-separated; default: sched, syscalls and cpu.
     #[arg(long, value_delimiter = ',', value_name = "PROBE", value_parser = ProbeParser)]
     pub probes: Vec<Probe>,
     /// Stack samples per second on each CPU.
@@ -247,7 +247,7 @@ pub struct ReportOptions {
 
 impl RecordArgs {
     pub fn session_config(&self, verbose: bool) -> anyhow::Result<SessionConfig> {
-        let probes = ProbeSelection::from_args(&self.probes, &Probe::all());
+        let probes = ProbeSelection::from_args(&self.probes, &Probe::defaults())?;
         if self.flamegraph.is_some() && !probes.probes.iter().any(|p| p.name() == "cpu") {
             anyhow::bail!("--flamegraph draws CPU stacks: add the cpu probe (--probes ...,cpu)");
         }
@@ -271,13 +271,13 @@ impl RecordArgs {
 }
 
 impl ServeArgs {
-    pub fn config(self, verbose: bool) -> ServeConfig {
+    pub fn config(self, verbose: bool) -> anyhow::Result<ServeConfig> {
         let default: Vec<Probe> = ["sched", "syscalls"].into_iter().filter_map(Probe::by_name).collect();
         // Stacks are not served (yet): only the Prometheus metrics.
         let named: Vec<Probe> = self.probes.into_iter().filter(|p| p.name() != "cpu").collect();
-        ServeConfig {
+        Ok(ServeConfig {
             listen: self.listen,
-            probes: ProbeSelection::from_args(&named, &default),
+            probes: ProbeSelection::from_args(&named, &default)?,
             options: ProbeOptions {
                 pids: self.pids,
                 cgroup: self.cgroup,
@@ -289,7 +289,7 @@ impl ServeArgs {
             interval: self.interval,
             processes: ProcessSeries { top: self.top_processes },
             baseline: self.baseline,
-        }
+        })
     }
 }
 

@@ -27,7 +27,7 @@ pub fn run(command: Command, verbose: bool) -> Result<ExitCode> {
         Command::Export(command) => export(command).map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(crate::serve::serve(args.config(verbose))).map(|()| ExitCode::SUCCESS)
+            runtime.block_on(crate::serve::serve(args.config(verbose)?)).map(|()| ExitCode::SUCCESS)
         }
         Command::Generate { what, dir } => generate(what, dir.as_deref()).map(|()| ExitCode::SUCCESS),
     }

@@ -1,23 +1,33 @@
 //! Draining a kernel hash map of per-process counters: each interval, the growth of every entry
 //! since the last look, and the entries of processes that have exited taken out of the kernel, so
-//! the map holds live processes only however many come and go.
+//! the map holds live processes only however many come and go. A map may keep one value per CPU
+//! (which the kernel updates without atomic instructions): its values are summed here.
 
 use std::{collections::HashMap, hash::Hash, path::Path};
 
 use anyhow::{Context as _, Result};
-use aya::{Ebpf, Pod, maps::HashMap as BpfHashMap};
+use aya::{
+    Ebpf, Pod,
+    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuHashMap, PerCpuValues},
+};
 use profiler_common::counters::Counter;
 
 /// Values the kernel only ever adds to.
 pub trait Growth: Copy + Default {
     /// What was added since `before`.
     fn since(self, before: Self) -> Self;
+    /// Both together (one CPU's value and another's).
+    fn plus(self, other: Self) -> Self;
     fn is_zero(&self) -> bool;
 }
 
 impl Growth for u64 {
     fn since(self, before: u64) -> u64 {
         self.saturating_sub(before)
+    }
+
+    fn plus(self, other: u64) -> u64 {
+        self.saturating_add(other)
     }
 
     fn is_zero(&self) -> bool {
@@ -50,9 +60,52 @@ impl Exits {
     }
 }
 
+/// How the kernel keeps a counter map's values.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Values {
+    /// One per key, added to atomically.
+    Shared,
+    /// One per key and CPU (`BPF_MAP_TYPE_PERCPU_HASH`).
+    PerCpu,
+}
+
+/// A kernel hash map as the drain reads it, whichever way it keeps its values.
+trait CountingMap<K, V> {
+    fn entries(&self) -> Result<Vec<(K, V)>, MapError>;
+    /// The key's value, then the key taken out of the map.
+    fn take(&mut self, key: &K) -> Option<V>;
+}
+
+impl<K: Pod, V: Pod> CountingMap<K, V> for BpfHashMap<&mut MapData, K, V> {
+    fn entries(&self) -> Result<Vec<(K, V)>, MapError> {
+        self.iter().collect()
+    }
+
+    fn take(&mut self, key: &K) -> Option<V> {
+        let last = self.get(key, 0).ok()?;
+        self.remove(key).ok().map(|()| last)
+    }
+}
+
+fn sum<V: Pod + Growth>(values: &PerCpuValues<V>) -> V {
+    values.iter().fold(V::default(), |sum, value| sum.plus(*value))
+}
+
+impl<K: Pod, V: Pod + Growth> CountingMap<K, V> for PerCpuHashMap<&mut MapData, K, V> {
+    fn entries(&self) -> Result<Vec<(K, V)>, MapError> {
+        self.iter().map(|entry| entry.map(|(key, values)| (key, sum(&values)))).collect()
+    }
+
+    fn take(&mut self, key: &K) -> Option<V> {
+        let last = sum(&self.get(key, 0).ok()?);
+        self.remove(key).ok().map(|()| last)
+    }
+}
+
 /// One per-process hash map of the kernel, with what it held at the last look.
 pub struct CounterMap<K, V> {
     name: &'static str,
+    values: Values,
     capacity: u32,
     /// The kernel's count of the entries it created in the map.
     created: Counter,
@@ -63,8 +116,8 @@ pub struct CounterMap<K, V> {
 }
 
 impl<K: Pod + Eq + Hash, V: Pod + Growth> CounterMap<K, V> {
-    pub fn new(name: &'static str, capacity: u32, created: Counter, tgid: fn(&K) -> u32) -> Self {
-        Self { name, capacity, created, removed: 0, tgid, previous: HashMap::new() }
+    pub fn new(name: &'static str, values: Values, capacity: u32, created: Counter, tgid: fn(&K) -> u32) -> Self {
+        Self { name, values, capacity, created, removed: 0, tgid, previous: HashMap::new() }
     }
 
     /// How full the map was at the last look.
@@ -85,18 +138,16 @@ impl<K: Pod + Eq + Hash, V: Pod + Growth> CounterMap<K, V> {
     /// after the walk passed its entry, and an entry it creates after the walk is taken next time.
     pub fn drain(&mut self, ebpf: &mut Ebpf, exits: &mut Exits) -> Result<Vec<(K, V)>> {
         let map = ebpf.map_mut(self.name).with_context(|| format!("map {} missing from the eBPF object", self.name))?;
-        let mut map: BpfHashMap<_, K, V> = BpfHashMap::try_from(map)?;
-        let mut now = HashMap::with_capacity(self.previous.len());
-        for entry in map.iter() {
-            let (key, value) = entry.with_context(|| format!("cannot read map {}", self.name))?;
-            now.insert(key, value);
-        }
+        let mut map: Box<dyn CountingMap<K, V> + '_> = match self.values {
+            Values::Shared => Box::new(BpfHashMap::<_, K, V>::try_from(map)?),
+            Values::PerCpu => Box::new(PerCpuHashMap::<_, K, V>::try_from(map)?),
+        };
+        let entries = map.entries().with_context(|| format!("cannot read map {}", self.name))?;
+        let mut now: HashMap<K, V> = entries.into_iter().collect();
         let gone: Vec<K> = now.keys().filter(|key| exits.exited((self.tgid)(key))).copied().collect();
         let mut removed = Vec::with_capacity(gone.len());
         for key in gone {
-            if let Ok(last) = map.get(&key, 0)
-                && map.remove(&key).is_ok()
-            {
+            if let Some(last) = map.take(&key) {
                 now.insert(key, last);
                 removed.push(key);
             }

@@ -14,7 +14,7 @@ use aya::{
 };
 use profiler_common::{
     counters::{COUNTERS, Counter, NUM_COUNTERS},
-    process::{self, MAX_HASHED_THREADS, MAX_PID_MAX_FOR_ARRAYS, ProcessName},
+    process::{self, MAX_THREAD_SLOTS, ProcessName},
     runqlat, syscalls as sc,
 };
 
@@ -253,29 +253,23 @@ fn load_object(
     let own_tgid = if options.include_self { 0 } else { std::process::id() };
     let per_thread = u8::from(options.per_thread);
     let pid_max = pid_max()?;
-    let tid_arrays = u8::from(pid_max <= MAX_PID_MAX_FOR_ARRAYS);
     // No target BTF: the programs have no CO-RE relocations (the layout's offsets stand in for
     // them), and aya's parse of the kernel's BTF would be most of the recorder's peak memory. aya
     // skips CO-RE silently without one: a program that uses CO-RE needs
     // `loader.btf(Some(&aya::Btf::from_sys_fs()?))` here.
     let mut loader = EbpfLoader::new();
     loader.btf(None);
-    let (array_len, hash_len) = match tid_arrays {
-        1 => (pid_max, 1),
-        _ => (1, MAX_HASHED_THREADS),
-    };
-    for (array, hash) in
-        [(runqlat::RUNQ_START, runqlat::RUNQ_START_BY_TID), (sc::SYSCALL_START, sc::SYSCALL_START_BY_TID)]
-    {
-        loader.map_max_entries(array, array_len);
-        loader.map_max_entries(hash, hash_len);
+    let runs = |name: &str| running.iter().any(|p| p.name() == name);
+    for (probe, array) in [("sched", runqlat::RUNQ_START), ("syscalls", sc::SYSCALL_START)] {
+        loader.map_max_entries(array, if runs(probe) { pid_max.min(MAX_THREAD_SLOTS) } else { 1 });
     }
-    for probe in super::REGISTRY.iter().filter(|spec| !running.iter().any(|p| p.name() == spec.name())) {
-        for map in probe.own_maps() {
+    // A map two probes share keeps its size if either runs.
+    let used: Vec<&str> = running.iter().flat_map(|p| p.0.own_maps().iter().copied()).collect();
+    for probe in super::REGISTRY.iter().filter(|spec| !runs(spec.name())) {
+        for map in probe.own_maps().iter().filter(|map| !used.contains(map)) {
             loader.map_max_entries(map, 1);
         }
     }
-    loader.override_global("TID_ARRAYS", &tid_arrays, true);
     let offsets = layout.globals();
     for (name, value) in &offsets {
         loader.override_global(name, value, true);

@@ -45,6 +45,14 @@ pub trait ProbeSpec: Sync {
     /// The maps only this probe uses (not its per-thread start times, which the loader sizes):
     /// shrunk to one entry when it does not run, so they cost no kernel memory.
     fn own_maps(&self) -> &'static [&'static str];
+    /// Whether the probe runs when none is named.
+    fn by_default(&self) -> bool {
+        true
+    }
+    /// Probes that cannot run beside this one (they fill the same maps).
+    fn excludes(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// A fresh drain for one session.
     fn drain(&self) -> Box<dyn Drain>;
 }
@@ -82,7 +90,7 @@ pub struct Drained {
 }
 
 /// Every probe this build has.
-pub static REGISTRY: [&dyn ProbeSpec; 3] = [&sched::Sched, &syscalls::Syscalls, &oncpu::Cpu];
+pub static REGISTRY: [&dyn ProbeSpec; 4] = [&sched::Sched, &syscalls::Syscalls, &syscalls::SyscallCounts, &oncpu::Cpu];
 
 /// A probe of the registry, by value: compared, ordered and printed by name.
 #[derive(Clone, Copy)]
@@ -96,6 +104,11 @@ impl Probe {
     /// Every probe of the registry, in its order.
     pub fn all() -> Vec<Probe> {
         REGISTRY.iter().map(|&spec| Probe(spec)).collect()
+    }
+
+    /// The probes that run when none is named.
+    pub fn defaults() -> Vec<Probe> {
+        Probe::all().into_iter().filter(|p| p.0.by_default()).collect()
     }
 
     /// The probe of the registry with this name.
@@ -161,11 +174,23 @@ pub struct ProbeSelection {
 
 impl ProbeSelection {
     /// The probes named on the command line, each once in registry order; `default` when none was.
-    pub fn from_args(named: &[Probe], default: &[Probe]) -> Self {
+    /// Probes that exclude each other are an error.
+    pub fn from_args(named: &[Probe], default: &[Probe]) -> Result<Self> {
         let chosen = if named.is_empty() { default } else { named };
         let mut probes: Vec<Probe> = Probe::all().into_iter().filter(|p| chosen.contains(p)).collect();
         probes.dedup();
-        ProbeSelection { probes, named: !named.is_empty() }
+        for probe in &probes {
+            if let Some(other) = probes.iter().find(|other| probe.0.excludes().contains(&other.name())) {
+                anyhow::bail!(
+                    "the {} and {} probes both count syscalls: choose one ({} also times them; {} costs less)",
+                    other.name(),
+                    probe.name(),
+                    other.name(),
+                    probe.name()
+                );
+            }
+        }
+        Ok(ProbeSelection { probes, named: !named.is_empty() })
     }
 }
 
@@ -201,12 +226,14 @@ mod tests {
     #[test]
     fn probes_are_chosen_in_registry_order_and_once() {
         let by = |name| Probe::by_name(name).unwrap();
-        let selection = ProbeSelection::from_args(&[by("cpu"), by("sched"), by("cpu")], &Probe::all());
+        let selection = ProbeSelection::from_args(&[by("cpu"), by("sched"), by("cpu")], &Probe::defaults()).unwrap();
         assert_eq!(selection.probes, [by("sched"), by("cpu")]);
         assert!(selection.named);
-        let default = ProbeSelection::from_args(&[], &Probe::all());
-        assert_eq!(default.probes, Probe::all());
+        let default = ProbeSelection::from_args(&[], &Probe::defaults()).unwrap();
+        assert_eq!(default.probes, [by("sched"), by("syscalls"), by("cpu")]);
         assert!(!default.named);
+        let both = ProbeSelection::from_args(&[by("syscall-counts"), by("syscalls")], &[]).unwrap_err();
+        assert!(both.to_string().contains("choose one"), "{both}");
     }
 
     /// Every map name the loader and the drains use exists in the eBPF object.
@@ -219,11 +246,9 @@ mod tests {
             process::PROCESSES,
             process::FILTER_PIDS,
             runqlat::RUNQ_START,
-            runqlat::RUNQ_START_BY_TID,
             runqlat::RUNQ_LATENCY,
             runqlat::RUNQ_PROCESS_LATENCY,
             syscalls::SYSCALL_START,
-            syscalls::SYSCALL_START_BY_TID,
             syscalls::SYSCALL_STATS,
             syscalls::SYSCALL_ERRNOS,
             syscalls::SYSCALL_LATENCY,

@@ -12,7 +12,7 @@ use profiler_common::{
 
 use super::{
     Drain, Drained, Feature, Kernel, ProbeSpec,
-    counter_map::{CounterMap, dense_growth},
+    counter_map::{CounterMap, Values, dense_growth},
     loader::map,
     program::{Alternatives, Arg, Program, TASK, tracepoint},
 };
@@ -66,6 +66,7 @@ impl ProbeSpec for Sched {
             per_cpu: Vec::new(),
             per_process: CounterMap::new(
                 RUNQ_PROCESS_LATENCY,
+                Values::Shared,
                 MAX_PROCESS_BUCKETS,
                 Counter::RunqProcessEntries,
                 |key: &ProcessBucket| key.tgid,

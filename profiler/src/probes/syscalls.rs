@@ -1,4 +1,5 @@
-//! Syscall probe (`profiler-ebpf/src/syscalls.rs`): its programs and the drain of its maps.
+//! Syscall probes (`profiler-ebpf/src/syscalls.rs`): `syscalls`, timed, and `syscall-counts`, which
+//! counts from sys_exit alone; their programs and the drain of the maps they share.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -15,13 +16,16 @@ use profiler_common::{
 
 use super::{
     Drain, Drained, Feature, Kernel, ProbeSpec,
-    counter_map::{CounterMap, Growth, dense_growth},
+    counter_map::{CounterMap, Growth, Values, dense_growth},
     loader::map,
     program::{Alternatives, Arg, Program, TASK, tracepoint},
 };
 use crate::recording::{LatencyHistogram, ProcessSyscall, Syscalls as SyscallData};
 
 pub struct Syscalls;
+
+/// Counts and errors only: one program, no clock.
+pub struct SyscallCounts;
 
 /// sys_enter(struct pt_regs *regs, long id) and sys_exit(struct pt_regs *regs, long ret): the
 /// programs read the second.
@@ -32,6 +36,16 @@ const PROGRAMS: &[Alternatives] = &[
     &[Program { name: "syscall_sys_exit", attach: tracepoint("raw_syscalls", "sys_exit", NUMBER_OR_RESULT) }],
     &[Program { name: "syscall_thread_exit", attach: tracepoint("sched", "sched_process_exit", &[TASK]) }],
 ];
+
+/// sys_exit(struct pt_regs *regs, long ret): the count-only program reads the syscall number from
+/// the registers.
+const REGS_AND_RESULT: &[Arg] = &[Arg::StructPtr("pt_regs"), Arg::Int(8)];
+
+const COUNT_PROGRAMS: &[Alternatives] =
+    &[&[Program { name: "syscall_counts_sys_exit", attach: tracepoint("raw_syscalls", "sys_exit", REGS_AND_RESULT) }]];
+
+/// The maps both probes fill.
+const COUNT_MAPS: &[&str] = &[SYSCALL_STATS, SYSCALL_ERRNOS];
 
 impl ProbeSpec for Syscalls {
     fn name(&self) -> &'static str {
@@ -55,21 +69,64 @@ impl ProbeSpec for Syscalls {
     }
 
     fn drain(&self) -> Box<dyn Drain> {
-        Box::new(SyscallDrain {
+        Box::new(SyscallDrain::new(true))
+    }
+}
+
+impl ProbeSpec for SyscallCounts {
+    fn name(&self) -> &'static str {
+        "syscall-counts"
+    }
+
+    fn about(&self) -> &'static str {
+        "syscall counts and errors only, from sys_exit alone: cheaper than syscalls, no latency"
+    }
+
+    fn requires(&self) -> &'static [Feature] {
+        &[Feature::BtfTracepoints]
+    }
+
+    fn programs(&self) -> &'static [Alternatives] {
+        COUNT_PROGRAMS
+    }
+
+    fn own_maps(&self) -> &'static [&'static str] {
+        COUNT_MAPS
+    }
+
+    fn by_default(&self) -> bool {
+        false
+    }
+
+    fn excludes(&self) -> &'static [&'static str] {
+        &["syscalls"]
+    }
+
+    fn drain(&self) -> Box<dyn Drain> {
+        Box::new(SyscallDrain::new(false))
+    }
+}
+
+impl SyscallDrain {
+    fn new(timed: bool) -> SyscallDrain {
+        SyscallDrain {
+            timed,
             latency: HashMap::new(),
             stats: CounterMap::new(
                 SYSCALL_STATS,
+                Values::PerCpu,
                 MAX_PROCESS_SYSCALLS,
                 Counter::SyscallProcessEntries,
                 |key: &StatsKey| key.tgid,
             ),
             errnos: CounterMap::new(
                 SYSCALL_ERRNOS,
+                Values::Shared,
                 MAX_SYSCALL_ERRNOS,
                 Counter::SyscallErrnoEntries,
                 |key: &SyscallErrno| key.tgid,
             ),
-        })
+        }
     }
 }
 
@@ -82,12 +139,22 @@ impl Growth for SyscallStats {
         }
     }
 
+    fn plus(self, other: Self) -> Self {
+        SyscallStats {
+            count: self.count.saturating_add(other.count),
+            errors: self.errors.saturating_add(other.errors),
+            total_ns: self.total_ns.saturating_add(other.total_ns),
+        }
+    }
+
     fn is_zero(&self) -> bool {
         self.count == 0
     }
 }
 
 struct SyscallDrain {
+    /// Whether calls are timed (`syscalls`) or only counted (`syscall-counts`).
+    timed: bool,
     /// Each syscall's histogram at the last drain, for the syscalls seen so far.
     latency: HashMap<u32, Vec<u64>>,
     stats: CounterMap<StatsKey, SyscallStats>,
@@ -96,7 +163,24 @@ struct SyscallDrain {
 
 impl Drain for SyscallDrain {
     fn drain(&mut self, kernel: &mut Kernel<'_>, interval: &mut Drained) -> Result<()> {
-        let latency_map: Array<_, Histogram> = Array::try_from(map(kernel.ebpf, SYSCALL_LATENCY)?)?;
+        let latency = if self.timed { self.latency_growth(kernel.ebpf)? } else { BTreeMap::new() };
+        let stats = self.stats.drain(kernel.ebpf, kernel.exits)?;
+        let errnos = self.errnos.drain(kernel.ebpf, kernel.exits)?;
+        interval.fills.extend([self.stats.fill(), self.errnos.fill()]);
+        let per_process = rows(stats, errnos);
+        interval.recording.syscalls = Some(SyscallData { latency, per_process, counts_only: !self.timed });
+        Ok(())
+    }
+
+    fn fullest(&self, counters: &[u64]) -> f64 {
+        self.stats.fill_now(counters).max(self.errnos.fill_now(counters))
+    }
+}
+
+impl SyscallDrain {
+    /// Each syscall's latency histogram's growth since the last drain.
+    fn latency_growth(&mut self, ebpf: &aya::Ebpf) -> Result<BTreeMap<u32, LatencyHistogram>> {
+        let latency_map: Array<_, Histogram> = Array::try_from(map(ebpf, SYSCALL_LATENCY)?)?;
         let mut latency = BTreeMap::new();
         for (nr, histogram) in latency_map.iter().enumerate() {
             let histogram = histogram?;
@@ -112,15 +196,7 @@ impl Drain for SyscallDrain {
                 latency.insert(nr, growth);
             }
         }
-        let stats = self.stats.drain(kernel.ebpf, kernel.exits)?;
-        let errnos = self.errnos.drain(kernel.ebpf, kernel.exits)?;
-        interval.fills.extend([self.stats.fill(), self.errnos.fill()]);
-        interval.recording.syscalls = Some(SyscallData { latency, per_process: rows(stats, errnos) });
-        Ok(())
-    }
-
-    fn fullest(&self, counters: &[u64]) -> f64 {
-        self.stats.fill_now(counters).max(self.errnos.fill_now(counters))
+        Ok(latency)
     }
 }
 

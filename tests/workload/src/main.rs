@@ -21,12 +21,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Workload {
-    /// Exactly N getppid calls and M openat calls that fail with ENOENT.
+    /// Exactly N getppid calls and M openat calls that fail with ENOENT, in each of THREADS
+    /// threads (thread i pinned to CPU i modulo the CPU count when there are several).
     Syscalls {
         #[arg(long)]
         getppid: u64,
         #[arg(long)]
         fail_open: u64,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
     /// THREADS busy threads pinned to one CPU, spinning for SECONDS: they wait for each other in
     /// that CPU's run queue.
@@ -101,7 +104,21 @@ fn main() {
         std::io::stdin().lock().read_line(&mut line).expect("stdin");
     }
     match cli.workload {
-        Workload::Syscalls { getppid, fail_open } => syscalls(getppid, fail_open),
+        Workload::Syscalls { getppid, fail_open, threads: 1 } => syscalls(getppid, fail_open),
+        Workload::Syscalls { getppid, fail_open, threads } => {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let workers: Vec<_> = (0..threads)
+                .map(|i| {
+                    std::thread::spawn(move || {
+                        pin_to(i % cpus);
+                        syscalls(getppid, fail_open);
+                    })
+                })
+                .collect();
+            for worker in workers {
+                worker.join().expect("a syscall thread panicked");
+            }
+        }
         Workload::Spin { threads, cpu, seconds, sleep_us, busy_us } => spin(
             threads,
             cpu,

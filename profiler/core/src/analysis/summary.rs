@@ -178,7 +178,11 @@ pub struct ProcessLatency {
 pub struct SyscallSummary {
     pub total: u64,
     pub errors: u64,
+    /// Why there is no latency, when calls were counted and not timed; absent when timed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_not_measured: Option<&'static str>,
     pub by_count: Vec<SyscallRow>,
+    /// Empty when latency was not measured.
     pub by_time: Vec<SyscallRow>,
     /// Every (process, syscall) row with errors, most errors first.
     pub errors_by_process: Vec<ProcessSyscallErrors>,
@@ -190,8 +194,11 @@ pub struct SyscallRow {
     pub nr: u32,
     pub count: u64,
     pub errors: u64,
-    pub total_ns: u64,
-    pub latency: Percentiles,
+    /// Time spent in the calls, and its percentiles: absent when calls were only counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<Percentiles>,
     /// The commonest errno of failures, with its count.
     pub top_errno: Option<(String, u64)>,
 }
@@ -207,6 +214,9 @@ pub struct ProcessSyscallErrors {
     pub errors: u64,
     pub errnos: Vec<(String, u64)>,
 }
+
+/// What a report says of a recording whose calls were counted, not timed.
+pub const COUNTS_ONLY: &str = "calls were counted, not timed (--probes syscall-counts): no latency";
 
 pub fn syscall_name(nr: u32) -> String {
     syscalls::Sysno::new(nr as usize).map_or_else(|| format!("syscall_{nr}"), |s| s.name().to_string())
@@ -303,6 +313,7 @@ fn syscall_summary(
     }
 
     let empty = LatencyHistogram::default();
+    let timed = !syscalls.counts_only;
     let rows: Vec<SyscallRow> = by_nr
         .iter()
         .map(|(&nr, totals)| SyscallRow {
@@ -310,8 +321,8 @@ fn syscall_summary(
             nr,
             count: totals.count,
             errors: totals.errors,
-            total_ns: totals.total_ns,
-            latency: percentiles(syscalls.latency.get(&nr).unwrap_or(&empty)),
+            total_ns: timed.then_some(totals.total_ns),
+            latency: timed.then(|| percentiles(syscalls.latency.get(&nr).unwrap_or(&empty))),
             top_errno: totals
                 .errnos
                 .iter()
@@ -339,8 +350,9 @@ fn syscall_summary(
     let summary = SyscallSummary {
         total: rows.iter().fold(0u64, |sum, r| sum.saturating_add(r.count)),
         errors: rows.iter().fold(0u64, |sum, r| sum.saturating_add(r.errors)),
+        latency_not_measured: (!timed).then_some(COUNTS_ONLY),
         by_count: ranked(|r| r.count),
-        by_time: ranked(|r| r.total_ns),
+        by_time: if timed { ranked(|r| r.total_ns.unwrap_or(0)) } else { Vec::new() },
         errors_by_process: errors_by_process(recording, syscalls, top),
     };
     (summary, failing)

@@ -91,6 +91,11 @@ fn latency(w: &mut String, latency: &[LatencyComparison]) {
     }
 }
 
+/// A mean latency, or why there is none.
+fn mean(ns: Option<f64>) -> String {
+    ns.map_or_else(|| "not timed".to_string(), |ns| format_ns(ns as u64))
+}
+
 fn syscalls(w: &mut String, syscalls: &[SyscallComparison]) {
     let _ = writeln!(w, "\nSyscalls (rate per second, error rate, mean latency)");
     for s in syscalls.iter().take(20) {
@@ -109,8 +114,8 @@ fn syscalls(w: &mut String, syscalls: &[SyscallComparison]) {
             s.new_per_second,
             s.base_error_percent,
             s.new_error_percent,
-            format_ns(s.base_mean_ns as u64),
-            format_ns(s.new_mean_ns as u64),
+            mean(s.base_mean_ns),
+            mean(s.new_mean_ns),
             notes.join("; ")
         );
     }

@@ -127,27 +127,35 @@ fn syscall_tables(w: &mut String, syscalls: &SyscallSummary) {
         syscalls.errors,
         percent(syscalls.errors, syscalls.total)
     );
-    for (title, rows) in [("by count", &syscalls.by_count), ("by total time", &syscalls.by_time)] {
+    if let Some(why) = syscalls.latency_not_measured {
+        let _ = writeln!(w, "  {why}");
+    }
+    let tables = [("by count", &syscalls.by_count), ("by total time", &syscalls.by_time)];
+    for (title, rows) in tables.into_iter().filter(|(_, rows)| !rows.is_empty()) {
         let _ = writeln!(w, "  top {title}:");
+        let timed = syscalls.latency_not_measured.is_none();
+        let latency_titles = format!(" {:>10} {:>9} {:>9} {:>9}", "total", "mean", "p50", "p99");
         let _ = writeln!(
             w,
-            "  {:<20} {:>10} {:>10} {:>9} {:>9} {:>9} {:>8}  commonest errno",
-            "syscall", "count", "total", "mean", "p50", "p99", "errors"
+            "  {:<20} {:>10}{} {:>8}  commonest errno",
+            "syscall",
+            "count",
+            if timed { latency_titles.as_str() } else { "" },
+            "errors"
         );
         for row in rows.iter() {
             let errno = row.top_errno.as_ref().map_or(String::new(), |(name, n)| format!("{name} ({n})"));
-            let _ = writeln!(
-                w,
-                "  {:<20} {:>10} {:>10} {:>9} {:>9} {:>9} {:>8}  {}",
-                row.name,
-                row.count,
-                format_ns(row.total_ns),
-                format_ns(row.latency.mean_ns as u64),
-                format_ns(row.latency.p50_ns),
-                format_ns(row.latency.p99_ns),
-                row.errors,
-                errno
-            );
+            let latency = match (row.total_ns, &row.latency) {
+                (Some(total), Some(latency)) => format!(
+                    " {:>10} {:>9} {:>9} {:>9}",
+                    format_ns(total),
+                    format_ns(latency.mean_ns as u64),
+                    format_ns(latency.p50_ns),
+                    format_ns(latency.p99_ns)
+                ),
+                _ => String::new(),
+            };
+            let _ = writeln!(w, "  {:<20} {:>10}{latency} {:>8}  {}", row.name, row.count, row.errors, errno);
         }
     }
     if !syscalls.errors_by_process.is_empty() {

@@ -105,6 +105,7 @@ impl Accumulator {
             self.syscall_rows.clear();
             let moved = Syscalls {
                 latency: Default::default(),
+                counts_only: syscalls.counts_only,
                 per_process: rows
                     .into_iter()
                     .map(|row| ProcessSyscall { tgid: target(row.tgid).unwrap_or(row.tgid), ..row })
@@ -173,6 +174,7 @@ fn add_runq(kept: &mut RunqLatency, delta: &RunqLatency) {
 }
 
 fn add_syscalls(kept: &mut Syscalls, rows: &mut HashMap<(u32, u32), usize>, delta: &Syscalls) {
+    kept.counts_only |= delta.counts_only;
     for (nr, histogram) in &delta.latency {
         kept.latency.entry(*nr).or_default().merge(histogram);
     }
@@ -239,6 +241,7 @@ mod tests {
                 total_ns: latency_ns,
                 errnos: vec![(2, 1)],
             }],
+            counts_only: false,
         };
         Recording {
             counters: Counters { cpu_samples: count, ..Default::default() },

@@ -39,15 +39,17 @@ impl Recording {
         runq.chain(syscalls).chain(stacks).collect()
     }
 
-    /// Sets the counts the kernel does not keep apart because the histograms hold them: latencies
-    /// measured and syscalls made.
+    /// Sets the counts the kernel does not keep apart because the histograms and rows hold them:
+    /// latencies measured and syscalls made.
     pub fn derive_counts(&mut self) {
         if let Some(runq) = &self.runq {
             let cpus = runq.per_cpu.iter().fold(0u64, |sum, h| sum.saturating_add(h.count()));
             self.counters.runq_latencies = cpus.max(runq.system.count());
         }
         if let Some(syscalls) = &self.syscalls {
-            self.counters.syscalls = syscalls.latency.values().fold(0u64, |sum, h| sum.saturating_add(h.count()));
+            // Every call is in a row; not every one is timed (one that began before the probe
+            // was attached), and none is with `syscall-counts`.
+            self.counters.syscalls = syscalls.per_process.iter().fold(0u64, |sum, row| sum.saturating_add(row.count));
         }
     }
 
@@ -260,6 +262,9 @@ pub struct Syscalls {
     pub latency: BTreeMap<u32, LatencyHistogram>,
     /// Per (process, syscall) counts.
     pub per_process: Vec<ProcessSyscall>,
+    /// Calls were counted, not timed (the `syscall-counts` probe): `latency` is empty and every
+    /// `total_ns` 0, not measured. Absent from older recordings, whose calls were all timed.
+    pub counts_only: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

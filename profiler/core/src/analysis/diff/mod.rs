@@ -112,8 +112,9 @@ pub struct SyscallComparison {
     pub new_per_second: f64,
     pub base_error_percent: f64,
     pub new_error_percent: f64,
-    pub base_mean_ns: f64,
-    pub new_mean_ns: f64,
+    /// Mean latency; absent for a side whose calls were counted, not timed.
+    pub base_mean_ns: Option<f64>,
+    pub new_mean_ns: Option<f64>,
     /// Only in NEW.
     pub new_syscall: bool,
     /// Errnos seen only in NEW.
@@ -274,5 +275,12 @@ mod tests {
         // Twice the rate in the same time is flagged.
         let d = diff(&with_calls(10, 1000, 100), &with_calls(10, 2000, 200), &options);
         assert!(d.regressions.iter().any(|f| f.kind == FindingKind::SyscallRate));
+        // A side recorded with `syscall-counts` has rates and errors, and no mean latency.
+        let mut counted = with_calls(10, 1000, 100);
+        counted.syscalls.as_mut().unwrap().counts_only = true;
+        let d = diff(&counted, &with_calls(10, 1000, 100), &options);
+        assert_eq!((d.syscalls[0].base_mean_ns, d.syscalls[0].new_mean_ns), (None, Some(0.0)));
+        let text = crate::output::diff::text(&d);
+        assert!(text.contains("mean not timed → "), "{text}");
     }
 }

@@ -42,6 +42,11 @@ fn totals(recording: &Recording) -> BTreeMap<u32, Totals> {
     totals
 }
 
+/// Whether the recording's calls were timed.
+fn timed(recording: &Recording) -> bool {
+    recording.syscalls.as_ref().is_some_and(|s| !s.counts_only)
+}
+
 fn seconds(recording: &Recording) -> f64 {
     (recording.meta.duration_ns as f64 / 1e9).max(1e-9)
 }
@@ -80,8 +85,8 @@ pub fn compare(base: &Recording, new: &Recording, findings: &mut Findings) -> Ve
                 new_per_second: pair.new.count as f64 / pair.new_seconds,
                 base_error_percent: pair.base.error_percent(),
                 new_error_percent: pair.new.error_percent(),
-                base_mean_ns: pair.base.mean_ns(),
-                new_mean_ns: pair.new.mean_ns(),
+                base_mean_ns: timed(base).then(|| pair.base.mean_ns()),
+                new_mean_ns: timed(new).then(|| pair.new.mean_ns()),
                 new_syscall: pair.base.count == 0 && pair.new.count > 0,
                 new_errnos,
                 name: pair.name,
