@@ -46,6 +46,8 @@ use crate::{status, workspace_root};
 /// emulated, and the whole matrix should stay within about 15 minutes.
 pub const GUEST_TESTS: &[(&str, &str)] = &[
     ("record", "counts_exactly_the_syscalls_a_process_makes"),
+    ("record", "syscall_counts_counts_exactly_and_reports_no_latency"),
+    ("record", "threads_sharing_a_slot_lose_a_latency_never_a_count"),
     ("record", "contended_cpu_shows_millisecond_run_queue_waits_and_idle_cpu_does_not"),
     ("record", "sigint_and_sigterm_give_complete_recordings"),
     ("stacks", "hot_functions_get_their_share_and_appear_in_the_flamegraph"),
@@ -636,7 +638,9 @@ start=$(date +%s)
 # Something to record: the profiler leaves itself out, and a guest may be quiet for 3 s.
 sh -c 'while :; do ls -l /usr/bin > /dev/null; done' &
 busy=$!
-{p} record -d 3 -q -o "$R/matrix.rec" > "$R/tests/{MATRIX_ID}.log" 2>&1 && {p} report "$R/matrix.rec" --json > "$R/matrix.json" 2>> "$R/tests/{MATRIX_ID}.log"
+{p} record -d 3 -q -o "$R/matrix.rec" > "$R/tests/{MATRIX_ID}.log" 2>&1 && {p} report "$R/matrix.rec" --json > "$R/matrix.json" 2>> "$R/tests/{MATRIX_ID}.log" \
+  && {p} record -d 2 -q --probes syscall-counts -o "$R/matrix-counts.rec" >> "$R/tests/{MATRIX_ID}.log" 2>&1 \
+  && {p} report "$R/matrix-counts.rec" --json > "$R/matrix-counts.json" 2>> "$R/tests/{MATRIX_ID}.log"
 rc=$?
 kill $busy
 [ $rc = 0 ] || failed=$((failed + 1))

@@ -1,7 +1,7 @@
 //! The support matrix: for this machine's kernel and each guest kernel, which probes ran with
 //! data, which were left out and why, and which tests passed, from the recording each boot made
-//! with the default probes. Written to target/kernels/support-matrix.md and, on request, into
-//! README.md between its markers.
+//! with the default probes (and one with `syscall-counts`, which is not among them). Written to
+//! target/kernels/support-matrix.md and, on request, into README.md between its markers.
 
 use std::{fmt::Write as _, fs, path::Path, process::Command};
 
@@ -10,23 +10,29 @@ use serde_json::Value;
 
 use super::{MATRIX_ID, Report, kernels_dir, workspace_root};
 
-const PROBES: [&str; 3] = ["sched", "syscalls", "cpu"];
+const PROBES: [&str; 4] = ["sched", "syscalls", "syscall-counts", "cpu"];
 const START: &str = "<!-- support-matrix:start -->";
 const END: &str = "<!-- support-matrix:end -->";
 
-/// One row: a kernel and what its recording held.
+/// One row: a kernel and what its recordings held.
 struct Row {
     kernel: String,
     report: Option<Value>,
+    /// The `syscall-counts` recording's.
+    counts_report: Option<Value>,
     tests: String,
+}
+
+fn read_report(path: &Path) -> Option<Value> {
+    fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok())
 }
 
 pub fn write(report: &Report<'_>, profiler: &Path, update_readme: bool) -> Result<()> {
     let mut rows = vec![host_row(profiler)];
     for (kernel, boots) in &report.kernels {
         let Some(last) = boots.last() else { continue };
-        let report =
-            fs::read_to_string(last.run_dir.join("matrix.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+        let report = read_report(&last.run_dir.join("matrix.json"));
+        let counts_report = read_report(&last.run_dir.join("matrix-counts.json"));
         let tests = &last.tests;
         let passed = tests.iter().filter(|t| t.0 != MATRIX_ID && t.1 == "pass").count();
         let total = tests.iter().filter(|t| t.0 != MATRIX_ID).count();
@@ -34,6 +40,7 @@ pub fn write(report: &Report<'_>, profiler: &Path, update_readme: bool) -> Resul
         rows.push(Row {
             kernel: format!("{} (Debian {}, {})", kernel.release, kernel.series, kernel.version),
             report,
+            counts_report,
             tests,
         });
     }
@@ -51,15 +58,19 @@ pub fn write(report: &Report<'_>, profiler: &Path, update_readme: bool) -> Resul
 
 /// This machine's kernel: the same recording, made here (the tests of `cargo xtask test` ran here).
 fn host_row(profiler: &Path) -> Row {
-    let rec = kernels_dir().join("host-matrix.rec");
-    let recorded = Command::new(profiler).arg("record").args(["-d", "3", "-q", "-o"]).arg(&rec).status();
-    let report = recorded
-        .ok()
-        .filter(|s| s.success())
-        .and_then(|_| Command::new(profiler).arg("report").arg(&rec).arg("--json").output().ok())
-        .and_then(|out| serde_json::from_slice::<Value>(&out.stdout).ok());
+    let record = |name: &str, args: &[&str]| {
+        let rec = kernels_dir().join(name);
+        let recorded = Command::new(profiler).arg("record").args(args).args(["-q", "-o"]).arg(&rec).status();
+        recorded
+            .ok()
+            .filter(|s| s.success())
+            .and_then(|_| Command::new(profiler).arg("report").arg(&rec).arg("--json").output().ok())
+            .and_then(|out| serde_json::from_slice::<Value>(&out.stdout).ok())
+    };
+    let report = record("host-matrix.rec", &["-d", "3"]);
+    let counts_report = record("host-matrix-counts.rec", &["-d", "2", "--probes", "syscall-counts"]);
     let release = report.as_ref().and_then(|r| r["kernel_release"].as_str()).unwrap_or("this machine").to_string();
-    Row { kernel: format!("{release} (this machine)"), report, tests: "all (`cargo xtask test`)".into() }
+    Row { kernel: format!("{release} (this machine)"), report, counts_report, tests: "all (`cargo xtask test`)".into() }
 }
 
 /// What one probe did on one kernel.
@@ -75,7 +86,7 @@ fn cell(report: &Value, probe: &str) -> String {
     }
     let data = match probe {
         "sched" => report["runq"]["system"]["count"].as_u64(),
-        "syscalls" => report["syscalls"]["total"].as_u64(),
+        "syscalls" | "syscall-counts" => report["syscalls"]["total"].as_u64(),
         _ => report["cpu"]["samples"].as_u64(),
     };
     match data {
@@ -91,7 +102,14 @@ fn table(rows: &[Row], binary: &str) -> String {
     for row in rows {
         let (cells, features) = match &row.report {
             Some(report) => (
-                PROBES.iter().map(|probe| cell(report, probe)).collect::<Vec<_>>(),
+                PROBES
+                    .iter()
+                    .map(|&probe| match (probe, &row.counts_report) {
+                        ("syscall-counts", Some(counts)) => cell(counts, probe),
+                        ("syscall-counts", None) => "no recording".into(),
+                        _ => cell(report, probe),
+                    })
+                    .collect::<Vec<_>>(),
                 report["kernel_features"]
                     .as_array()
                     .map(|f| f.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
@@ -103,7 +121,8 @@ fn table(rows: &[Row], binary: &str) -> String {
     }
     let _ = writeln!(
         out,
-        "\n\"yes\": a 3 s recording with the default probes, made by {binary}, held that probe's data. \
+        "\n\"yes\": a 3 s recording with the default probes (2 s with `--probes syscall-counts` for its \
+         column), made by {binary}, held that probe's data. \
          Generated by `cargo xtask kernels --update-readme`."
     );
     out
