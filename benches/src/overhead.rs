@@ -94,8 +94,11 @@ fn workloads(bin: &Path) -> Vec<Workload> {
             command: words("taskset -c 1 perf bench sched pipe -l 200000"),
             tracers: vec![
                 tracer("profiler --probes sched (tp_btf, 16x finer buckets, per process and CPU)", &ours("sched")),
-                tracer("profiler --probes sched, kernel.pid_max 4194304 (start times in a hash map)", &ours("sched"))
-                    .with_pid_max(SYSTEMD_PID_MAX),
+                tracer(
+                    "profiler --probes sched, kernel.pid_max 4194304 (threads share tagged start-time slots)",
+                    &ours("sched"),
+                )
+                .with_pid_max(SYSTEMD_PID_MAX),
                 tracer("libbpf-tools runqlat", "runqlat"),
                 tracer(
                     "bcc runqlat-bpfcc (its task_struct offsets come from 6.1 headers: output wrong here, cost comparable)",
@@ -130,7 +133,7 @@ fn workloads(bin: &Path) -> Vec<Workload> {
                 )
                 .with_pid_max(KERNEL_PID_MAX),
                 tracer(
-                    "profiler --probes syscalls, kernel.pid_max 4194304 (start times in a hash map)",
+                    "profiler --probes syscalls, kernel.pid_max 4194304 (threads share tagged start-time slots)",
                     &ours("syscalls"),
                 )
                 .with_pid_max(SYSTEMD_PID_MAX),

@@ -15,7 +15,7 @@ use profiler_common::{
 };
 
 use crate::shared::{
-    PerThread, count, histogram_slot, increment, note_process, now_ns, task_ids, task_selected, task_state,
+    PerThread, Taken, count, histogram_slot, increment, note_process, now_ns, task_ids, task_selected, task_state,
 };
 
 /// When each runnable thread was enqueued (0: not waiting), by thread id (see `PerThread`).
@@ -108,10 +108,9 @@ fn switch_in(next: *const u8) {
     if pid == 0 {
         return;
     }
-    let ts = RUNQ_STARTS.take(pid);
-    if ts == 0 {
+    let Taken::Value(ts) = RUNQ_STARTS.take(pid) else {
         return;
-    }
+    };
     let now = now_ns();
     if now < ts {
         return;

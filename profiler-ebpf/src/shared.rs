@@ -115,6 +115,17 @@ pub struct PerThread(pub &'static Array<u64>);
 
 /// Bits of a thread id that index a `PerThread` array.
 pub const THREAD_SLOT_BITS: u32 = 20;
+
+/// Non-zero when kernel.pid_max is above 2^THREAD_SLOT_BITS, so that threads may share slots.
+#[unsafe(no_mangle)]
+static THREAD_SLOTS_SHARED: Global<u8> = Global::new(0);
+
+/// Whether a slot found empty may have been emptied by a thread sharing it (read-only data: the
+/// verifier drops the branch not taken).
+#[inline(always)]
+pub fn thread_slots_shared() -> bool {
+    THREAD_SLOTS_SHARED.load() != 0
+}
 /// Bits of a slot that hold the rest of the thread id (ids are below 2^22, Linux's PID_MAX_LIMIT).
 const TAG_BITS: u32 = 2;
 const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
@@ -148,22 +159,26 @@ impl PerThread {
         }
     }
 
-    /// Takes the thread's value out, leaving 0 (none) behind; 0 if the slot holds none of its.
+    /// Takes the thread's value out, leaving none behind.
     #[inline(always)]
-    pub fn take(&self, tid: u32) -> u64 {
+    pub fn take(&self, tid: u32) -> Taken {
         let Some((slot, tag)) = self.slot(tid) else {
-            return 0;
+            // Its store was counted as lost.
+            return Taken::Lost;
         };
         // SAFETY: as in `store`.
         unsafe {
             let held = *slot;
             // Only a held slot is written: a store, even of the 0 already there, would pull the
             // slot's cache line away from the other CPUs.
-            if held == 0 || held & TAG_MASK != tag {
-                return 0;
+            if held == 0 {
+                return Taken::Empty;
+            }
+            if held & TAG_MASK != tag {
+                return Taken::Lost;
             }
             *slot = 0;
-            held >> TAG_BITS
+            Taken::Value(held >> TAG_BITS)
         }
     }
 
@@ -172,6 +187,15 @@ impl PerThread {
     pub fn forget(&self, tid: u32) {
         self.take(tid);
     }
+}
+
+/// What a thread's slot held for it.
+pub enum Taken {
+    Value(u64),
+    /// Nothing was stored for the thread since the probe was attached.
+    Empty,
+    /// Another thread's value is there: the thread's own, if it stored one, was overwritten.
+    Lost,
 }
 
 #[inline(always)]

@@ -21,8 +21,8 @@ use profiler_common::{
 };
 
 use crate::shared::{
-    BPF_F_NO_PREALLOC, BPF_NOEXIST, PerThread, THREAD_VALUE_MASK, atomic_add, count, current_selected, histogram_slot,
-    increment, note_process, now_ns, task_ids,
+    BPF_F_NO_PREALLOC, BPF_NOEXIST, PerThread, THREAD_VALUE_MASK, Taken, atomic_add, count, current_selected,
+    histogram_slot, increment, note_process, now_ns, task_ids, thread_slots_shared,
 };
 
 /// When each thread entered which syscall (0: not in a syscall), by thread id (see `PerThread`).
@@ -93,12 +93,16 @@ pub fn syscall_thread_exit(ctx: BtfTracePointContext) -> i32 {
 pub fn syscall_sys_exit(ctx: BtfTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    let start = SYSCALL_STARTS.take(pid_tgid as u32);
-    if start == 0 {
-        // No entry time: the call began before the probe was attached, or another thread with the
-        // same slot overwrote it (counted). It is counted all the same, untimed.
-        return count_untimed(&ctx, tgid);
-    }
+    let start = match SYSCALL_STARTS.take(pid_tgid as u32) {
+        Taken::Value(start) => start,
+        // A thread that shares the slot (pid_max above 2^20) overwrote the entry time, which was
+        // counted, and may have emptied the slot since: the call still counts, untimed.
+        Taken::Lost => return count_untimed(&ctx, tgid),
+        Taken::Empty if thread_slots_shared() => return count_untimed(&ctx, tgid),
+        // Entered before the probe was attached, or a new thread's return from fork: not a call
+        // of the recording's, as strace would not count it either.
+        Taken::Empty => return 0,
+    };
     let nr = (start & NR_MASK) as u32;
     let latency = now_ns().wrapping_sub(start >> NR_BITS) & TIME_MASK;
     if let Some(histogram) = SYSCALL_LATENCY.get_ptr_mut(nr) {
@@ -114,7 +118,9 @@ pub fn syscall_counts_sys_exit(ctx: BtfTracePointContext) -> i32 {
     count_untimed(&ctx, (bpf_get_current_pid_tgid() >> 32) as u32)
 }
 
-/// Counts the call that sys_exit reports, without its latency, if its process is recorded.
+/// Counts the call that sys_exit reports, without its latency, if its process is recorded. A new
+/// thread's or process's return from fork is not a call of its own (its parent's is counted), as
+/// strace counts.
 #[inline(always)]
 fn count_untimed(ctx: &BtfTracePointContext, tgid: u32) -> i32 {
     let regs: *const u64 = ctx.arg(0);
@@ -122,12 +128,16 @@ fn count_untimed(ctx: &BtfTracePointContext, tgid: u32) -> i32 {
     // this load through only if it reads a field of `struct pt_regs` (orig_ax), and turns a fault
     // into a zero.
     let nr = unsafe { *regs.add(PT_REGS_ORIG_AX) } as i64;
-    if !(0..MAX_SYSCALL_NR as i64).contains(&nr) || !current_selected(tgid) {
+    let ret: i64 = ctx.arg(1);
+    if !(0..MAX_SYSCALL_NR as i64).contains(&nr) || (ret == 0 && FORKS.contains(&nr)) || !current_selected(tgid) {
         return 0;
     }
-    add_call(tgid, nr as u32, ctx.arg(1), 0);
+    add_call(tgid, nr as u32, ret, 0);
     0
 }
+
+/// x86_64's clone, fork, vfork and clone3, which return 0 in the new thread or process.
+const FORKS: [i64; 4] = [56, 57, 58, 435];
 
 /// Counts one call of syscall `nr` by process `tgid` that returned `ret` and took `latency_ns`.
 #[inline(always)]

@@ -27,6 +27,13 @@ pub fn workload_bin() -> PathBuf {
     path
 }
 
+/// The row of process `tgid`'s calls of syscall `name` (zeros if it made none).
+pub fn syscall_row(recording: &Recording, tgid: u32, name: &str) -> recording::ProcessSyscall {
+    let nr = name.parse::<syscalls::Sysno>().unwrap().id() as u32;
+    let rows = &recording.syscalls.as_ref().expect("syscall data").per_process;
+    rows.iter().find(|r| r.tgid == tgid && r.nr == nr).cloned().unwrap_or_default()
+}
+
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temporary directory")
 }

@@ -142,11 +142,10 @@ fn run(task: Task) -> Result<()> {
     }
 }
 
-/// Debian packages the tests use as real peers, by a command each provides.
-/// Debian packages the tests use: real peers (Prometheus, Go's pprof), a real debuginfod server, and
-/// what the unwinding tests build and strip their workloads with; libc6-dbg names libc's local
-/// functions (`__libc_start_call_main`), as on a developer's machine.
-const TEST_PACKAGES: [&str; 6] = ["prometheus", "golang-go", "debuginfod", "libc6-dbg", "gcc", "binutils"];
+/// Debian packages the tests use: real peers (Prometheus, Go's pprof, strace), a real debuginfod
+/// server, and what the unwinding tests build and strip their workloads with; libc6-dbg names
+/// libc's local functions (`__libc_start_call_main`), as on a developer's machine.
+const TEST_PACKAGES: [&str; 7] = ["prometheus", "golang-go", "strace", "debuginfod", "libc6-dbg", "gcc", "binutils"];
 /// Debian packages the benchmarks compare against.
 const BENCH_PACKAGES: [&str; 4] = ["linux-perf", "bpftrace", "libbpf-tools", "bpfcc-tools"];
 

@@ -259,6 +259,8 @@ fn load_object(
     // `loader.btf(Some(&aya::Btf::from_sys_fs()?))` here.
     let mut loader = EbpfLoader::new();
     loader.btf(None);
+    let slots_shared = u8::from(pid_max > MAX_THREAD_SLOTS);
+    loader.override_global("THREAD_SLOTS_SHARED", &slots_shared, true);
     let runs = |name: &str| running.iter().any(|p| p.name() == name);
     for (probe, array) in [("sched", runqlat::RUNQ_START), ("syscalls", sc::SYSCALL_START)] {
         loader.map_max_entries(array, if runs(probe) { pid_max.min(MAX_THREAD_SLOTS) } else { 1 });

@@ -27,19 +27,21 @@ pub struct Syscalls;
 /// Counts and errors only: one program, no clock.
 pub struct SyscallCounts;
 
-/// sys_enter(struct pt_regs *regs, long id) and sys_exit(struct pt_regs *regs, long ret): the
-/// programs read the second.
-const NUMBER_OR_RESULT: &[Arg] = &[Arg::Unread, Arg::Int(8)];
+// The programs read the syscall number from `struct pt_regs` at x86_64's offset of `orig_ax`.
+#[cfg(not(target_arch = "x86_64"))]
+compile_error!("the syscall probes read x86_64's struct pt_regs: give PT_REGS_ORIG_AX this architecture's offset");
+
+/// sys_enter(struct pt_regs *regs, long id): the program reads the number.
+const NUMBER: &[Arg] = &[Arg::Unread, Arg::Int(8)];
+/// sys_exit(struct pt_regs *regs, long ret): the programs read the result, and the syscall number
+/// from the registers where they have no entry of the call.
+const REGS_AND_RESULT: &[Arg] = &[Arg::StructPtr("pt_regs"), Arg::Int(8)];
 
 const PROGRAMS: &[Alternatives] = &[
-    &[Program { name: "syscall_sys_enter", attach: tracepoint("raw_syscalls", "sys_enter", NUMBER_OR_RESULT) }],
-    &[Program { name: "syscall_sys_exit", attach: tracepoint("raw_syscalls", "sys_exit", NUMBER_OR_RESULT) }],
+    &[Program { name: "syscall_sys_enter", attach: tracepoint("raw_syscalls", "sys_enter", NUMBER) }],
+    &[Program { name: "syscall_sys_exit", attach: tracepoint("raw_syscalls", "sys_exit", REGS_AND_RESULT) }],
     &[Program { name: "syscall_thread_exit", attach: tracepoint("sched", "sched_process_exit", &[TASK]) }],
 ];
-
-/// sys_exit(struct pt_regs *regs, long ret): the count-only program reads the syscall number from
-/// the registers.
-const REGS_AND_RESULT: &[Arg] = &[Arg::StructPtr("pt_regs"), Arg::Int(8)];
 
 const COUNT_PROGRAMS: &[Alternatives] =
     &[&[Program { name: "syscall_counts_sys_exit", attach: tracepoint("raw_syscalls", "sys_exit", REGS_AND_RESULT) }]];

@@ -2,8 +2,8 @@
 //! a build loop is named from what the first one cost, not parsed again.
 //!
 //! Without `--inline`, a function's name is in a symbol table: the file's own, else its debug
-//! file's (found by build-id in a debug directory or from debuginfod). Only where neither names an
-//! address is DWARF read (blazesym, following the file's debug link). DWARF is what costs: Debian's
+//! file's (found by build-id in a debug directory or from debuginfod). Only where no such debug
+//! file can be read is DWARF read (blazesym, following the file's debug link). DWARF is what costs: Debian's
 //! libc6-dbg ships libc's debug sections compressed, and reading them inflates 20 MB, which, done
 //! for every interval that met a new libc address, was the recorder's peak memory and a sixth of
 //! its CPU. With `--inline` the inlined frames are in DWARF only, so DWARF is read first.
@@ -77,20 +77,26 @@ impl FileNames {
             return;
         }
         let path = file.fd_path();
-        let mut found = self.symbolize(Elf { debug_syms: self.inline, ..Elf::new(&path) }, Input::FileOffset(&new));
+        // A file blazesym cannot read now is tried again next interval.
+        let Some(mut found) =
+            self.symbolize(Elf { debug_syms: self.inline, ..Elf::new(&path) }, Input::FileOffset(&new))
+        else {
+            return;
+        };
         let unnamed: Vec<u64> = new.iter().zip(&found).filter(|(_, names)| names.is_none()).map(|(o, _)| *o).collect();
         if !unnamed.is_empty() {
-            let from_debug_file = match self.debug_file(file) {
-                Some(debug_file) => self.names_from_debug_file(debug_file, key, &unnamed, unwinder),
-                // What no symbol table names, DWARF (and the debug link) may.
+            let from_debug_file =
+                self.debug_file(file).and_then(|debug| self.names_from_debug_file(debug, key, &unnamed, unwinder));
+            // What no symbol table names, DWARF (and the debug link) may.
+            let more = match from_debug_file {
                 None if !self.inline => {
-                    Some(self.symbolize(Elf { debug_syms: true, ..Elf::new(&path) }, Input::FileOffset(&unnamed)))
+                    self.symbolize(Elf { debug_syms: true, ..Elf::new(&path) }, Input::FileOffset(&unnamed))
                 }
-                None => None,
+                other => other,
             };
-            let mut from_debug_file = from_debug_file.unwrap_or_default().into_iter();
+            let mut more = more.unwrap_or_default().into_iter();
             for names in found.iter_mut().filter(|names| names.is_none()) {
-                *names = from_debug_file.next().flatten();
+                *names = more.next().flatten();
             }
         }
         let named = self.files.get_mut(&key).expect("inserted above");
@@ -109,19 +115,20 @@ impl FileNames {
         self.files.retain(|key, named| mapped(key) || interval - named.last_used <= KEEP_UNMAPPED_INTERVALS);
     }
 
-    /// Names at addresses of one source, in order; one symbolizer per call, so that what blazesym
-    /// parsed for it is let go before the next source is parsed.
-    fn symbolize(&self, elf: Elf, input: Input<&[u64]>) -> Vec<Names> {
+    /// Names at addresses of one source, in order; none if the source cannot be read. One
+    /// symbolizer per call, so that what blazesym parsed for it is let go before the next source is
+    /// parsed.
+    fn symbolize(&self, elf: Elf, input: Input<&[u64]>) -> Option<Vec<Names>> {
         let len = input.as_inner_ref().len();
         let symbolizer = Symbolizer::builder()
             .enable_inlined_fns(self.inline)
             .enable_code_info(self.inline)
             .set_debug_dirs(Some(&self.debug_dirs))
             .build();
-        let results = symbolizer.symbolize(&Source::Elf(elf), input).unwrap_or_default();
+        let results = symbolizer.symbolize(&Source::Elf(elf), input).ok()?;
         let mut names: Vec<Names> = results.iter().map(|result| names(result, self.inline)).collect();
         names.resize(len, None);
-        names
+        Some(names)
     }
 
     /// The debug file of a file, by its build-id: in a debug directory's `.build-id` tree, else
@@ -133,7 +140,8 @@ impl FileNames {
         local.into_iter().find(|path| path.is_file()).or_else(|| self.debuginfod.as_mut()?.debug_file(&build_id))
     }
 
-    /// Names from a debug file, at the offsets' file addresses (a debug file maps nothing).
+    /// Names from a debug file, at the offsets' file addresses (a debug file maps nothing); none if
+    /// the addresses are unknown (the file has no unwind table) or the debug file cannot be read.
     fn names_from_debug_file(
         &self,
         debug_file: PathBuf,
@@ -144,8 +152,11 @@ impl FileNames {
         let unwinder = unwinder?;
         let addresses: Vec<Option<u64>> = offsets.iter().map(|&offset| unwinder.file_address(&key, offset)).collect();
         let known: Vec<u64> = addresses.iter().flatten().copied().collect();
+        if known.is_empty() {
+            return None;
+        }
         let elf = Elf { debug_syms: self.inline, ..Elf::new(debug_file) };
-        let mut found = self.symbolize(elf, Input::VirtOffset(&known)).into_iter();
+        let mut found = self.symbolize(elf, Input::VirtOffset(&known))?.into_iter();
         Some(addresses.iter().map(|address| address.and_then(|_| found.next().flatten())).collect())
     }
 }

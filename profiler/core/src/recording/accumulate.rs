@@ -270,7 +270,7 @@ mod tests {
         let row = &syscalls.per_process[0];
         assert_eq!((row.count, row.errors, row.total_ns, row.errnos.clone()), (3, 3, 600, vec![(2, 3)]));
         assert_eq!(syscalls.latency[&39].count(), 3);
-        assert_eq!(recording.counters.syscalls, 3, "derived from the histograms");
+        assert_eq!(recording.counters.syscalls, 3, "derived from the rows");
         assert_eq!(recording.processes[&7].comm, "app-main", "a process keeps its first description");
     }
 

@@ -22,7 +22,7 @@ pub struct Recording {
     pub counters: Counters,
     /// Present when the `sched` probe ran.
     pub runq: Option<RunqLatency>,
-    /// Present when the `syscalls` probe ran.
+    /// Present when the `syscalls` or `syscall-counts` probe ran.
     pub syscalls: Option<Syscalls>,
     /// Present when the `cpu` probe ran.
     pub stacks: Option<Stacks>,

@@ -1,0 +1,120 @@
+//! Per-thread start times at the kernel's and at systemd's kernel.pid_max. These tests set
+//! pid_max and the next pid the kernel hands out (ns_last_pid), which would upset the pids of any
+//! test running beside them: they have a test binary of their own, and run one at a time.
+
+mod common;
+
+use common::{Recorder, Workload, syscall_row, temp_dir};
+
+/// Sets kernel.pid_max for the length of a test; one test at a time.
+struct PidMax {
+    old: String,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+}
+
+static PID_MAX_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl PidMax {
+    const PATH: &str = "/proc/sys/kernel/pid_max";
+
+    fn set(value: u32) -> PidMax {
+        let guard = PID_MAX_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let old = std::fs::read_to_string(Self::PATH).unwrap();
+        std::fs::write(Self::PATH, value.to_string()).unwrap();
+        PidMax { old: old.trim().to_string(), _one_at_a_time: guard }
+    }
+}
+
+impl Drop for PidMax {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.old);
+    }
+}
+
+/// A workload whose process gets `pid` (the kernel hands out the id after ns_last_pid, unless
+/// another fork takes it first: then again).
+fn spawn_with_pid(pid: u32, args: &[&str]) -> Workload {
+    for _ in 0..100 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+        let workload = Workload::spawn(args);
+        if workload.pid() == pid {
+            return workload;
+        }
+    }
+    panic!("pid {pid} was always taken first");
+}
+
+fn loaded_map_ids() -> std::collections::BTreeSet<u32> {
+    aya::maps::loaded_maps().filter_map(Result::ok).map(|map| map.id()).collect()
+}
+
+/// Capacities of the maps called `name` loaded since `before` was taken (the kernel keeps the
+/// first 15 bytes of a name).
+fn new_map_capacity(name: &str, before: &std::collections::BTreeSet<u32>) -> Vec<u32> {
+    let kernel_name = &name[..name.len().min(15)];
+    aya::maps::loaded_maps()
+        .filter_map(Result::ok)
+        .filter(|map| !before.contains(&map.id()) && map.name_as_str() == Some(kernel_name))
+        .map(|map| map.max_entries())
+        .collect()
+}
+
+/// Start times live in arrays indexed by thread id, sized to kernel.pid_max up to 2^20 slots (with
+/// pid_max as large as systemd sets it, threads share slots by their ids' low bits); either way
+/// the counts are exact and every call of a thread alone in its slot is timed.
+#[test]
+fn start_time_arrays_follow_pid_max_up_to_a_million_slots() {
+    const GETPPID: u64 = 3_000;
+    let slots = profiler_common::process::MAX_THREAD_SLOTS;
+    for (pid_max, array_len, pid) in [(32_768, 32_768, 30_000), (4_194_304, slots, 3 * slots + 777)] {
+        let _pid_max = PidMax::set(pid_max);
+        let dir = temp_dir();
+        let mut workload = spawn_with_pid(pid, &["syscalls", "--getppid", &GETPPID.to_string(), "--fail-open", "0"]);
+        let args = ["-p", &pid.to_string(), "--probes", "sched,syscalls"];
+        let before = loaded_map_ids();
+        let recorder = Recorder::start(&dir.path().join("starts.rec"), &args);
+        for name in ["SYSCALL_START", "RUNQ_START"] {
+            assert_eq!(new_map_capacity(name, &before), vec![array_len], "{name} at pid_max {pid_max}");
+        }
+        workload.go();
+        workload.wait();
+        let recording = recorder.finish();
+
+        assert_eq!(syscall_row(&recording, pid, "getppid").count, GETPPID);
+        let getppid_nr = syscalls::Sysno::getppid.id() as u32;
+        assert_eq!(recording.syscalls.as_ref().unwrap().latency[&getppid_nr].count(), GETPPID);
+        assert!(recording.runq.as_ref().unwrap().system.count() > 0, "run-queue latencies measured");
+        assert_eq!(recording.counters.drops.start, 0);
+    }
+}
+
+/// Two threads whose ids share a slot (pid_max 4194304), each sleeping in one syscall while the
+/// other makes its calls: each overwrites the other's entry time, which is counted, and every call
+/// still counts, untimed where its time was lost.
+#[test]
+fn threads_sharing_a_slot_lose_a_latency_never_a_count() {
+    let slots = profiler_common::process::MAX_THREAD_SLOTS;
+    let _pid_max = PidMax::set(4_194_304);
+    let dir = temp_dir();
+    let (first_pid, second_pid) = (slots + 4242, 2 * slots + 4242);
+    let sleep = |micros: &str| ["sleep", "--cpu", "0", "--count", "1", "--interval-us", micros].map(String::from);
+    let mut first = spawn_with_pid(first_pid, &sleep("300000").each_ref().map(String::as_str));
+    let mut second = spawn_with_pid(second_pid, &sleep("600000").each_ref().map(String::as_str));
+    let args = ["-p", &first_pid.to_string(), "-p", &second_pid.to_string(), "--probes", "syscalls"];
+    let recorder = Recorder::start(&dir.path().join("shared.rec"), &args);
+    first.go();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    second.go();
+    first.wait();
+    second.wait();
+    let recording = recorder.finish();
+
+    for pid in [first_pid, second_pid] {
+        assert_eq!(syscall_row(&recording, pid, "clock_nanosleep").count, 1, "pid {pid}'s sleep is counted");
+        assert_eq!(syscall_row(&recording, pid, "sched_setaffinity").count, 1, "pid {pid}'s pinning is counted");
+    }
+    let sleep_nr = syscalls::Sysno::clock_nanosleep.id() as u32;
+    let timed = recording.syscalls.as_ref().unwrap().latency.get(&sleep_nr).map_or(0, |h| h.count());
+    assert!(timed < 2, "the first sleep's entry time was overwritten");
+    assert!(recording.counters.drops.start >= 1, "the overwrite is counted");
+}
