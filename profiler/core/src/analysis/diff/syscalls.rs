@@ -16,6 +16,8 @@ struct Totals {
     count: u64,
     errors: u64,
     total_ns: u64,
+    /// Calls timed (a call whose entry time was lost counts, with no time).
+    timed: u64,
     errnos: BTreeSet<u32>,
 }
 
@@ -25,7 +27,7 @@ impl Totals {
     }
 
     fn mean_ns(&self) -> f64 {
-        if self.count == 0 { 0.0 } else { self.total_ns as f64 / self.count as f64 }
+        if self.timed == 0 { 0.0 } else { self.total_ns as f64 / self.timed as f64 }
     }
 }
 
@@ -38,6 +40,9 @@ fn totals(recording: &Recording) -> BTreeMap<u32, Totals> {
         t.errors = t.errors.saturating_add(row.errors);
         t.total_ns = t.total_ns.saturating_add(row.total_ns);
         t.errnos.extend(row.errnos.iter().map(|&(errno, _)| errno));
+    }
+    for (nr, histogram) in recording.syscalls.iter().flat_map(|s| &s.latency) {
+        totals.entry(*nr).or_default().timed = histogram.count();
     }
     totals
 }
