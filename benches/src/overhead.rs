@@ -290,8 +290,38 @@ fn stop(mut child: Child) {
     let _ = child.wait();
 }
 
+/// tracefs, mounted for the peers while they run if it was not (libbpf-tools and bpftrace attach
+/// perf tracepoints by the ids tracefs gives; the profiler needs none).
+struct TraceFs {
+    mounted_here: bool,
+}
+
+impl TraceFs {
+    const PATH: &str = "/sys/kernel/tracing";
+
+    fn ensure() -> Result<TraceFs> {
+        if Path::new(Self::PATH).join("events").exists() {
+            return Ok(TraceFs { mounted_here: false });
+        }
+        let status = Command::new("mount").args(["-t", "tracefs", "tracefs", Self::PATH]).status()?;
+        if !status.success() {
+            bail!("cannot mount tracefs at {} for the peers: {status}", Self::PATH);
+        }
+        Ok(TraceFs { mounted_here: true })
+    }
+}
+
+impl Drop for TraceFs {
+    fn drop(&mut self) {
+        if self.mounted_here {
+            let _ = Command::new("umount").arg(Self::PATH).status();
+        }
+    }
+}
+
 /// `only`: the workloads whose name starts with it (all if none).
 pub fn run(bin: &Path, pairs: usize, only: Option<&str>) -> Result<String> {
+    let _tracefs = TraceFs::ensure()?;
     let mut out = String::from(
         "## Overhead: slowdown of the workload under each tracer\n\nEach row: the workload alone and under the tracer, interleaved, \
          as pairs; the ratio traced/alone of each pair; median and range of the ratios. 1.00 is no slowdown.\n\n",
