@@ -2,11 +2,14 @@
 //! sinks; a sink that keeps a whole recording adds them up here, with indexes that make each
 //! addition proportional to the delta, not to what was kept so far.
 
-use std::collections::HashMap;
-
-use super::{
-    Frame, LatencyHistogram, Module, Process, ProcessSyscall, Recording, RunqLatency, Stack, Stacks, Syscalls,
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, RandomState},
 };
+
+use hashbrown::HashTable;
+
+use super::{Frame, LatencyHistogram, Module, Process, Recording, RunqLatency, Stack, Stacks, Syscalls};
 
 /// Synthetic ids of per-name totals start above any pid (pid_max is at most 2^22).
 pub const FIRST_FOLDED_ID: u32 = 1 << 31;
@@ -38,7 +41,9 @@ pub struct Accumulator {
     syscall_rows: HashMap<(u32, u32), usize>,
     frame_ids: HashMap<Frame, u32>,
     module_ids: HashMap<Module, u32>,
-    stack_ids: HashMap<(u32, u32, Vec<u32>), usize>,
+    stack_ids: StackIndex,
+    /// The frames of one stack being added, reused so that a stack already kept allocates nothing.
+    frames_scratch: Vec<u32>,
 }
 
 impl Accumulator {
@@ -59,18 +64,15 @@ impl Accumulator {
             let mut interned = Interning { frame_ids: &mut self.frame_ids, module_ids: &mut self.module_ids, kept };
             let frame_map: Vec<u32> = stacks.frames.iter().map(|frame| interned.frame(stacks, frame)).collect();
             for stack in &stacks.stacks {
-                let frames: Vec<u32> =
-                    stack.frames.iter().filter_map(|&f| frame_map.get(f as usize).copied()).collect();
-                let key = (stack.tgid, stack.tid, frames);
-                match self.stack_ids.get(&key) {
-                    Some(&index) => {
-                        let count = &mut interned.kept.stacks[index].count;
-                        *count = count.saturating_add(stack.count);
-                    }
+                self.frames_scratch.clear();
+                self.frames_scratch.extend(stack.frames.iter().filter_map(|&f| frame_map.get(f as usize).copied()));
+                let kept = &mut interned.kept.stacks;
+                match self.stack_ids.find(kept, stack.tgid, stack.tid, &self.frames_scratch) {
+                    Some(index) => kept[index].count = kept[index].count.saturating_add(stack.count),
                     None => {
-                        let (tgid, tid, frames) = key.clone();
-                        self.stack_ids.insert(key, interned.kept.stacks.len());
-                        interned.kept.stacks.push(Stack { tgid, tid, frames, count: stack.count });
+                        let frames = self.frames_scratch.clone();
+                        kept.push(Stack { tgid: stack.tgid, tid: stack.tid, frames, count: stack.count });
+                        self.stack_ids.insert_last(kept);
                     }
                 }
             }
@@ -98,38 +100,49 @@ impl Accumulator {
                 }
             }
         }
+        // Compacted in place, reusing the indexes' memory: rebuilding these every interval of churn
+        // fragmented the heap until the recorder's memory grew with time.
         if let Some(syscalls) = recording.syscalls.as_mut()
             && syscalls.per_process.iter().any(|row| moves.contains_key(&row.tgid))
         {
-            let rows = std::mem::take(&mut syscalls.per_process);
             self.syscall_rows.clear();
-            let moved = Syscalls {
-                latency: Default::default(),
-                counts_only: syscalls.counts_only,
-                per_process: rows
-                    .into_iter()
-                    .map(|row| ProcessSyscall { tgid: target(row.tgid).unwrap_or(row.tgid), ..row })
-                    .collect(),
-            };
-            add_syscalls(syscalls, &mut self.syscall_rows, &moved);
+            let rows = &mut syscalls.per_process;
+            let mut kept = 0;
+            for i in 0..rows.len() {
+                rows[i].tgid = target(rows[i].tgid).unwrap_or(rows[i].tgid);
+                match self.syscall_rows.get(&(rows[i].tgid, rows[i].nr)) {
+                    Some(&into) => {
+                        let (before, from) = rows.split_at_mut(i);
+                        before[into].absorb(&from[0]);
+                    }
+                    None => {
+                        self.syscall_rows.insert((rows[i].tgid, rows[i].nr), kept);
+                        rows.swap(kept, i);
+                        kept += 1;
+                    }
+                }
+            }
+            rows.truncate(kept);
         }
         if let Some(stacks) = recording.stacks.as_mut()
             && stacks.stacks.iter().any(|stack| moves.contains_key(&stack.tgid))
         {
-            let mut merged: Vec<Stack> = Vec::with_capacity(stacks.stacks.len());
             self.stack_ids.clear();
-            for mut stack in std::mem::take(&mut stacks.stacks) {
-                stack.tgid = target(stack.tgid).unwrap_or(stack.tgid);
-                let key = (stack.tgid, stack.tid, stack.frames.clone());
-                match self.stack_ids.get(&key) {
-                    Some(&index) => merged[index].count = merged[index].count.saturating_add(stack.count),
+            let list = &mut stacks.stacks;
+            let mut kept = 0;
+            for i in 0..list.len() {
+                list[i].tgid = target(list[i].tgid).unwrap_or(list[i].tgid);
+                let Stack { tgid, tid, count, .. } = list[i];
+                match self.stack_ids.find(&list[..kept], tgid, tid, &list[i].frames) {
+                    Some(into) => list[into].count = list[into].count.saturating_add(count),
                     None => {
-                        self.stack_ids.insert(key, merged.len());
-                        merged.push(stack);
+                        list.swap(kept, i);
+                        kept += 1;
+                        self.stack_ids.insert_last(&list[..kept]);
                     }
                 }
             }
-            stacks.stacks = merged;
+            list.truncate(kept);
         }
         for (&from, &into) in moves {
             let Some(process) = recording.processes.remove(&from) else { continue };
@@ -157,6 +170,42 @@ impl Accumulator {
         }
         recording.derive_counts();
         recording
+    }
+}
+
+/// Where each kept stack is, by (tgid, tid, frames), without a copy of its frames.
+#[derive(Default)]
+struct StackIndex {
+    positions: HashTable<usize>,
+    hasher: RandomState,
+}
+
+impl StackIndex {
+    fn hash(hasher: &RandomState, tgid: u32, tid: u32, frames: &[u32]) -> u64 {
+        hasher.hash_one((tgid, tid, frames))
+    }
+
+    /// The position in `stacks` of the stack of `tgid`, `tid` and `frames`.
+    fn find(&self, stacks: &[Stack], tgid: u32, tid: u32, frames: &[u32]) -> Option<usize> {
+        let hash = Self::hash(&self.hasher, tgid, tid, frames);
+        let same = |&i: &usize| {
+            let stack = &stacks[i];
+            stack.tgid == tgid && stack.tid == tid && stack.frames == frames
+        };
+        self.positions.find(hash, same).copied()
+    }
+
+    /// Indexes the last of `stacks`, which `find` did not find.
+    fn insert_last(&mut self, stacks: &[Stack]) {
+        let Some(last) = stacks.last() else { return };
+        let hasher = &self.hasher;
+        let hash = Self::hash(hasher, last.tgid, last.tid, &last.frames);
+        let rehash = |&i: &usize| Self::hash(hasher, stacks[i].tgid, stacks[i].tid, &stacks[i].frames);
+        self.positions.insert_unique(hash, stacks.len() - 1, rehash);
+    }
+
+    fn clear(&mut self) {
+        self.positions.clear();
     }
 }
 
@@ -223,7 +272,7 @@ impl Interning<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recording::Counters;
+    use crate::recording::{Counters, ProcessSyscall};
 
     fn delta(function: &str, count: u64, latency_ns: u64) -> Recording {
         let stacks = Stacks {
@@ -292,5 +341,39 @@ mod tests {
         assert_eq!((rows[0].tgid, rows[0].count, rows[0].errnos.clone()), (into, 2, vec![(2, 2)]));
         assert_eq!(recording.processes.keys().collect::<Vec<_>>(), [&into]);
         assert_eq!((recording.processes[&into].comm.as_str(), recording.processes[&into].folded), ("app-main", 2));
+    }
+
+    #[test]
+    fn folding_compacts_in_place_and_keeps_the_others_apart() {
+        let of = |tgid: u32, function: &str, count: u64| {
+            let mut delta = delta(function, count, 100);
+            delta.stacks.as_mut().unwrap().stacks[0].tgid = tgid;
+            delta.syscalls.as_mut().unwrap().per_process[0].tgid = tgid;
+            delta.processes = [(tgid, Process { comm: "app".into(), ..Default::default() })].into();
+            delta
+        };
+        let mut accumulator = Accumulator::default();
+        for (tgid, function, count) in [(7, "main", 1), (8, "main", 2), (9, "main", 4), (9, "work", 8), (8, "work", 16)]
+        {
+            accumulator.add(&of(tgid, function, count));
+        }
+        let into = FIRST_FOLDED_ID;
+        accumulator.fold(&[(7, into), (9, into)].into());
+        // Added after the fold: found through the rebuilt index, not pushed twice.
+        accumulator.add(&of(into, "work", 32));
+        accumulator.add(&of(8, "main", 64));
+        let recording = accumulator.finish();
+        let stacks = recording.stacks.as_ref().unwrap();
+        let mut counts: Vec<(u32, &str, u64)> = stacks
+            .stacks
+            .iter()
+            .map(|s| (s.tgid, stacks.frames[s.frames[0] as usize].function.as_str(), s.count))
+            .collect();
+        counts.sort();
+        assert_eq!(counts, [(8, "main", 66), (8, "work", 16), (into, "main", 5), (into, "work", 40)]);
+        let rows: Vec<(u32, u64)> =
+            recording.syscalls.as_ref().unwrap().per_process.iter().map(|row| (row.tgid, row.count)).collect();
+        assert_eq!(rows, [(8, 3), (into, 4)]);
+        assert_eq!(recording.processes[&into].folded, 2);
     }
 }
