@@ -3,11 +3,11 @@
 //! addition proportional to the delta, not to what was kept so far.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, hash_map::Entry},
     hash::{BuildHasher, RandomState},
 };
 
-use hashbrown::HashTable;
+use hashbrown::{HashTable, hash_table};
 
 use super::{Frame, LatencyHistogram, Module, Process, Recording, RunqLatency, Stack, Stacks, Syscalls};
 
@@ -67,12 +67,11 @@ impl Accumulator {
                 self.frames_scratch.clear();
                 self.frames_scratch.extend(stack.frames.iter().filter_map(|&f| frame_map.get(f as usize).copied()));
                 let kept = &mut interned.kept.stacks;
-                match self.stack_ids.find(kept, stack.tgid, stack.tid, &self.frames_scratch) {
+                match self.stack_ids.position_or_insert(kept, stack.tgid, stack.tid, &self.frames_scratch) {
                     Some(index) => kept[index].count = kept[index].count.saturating_add(stack.count),
                     None => {
                         let frames = self.frames_scratch.clone();
                         kept.push(Stack { tgid: stack.tgid, tid: stack.tid, frames, count: stack.count });
-                        self.stack_ids.insert_last(kept);
                     }
                 }
             }
@@ -100,49 +99,37 @@ impl Accumulator {
                 }
             }
         }
-        // Compacted in place, reusing the indexes' memory: rebuilding these every interval of churn
-        // fragmented the heap until the recorder's memory grew with time.
+        // Merged in place, reusing the indexes' memory: rebuilding them copied every kept row and
+        // stack at each interval in which a process exited.
         if let Some(syscalls) = recording.syscalls.as_mut()
             && syscalls.per_process.iter().any(|row| moves.contains_key(&row.tgid))
         {
             self.syscall_rows.clear();
-            let rows = &mut syscalls.per_process;
-            let mut kept = 0;
-            for i in 0..rows.len() {
-                rows[i].tgid = target(rows[i].tgid).unwrap_or(rows[i].tgid);
-                match self.syscall_rows.get(&(rows[i].tgid, rows[i].nr)) {
-                    Some(&into) => {
-                        let (before, from) = rows.split_at_mut(i);
-                        before[into].absorb(&from[0]);
+            let rows = &mut self.syscall_rows;
+            syscalls.per_process.iter_mut().for_each(|row| row.tgid = target(row.tgid).unwrap_or(row.tgid));
+            merge_in_place(
+                &mut syscalls.per_process,
+                |kept, row| match rows.entry((row.tgid, row.nr)) {
+                    Entry::Occupied(entry) => Some(*entry.get()),
+                    Entry::Vacant(entry) => {
+                        entry.insert(kept.len());
+                        None
                     }
-                    None => {
-                        self.syscall_rows.insert((rows[i].tgid, rows[i].nr), kept);
-                        rows.swap(kept, i);
-                        kept += 1;
-                    }
-                }
-            }
-            rows.truncate(kept);
+                },
+                |into, row| into.absorb(row),
+            );
         }
         if let Some(stacks) = recording.stacks.as_mut()
             && stacks.stacks.iter().any(|stack| moves.contains_key(&stack.tgid))
         {
             self.stack_ids.clear();
-            let list = &mut stacks.stacks;
-            let mut kept = 0;
-            for i in 0..list.len() {
-                list[i].tgid = target(list[i].tgid).unwrap_or(list[i].tgid);
-                let Stack { tgid, tid, count, .. } = list[i];
-                match self.stack_ids.find(&list[..kept], tgid, tid, &list[i].frames) {
-                    Some(into) => list[into].count = list[into].count.saturating_add(count),
-                    None => {
-                        list.swap(kept, i);
-                        kept += 1;
-                        self.stack_ids.insert_last(&list[..kept]);
-                    }
-                }
-            }
-            list.truncate(kept);
+            let index = &mut self.stack_ids;
+            stacks.stacks.iter_mut().for_each(|stack| stack.tgid = target(stack.tgid).unwrap_or(stack.tgid));
+            merge_in_place(
+                &mut stacks.stacks,
+                |kept, stack| index.position_or_insert(kept, stack.tgid, stack.tid, &stack.frames),
+                |into, stack| into.count = into.count.saturating_add(stack.count),
+            );
         }
         for (&from, &into) in moves {
             let Some(process) = recording.processes.remove(&from) else { continue };
@@ -185,28 +172,45 @@ impl StackIndex {
         hasher.hash_one((tgid, tid, frames))
     }
 
-    /// The position in `stacks` of the stack of `tgid`, `tid` and `frames`.
-    fn find(&self, stacks: &[Stack], tgid: u32, tid: u32, frames: &[u32]) -> Option<usize> {
-        let hash = Self::hash(&self.hasher, tgid, tid, frames);
-        let same = |&i: &usize| {
-            let stack = &stacks[i];
-            stack.tgid == tgid && stack.tid == tid && stack.frames == frames
-        };
-        self.positions.find(hash, same).copied()
-    }
-
-    /// Indexes the last of `stacks`, which `find` did not find.
-    fn insert_last(&mut self, stacks: &[Stack]) {
-        let Some(last) = stacks.last() else { return };
+    /// The position in `kept` of the stack of `tgid`, `tid` and `frames`; if there is none, it is
+    /// indexed as the next to be kept (at `kept.len()`).
+    fn position_or_insert(&mut self, kept: &[Stack], tgid: u32, tid: u32, frames: &[u32]) -> Option<usize> {
         let hasher = &self.hasher;
-        let hash = Self::hash(hasher, last.tgid, last.tid, &last.frames);
-        let rehash = |&i: &usize| Self::hash(hasher, stacks[i].tgid, stacks[i].tid, &stacks[i].frames);
-        self.positions.insert_unique(hash, stacks.len() - 1, rehash);
+        let same = |&i: &usize| kept[i].tgid == tgid && kept[i].tid == tid && kept[i].frames == frames;
+        let rehash = |&i: &usize| Self::hash(hasher, kept[i].tgid, kept[i].tid, &kept[i].frames);
+        match self.positions.entry(Self::hash(hasher, tgid, tid, frames), same, rehash) {
+            hash_table::Entry::Occupied(entry) => Some(*entry.get()),
+            hash_table::Entry::Vacant(entry) => {
+                entry.insert(kept.len());
+                None
+            }
+        }
     }
 
     fn clear(&mut self) {
         self.positions.clear();
     }
+}
+
+/// Merges each item into the first equal one before it, in place: `position_or_insert(kept, item)`
+/// finds that one among the items kept so far, or notes `item` as the next kept (and says none).
+fn merge_in_place<T>(
+    items: &mut Vec<T>,
+    mut position_or_insert: impl FnMut(&[T], &T) -> Option<usize>,
+    merge: impl Fn(&mut T, &T),
+) {
+    let mut kept = 0;
+    for i in 0..items.len() {
+        let (before, rest) = items.split_at_mut(i);
+        match position_or_insert(&before[..kept], &rest[0]) {
+            Some(into) => merge(&mut before[into], &rest[0]),
+            None => {
+                items.swap(kept, i);
+                kept += 1;
+            }
+        }
+    }
+    items.truncate(kept);
 }
 
 fn add_runq(kept: &mut RunqLatency, delta: &RunqLatency) {
