@@ -5,18 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Recorder, temp_dir};
+use common::{Recorder, our_programs_loaded, programs_left_after_exit, temp_dir};
 
-use profiler::probes::{Probe, program_count, program_names};
-
-fn our_programs_loaded() -> usize {
-    let ours = program_names(&Probe::all());
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        // The kernel keeps the first 15 bytes of a program's name.
-        .filter(|p| p.name_as_str().is_some_and(|name| ours.iter().any(|ours| &ours[..ours.len().min(15)] == name)))
-        .count()
-}
+use profiler::probes::{Probe, program_count};
 
 fn all_programs_loaded() -> usize {
     aya::programs::loaded_programs().count()
@@ -36,12 +27,7 @@ fn programs_are_gone_after_every_kind_of_exit() {
         );
         std::thread::sleep(Duration::from_millis(200));
         let _ = recorder.stop_with(signal);
-        // The kernel frees programs asynchronously (RCU) after the last reference goes.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while our_programs_loaded() > 0 && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        assert_eq!(our_programs_loaded(), 0, "programs left after signal {signal}");
+        assert_eq!(programs_left_after_exit(), 0, "programs left after signal {signal}");
     }
     assert_eq!(all_programs_loaded(), before);
 }

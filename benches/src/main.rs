@@ -8,6 +8,7 @@ mod churn;
 mod floor;
 mod overhead;
 mod recorder;
+mod top;
 mod unwind;
 
 use std::{path::PathBuf, time::Duration};
@@ -44,6 +45,11 @@ enum What {
     },
     /// flamegraph, report and diff on a large synthetic recording, against inferno.
     Analysis,
+    /// CPU and memory of `profiler top` in a real terminal, beside perf top.
+    Top {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// What unwinding user stacks costs and how whole they are, beside perf's DWARF mode.
     Unwind {
         /// Length of the whole-recorder measurement.
@@ -77,6 +83,7 @@ fn main() -> Result<()> {
             What::Overhead { pairs: 5, only: None },
             What::Recorder { seconds: 60 },
             What::Analysis,
+            What::Top { seconds: 60 },
             What::Unwind { seconds: 60, binaries: 200 },
         ],
     };
@@ -92,6 +99,7 @@ fn main() -> Result<()> {
             What::Overhead { pairs, only } => overhead::run(&cli.bin, pairs, only.as_deref())?,
             What::Recorder { seconds } => recorder::run(&cli.bin, Duration::from_secs(seconds))?,
             What::Analysis => analysis::run(&cli.bin)?,
+            What::Top { seconds } => top::run(&cli.bin, Duration::from_secs(seconds))?,
             What::Unwind { seconds, binaries } => unwind::run(&cli.bin, &unwind::Parts { seconds, binaries })?,
             What::Churn { minutes } => churn::run(&cli.bin, Duration::from_secs(minutes * 60))?,
             What::Floor { clock, tracepoints } => match floor::run(&tracepoints, clock)? {},

@@ -17,6 +17,8 @@ crate::user_pod!(ProcessName);
 pub const PROCESSES: &str = "PROCESSES";
 /// Hash map tgid -> 1 of the processes `--pid` selects.
 pub const FILTER_PIDS: &str = "FILTER_PIDS";
+/// One-entry array: 1 while `FILTER_PIDS` applies, when the loader made the filter changeable.
+pub const PID_FILTER_ON: &str = "PID_FILTER_ON";
 
 /// Capacity of the `PROCESSES` map (an LRU: the oldest entries give way; userspace reads it often).
 pub const MAX_PROCESSES: u32 = 16384;

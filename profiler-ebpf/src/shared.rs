@@ -34,7 +34,9 @@ static CGROUP_KN_OFFSET: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static KERNFS_NODE_ID_OFFSET: Global<u32> = Global::new(0);
 
-/// Non-zero: only processes listed in `FILTER_PIDS` are recorded.
+/// 0: every process is recorded; 1: only those listed in `FILTER_PIDS`; 2: only those listed
+/// while `PID_FILTER_ON` holds 1 (`top` changes the set while attached). A read-only global, so the
+/// verifier prunes the checks that `record` does not use.
 #[unsafe(no_mangle)]
 static FILTER_BY_PID: Global<u8> = Global::new(0);
 /// The profiler's own process, left out of everything it records (0: kept, `--include-self`).
@@ -46,6 +48,9 @@ static FILTER_CGROUP_ID: Global<u64> = Global::new(0);
 
 #[map]
 static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+
+#[map]
+static PID_FILTER_ON: Array<u8> = Array::with_max_entries(1, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);
@@ -238,8 +243,16 @@ fn task_cgroup_id(task: *const u8) -> Option<u64> {
 
 #[inline(always)]
 fn pid_selected(tgid: u32) -> bool {
+    if tgid == OWN_TGID.load() {
+        return false;
+    }
+    let filtering = match FILTER_BY_PID.load() {
+        0 => false,
+        1 => true,
+        _ => PID_FILTER_ON.get(0).is_some_and(|on| *on != 0),
+    };
     // SAFETY: the value is only tested for presence, never read.
-    tgid != OWN_TGID.load() && (FILTER_BY_PID.load() == 0 || unsafe { FILTER_PIDS.get(tgid) }.is_some())
+    !filtering || unsafe { FILTER_PIDS.get(tgid) }.is_some()
 }
 
 /// Whether a task (not necessarily the current one) passes the --pid and --cgroup filters.

@@ -10,6 +10,7 @@ use crate::{
     output::prometheus::ProcessSeries,
     probes::{Probe, ProbeOptions, ProbeParser, ProbeSelection},
     serve::ServeConfig,
+    top::{TopConfig, snapshot::SortKey},
 };
 
 /// Stack samples per second on each CPU, unless told otherwise (perf's default for `-a` is 4000;
@@ -44,6 +45,9 @@ pub enum Command {
     /// Export a recording for other tools: Prometheus text, pprof, folded stacks.
     #[command(subcommand)]
     Export(ExportCommand),
+    /// A live view, redrawn every second: the hottest functions, and per process its CPU, run-queue
+    /// latency and slowest syscall (keys: q quits, p pauses, c/r/s sort, Enter focuses).
+    Top(TopArgs),
     /// Keep the probes attached and serve cumulative histograms and counters on /metrics for
     /// Prometheus, with the profiler's health and anomaly flags.
     Serve(ServeArgs),
@@ -164,24 +168,11 @@ pub struct RecordArgs {
     /// Where to write the recording.
     #[arg(short, long, default_value = "profiler.rec")]
     pub output: PathBuf,
-    /// Record only this process (repeatable); filtered in the kernel.
-    #[arg(short, long = "pid", value_name = "PID")]
-    pub pids: Vec<u32>,
-    /// Record only tasks of this cgroup v2 (a path, absolute or relative to the cgroup v2 root).
-    #[arg(long, value_name = "PATH")]
-    pub cgroup: Option<PathBuf>,
-    /// Probes to run, comma-separated; default: sched, syscalls and cpu.
-    #[arg(long, value_delimiter = ',', value_name = "PROBE", value_parser = ProbeParser)]
-    pub probes: Vec<Probe>,
-    /// Stack samples per second on each CPU.
-    #[arg(short = 'F', long, default_value_t = DEFAULT_FREQUENCY_HZ, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub frequency: u32,
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// Keep threads apart in stack samples.
     #[arg(long)]
     pub per_thread: bool,
-    /// Also record the profiler's own process (left out by default, in the kernel).
-    #[arg(long)]
-    pub include_self: bool,
     /// Name inlined functions as frames of their own (needs DWARF debug info).
     #[arg(long)]
     pub inline: bool,
@@ -198,6 +189,45 @@ pub struct RecordArgs {
     pub quiet: bool,
     #[command(flatten)]
     pub report: ReportOptions,
+}
+
+/// What to record and how, as `record` and `top` take it.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// Only this process (repeatable); filtered in the kernel.
+    #[arg(short, long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Only tasks of this cgroup v2 (a path, absolute or relative to the cgroup v2 root).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// Probes to run, comma-separated; default: sched, syscalls and cpu.
+    #[arg(long, value_delimiter = ',', value_name = "PROBE", value_parser = ProbeParser)]
+    pub probes: Vec<Probe>,
+    /// Stack samples per second on each CPU.
+    #[arg(short = 'F', long, default_value_t = DEFAULT_FREQUENCY_HZ, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub frequency: u32,
+    /// Also record the profiler's own process (left out by default, in the kernel).
+    #[arg(long)]
+    pub include_self: bool,
+}
+
+/// `profiler top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// How often the screen is redrawn from the kernel's aggregates.
+    #[arg(short = 'i', long, default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// What orders the processes at first (keys c, r, s change it).
+    #[arg(long, value_enum, default_value_t = SortKey::Cpu)]
+    pub sort: SortKey,
+    /// Print this many snapshots, then stop (when standard output is not a terminal).
+    #[arg(short = 'n', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub iterations: Option<u64>,
+    /// Also keep a recording of the whole run, as `record -o` writes it.
+    #[arg(short, long, value_name = "FILE.rec")]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -245,28 +275,51 @@ pub struct ReportOptions {
     pub top: usize,
 }
 
+impl TargetArgs {
+    fn options(&self, verbose: bool) -> ProbeOptions {
+        ProbeOptions {
+            pids: self.pids.clone(),
+            cgroup: self.cgroup.clone(),
+            frequency_hz: self.frequency,
+            per_thread: false,
+            keep_verifier_log: verbose,
+            include_self: self.include_self,
+            changeable_pid_filter: false,
+        }
+    }
+}
+
 impl RecordArgs {
     pub fn session_config(&self, verbose: bool) -> anyhow::Result<SessionConfig> {
-        let probes = ProbeSelection::from_args(&self.probes, &Probe::defaults())?;
+        let probes = ProbeSelection::from_args(&self.target.probes, &Probe::defaults())?;
         if self.flamegraph.is_some() && !probes.probes.iter().any(|p| p.name() == "cpu") {
             anyhow::bail!("--flamegraph draws CPU stacks: add the cpu probe (--probes ...,cpu)");
         }
         Ok(SessionConfig {
             probes,
-            options: ProbeOptions {
-                pids: self.pids.clone(),
-                cgroup: self.cgroup.clone(),
-                frequency_hz: self.frequency,
-                per_thread: self.per_thread,
-                keep_verifier_log: verbose,
-                include_self: self.include_self,
-            },
+            options: ProbeOptions { per_thread: self.per_thread, ..self.target.options(verbose) },
             duration: self.duration,
             interval: RECORD_DRAIN_INTERVAL,
             inline: self.inline,
             debug_dirs: self.debug_dirs.clone(),
             progress: !self.quiet,
         })
+    }
+}
+
+impl TopArgs {
+    pub fn config(self, verbose: bool) -> anyhow::Result<TopConfig> {
+        let session = SessionConfig {
+            probes: ProbeSelection::from_args(&self.target.probes, &Probe::defaults())?,
+            // Enter focuses on one process, in the kernel.
+            options: ProbeOptions { changeable_pid_filter: true, ..self.target.options(verbose) },
+            duration: None,
+            interval: self.interval,
+            inline: false,
+            debug_dirs: Vec::new(),
+            progress: false,
+        };
+        Ok(TopConfig { session, sort: self.sort, iterations: self.iterations, output: self.output })
     }
 }
 
@@ -285,6 +338,7 @@ impl ServeArgs {
                 per_thread: false,
                 keep_verifier_log: verbose,
                 include_self: self.include_self,
+                changeable_pid_filter: false,
             },
             interval: self.interval,
             processes: ProcessSeries { top: self.top_processes },

@@ -29,6 +29,7 @@ pub fn run(command: Command, verbose: bool) -> Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(crate::serve::serve(args.config(verbose)?)).map(|()| ExitCode::SUCCESS)
         }
+        Command::Top(args) => crate::top::run(args.config(verbose)?).map(|()| ExitCode::SUCCESS),
         Command::Generate { what, dir } => generate(what, dir.as_deref()).map(|()| ExitCode::SUCCESS),
     }
 }

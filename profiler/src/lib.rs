@@ -8,6 +8,7 @@ pub mod commands;
 pub mod probes;
 pub mod serve;
 pub mod symbolize;
+pub mod top;
 pub mod unwind;
 
-pub use profiler_core::{analysis, atomic_file, output, recording};
+pub use profiler_core::{analysis, atomic_file, output, recording, text};

@@ -152,6 +152,26 @@ pub fn record_workload(path: &Path, workload_args: &[&str], record_args: &[&str]
     (pid, recorder.finish())
 }
 
+/// How many of the profiler's programs the kernel holds (of any process).
+pub fn our_programs_loaded() -> usize {
+    let ours = profiler::probes::program_names(&profiler::probes::Probe::all());
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        // The kernel keeps the first 15 bytes of a program's name.
+        .filter(|p| p.name_as_str().is_some_and(|name| ours.iter().any(|ours| &ours[..ours.len().min(15)] == name)))
+        .count()
+}
+
+/// Waits (up to 5 s: the kernel frees programs asynchronously, after RCU) until none of the
+/// profiler's programs is loaded; returns how many still are.
+pub fn programs_left_after_exit() -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while our_programs_loaded() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    our_programs_loaded()
+}
+
 /// Runs the profiler with `args` to completion.
 pub fn run_profiler(args: &[&str]) -> Output {
     Command::new(profiler_bin()).args(args).output().expect("run profiler")

@@ -53,6 +53,8 @@ pub const GUEST_TESTS: &[(&str, &str)] = &[
     ("stacks", "hot_functions_get_their_share_and_appear_in_the_flamegraph"),
     ("unwind", "c_without_frame_pointers_has_whole_call_chains_in_their_shares"),
     ("cleanup", "programs_are_gone_after_every_kind_of_exit"),
+    // `top` loads the changeable pid filter, a variant of every program.
+    ("top", "plain_snapshots_when_the_output_is_not_a_terminal"),
 ];
 
 /// The kernel series, by the Debian release that ships each (its main suite and its security

@@ -144,10 +144,12 @@ fn run(task: Task) -> Result<()> {
 
 /// Debian packages the tests use: real peers (Prometheus, Go's pprof, strace), a real debuginfod
 /// server, and what the unwinding tests build and strip their workloads with; libc6-dbg names
-/// libc's local functions (`__libc_start_call_main`), as on a developer's machine.
-const TEST_PACKAGES: [&str; 7] = ["prometheus", "golang-go", "strace", "debuginfod", "libc6-dbg", "gcc", "binutils"];
-/// Debian packages the benchmarks compare against.
-const BENCH_PACKAGES: [&str; 4] = ["linux-perf", "bpftrace", "libbpf-tools", "bpfcc-tools"];
+/// libc's local functions (`__libc_start_call_main`), as on a developer's machine; tmux is the real
+/// terminal `top` is tested in.
+const TEST_PACKAGES: [&str; 8] =
+    ["prometheus", "golang-go", "strace", "debuginfod", "libc6-dbg", "gcc", "binutils", "tmux"];
+/// Debian packages the benchmarks compare against (and the terminal `top` is measured in).
+const BENCH_PACKAGES: [&str; 5] = ["linux-perf", "bpftrace", "libbpf-tools", "bpfcc-tools", "tmux"];
 
 fn setup() -> Result<()> {
     if !output_of("rustup", &["toolchain", "list"])?.lines().any(|l| l.starts_with("nightly")) {

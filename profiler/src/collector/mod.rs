@@ -74,6 +74,19 @@ pub trait Sink {
     fn interval(&mut self, interval: &Interval<'_>) -> Result<()>;
 }
 
+/// What the user of a running session may ask of it (`top`'s keys).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// End the session, as a signal does.
+    Stop,
+    /// Record only this process from now on (in the kernel); `None`: the processes the session
+    /// started with. Needs `ProbeOptions::changeable_pid_filter`.
+    Focus(Option<u32>),
+}
+
+/// Where a session's controls come from; the session ends when every sender is gone.
+pub type Controls = tokio::sync::mpsc::UnboundedReceiver<Control>;
+
 /// The attached probes and what turns their drains into intervals.
 pub struct Session {
     config: SessionConfig,
@@ -153,7 +166,17 @@ impl Session {
 
     /// Runs until the duration ends or a signal comes, feeding `sinks` every interval and once
     /// more after the probes are detached; returns the session's metadata.
-    pub async fn run(mut self, sinks: &mut [&mut dyn Sink]) -> Result<Metadata> {
+    pub async fn run(self, sinks: &mut [&mut dyn Sink]) -> Result<Metadata> {
+        self.run_controlled(sinks, None).await
+    }
+
+    /// As `run`, and also ends at `Control::Stop` (or when the controls' senders are gone), and
+    /// changes the pid filter at `Control::Focus`.
+    pub async fn run_controlled(
+        mut self,
+        sinks: &mut [&mut dyn Sink],
+        mut controls: Option<&mut Controls>,
+    ) -> Result<Metadata> {
         let progress = progress_bar(!self.config.progress);
         let mut poll = tokio::time::interval(POLL_INTERVAL);
         let mut maps_refresh = tokio::time::interval(MAPS_REFRESH_INTERVAL);
@@ -180,6 +203,13 @@ impl Session {
                 _ = interrupt.recv() => break,
                 _ = terminate.recv() => break,
                 _ = hangup.recv() => break,
+                control = next_control(&mut controls) => match control {
+                    None | Some(Control::Stop) => break,
+                    Some(Control::Focus(pid)) => {
+                        let pids = pid.map_or_else(|| self.config.options.pids.clone(), |pid| vec![pid]);
+                        self.probes.refilter(&pids)?;
+                    }
+                },
                 tgids = new_processes(&mut self.new_processes) => {
                     let tgids = tgids.context("cannot read the new-process ring buffer")?;
                     if let Some(stacks) = self.stacks.as_mut() {
@@ -279,6 +309,14 @@ impl Session {
             kernel_features: probes.features().names().into_iter().map(String::from).collect(),
             unwind: self.stacks.as_ref().map(StackNaming::tables),
         }
+    }
+}
+
+/// The next control; never, for a session run without them.
+async fn next_control(controls: &mut Option<&mut Controls>) -> Option<Control> {
+    match controls {
+        Some(controls) => controls.recv().await,
+        None => std::future::pending().await,
     }
 }
 

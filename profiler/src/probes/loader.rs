@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::BtfTracePoint,
 };
 use profiler_common::{
@@ -117,10 +117,7 @@ impl Probes {
         let features = KernelFeatures::probe(&kernel.btf, kernel.mapped);
         let (probes, programs, left_out) = plan(selection, &features, &kernel.btf)?;
         let mut ebpf = load_object(&KernelLayout::from_btf(&kernel.btf)?, &features, options, &probes)?;
-        let mut pids: HashMap<_, u32, u8> = HashMap::try_from(map_mut(&mut ebpf, process::FILTER_PIDS)?)?;
-        for &pid in &options.pids {
-            pids.insert(pid, 1, 0).with_context(|| format!("cannot add pid {pid} to the filter"))?;
-        }
+        set_pid_filter(&mut ebpf, &options.pids)?;
         let tracepoints: Vec<&str> = programs.iter().filter_map(|p| p.tracepoint()).map(|tp| tp.name).collect();
         let aya_btf = btf::attach_targets(&kernel.btf, &tracepoints)?;
         drop(kernel);
@@ -228,6 +225,12 @@ impl Probes {
         Ok(values)
     }
 
+    /// Records only `pids` from now on, or every process when it is empty; only with
+    /// `ProbeOptions::changeable_pid_filter` (else the loaded programs ignore the change).
+    pub fn refilter(&mut self, pids: &[u32]) -> Result<()> {
+        set_pid_filter(&mut self.ebpf, pids)
+    }
+
     /// Takes the process names the kernel noted since the last call, emptying the map.
     pub fn take_process_names(&mut self) -> Result<Vec<(u32, ProcessName)>> {
         let mut map: HashMap<_, u32, ProcessName> = HashMap::try_from(map_mut(&mut self.ebpf, process::PROCESSES)?)?;
@@ -240,6 +243,27 @@ impl Probes {
     }
 }
 
+/// Makes the kernel record only `pids`, or every process when it is empty; with a changeable
+/// filter the set takes effect at once, else it is the set the programs were loaded with.
+fn set_pid_filter(ebpf: &mut Ebpf, pids: &[u32]) -> Result<()> {
+    // Off while the set changes: a moment of every process beats a moment of none.
+    switch_pid_filter(ebpf, false)?;
+    let mut map: HashMap<_, u32, u8> = HashMap::try_from(map_mut(ebpf, process::FILTER_PIDS)?)?;
+    let listed: Vec<u32> = map.keys().filter_map(Result::ok).collect();
+    for pid in listed.iter().filter(|pid| !pids.contains(pid)) {
+        let _ = map.remove(pid);
+    }
+    for &pid in pids {
+        map.insert(pid, 1, 0).with_context(|| format!("cannot add pid {pid} to the filter"))?;
+    }
+    switch_pid_filter(ebpf, !pids.is_empty())
+}
+
+fn switch_pid_filter(ebpf: &mut Ebpf, on: bool) -> Result<()> {
+    let mut array: Array<_, u8> = Array::try_from(map_mut(ebpf, process::PID_FILTER_ON)?)?;
+    array.set(0, u8::from(on), 0).context("cannot switch the pid filter")
+}
+
 /// Loads the object (its maps, not yet its programs) with the kernel's struct offsets and the
 /// filters as read-only globals, and the maps of probes that do not run shrunk to one entry.
 fn load_object(
@@ -249,7 +273,10 @@ fn load_object(
     running: &[Probe],
 ) -> Result<Ebpf> {
     let cgroup_id = options.cgroup.as_deref().map(cgroup_id).transpose()?.unwrap_or(0);
-    let filter_by_pid = u8::from(!options.pids.is_empty());
+    let filter_by_pid = match (options.changeable_pid_filter, options.pids.is_empty()) {
+        (true, _) => 2u8,
+        (false, empty) => u8::from(!empty),
+    };
     let own_tgid = if options.include_self { 0 } else { std::process::id() };
     let per_thread = u8::from(options.per_thread);
     let pid_max = pid_max()?;

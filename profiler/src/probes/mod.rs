@@ -217,6 +217,9 @@ pub struct ProbeOptions {
     /// Record the profiler's own threads too; by default the kernel leaves them out, so its drains
     /// and symbolization do not show up as the machine's syscalls and waits.
     pub include_self: bool,
+    /// The pid filter may change while the programs run (`top` focusing on a process), at the
+    /// cost of one array lookup per event; otherwise the verifier prunes it.
+    pub changeable_pid_filter: bool,
 }
 
 #[cfg(test)]
@@ -245,6 +248,7 @@ mod tests {
             counters::COUNTERS,
             process::PROCESSES,
             process::FILTER_PIDS,
+            process::PID_FILTER_ON,
             runqlat::RUNQ_START,
             runqlat::RUNQ_LATENCY,
             runqlat::RUNQ_PROCESS_LATENCY,
