@@ -65,7 +65,7 @@ pub struct Interval<'a> {
     /// How full each bounded kernel map is (entries over capacity).
     pub fills: &'a [(&'static str, f64)],
     pub programs_attached: usize,
-    /// Since the session started.
+    /// From the session's start to the drain that ended this interval.
     pub elapsed: Duration,
 }
 
@@ -182,6 +182,9 @@ impl Session {
         let mut maps_refresh = tokio::time::interval(MAPS_REFRESH_INTERVAL);
         let mut drain =
             tokio::time::interval_at(tokio::time::Instant::now() + self.config.interval, self.config.interval);
+        // A drain that comes late (a busy loop) is followed by a whole interval, not by a burst of
+        // drains that catch up: `top` would show them as intervals too short to mean anything.
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut early_drain_at = EARLY_DRAIN_AT;
         // The programs are detached at the deadline exactly, by a thread of the probes'; the loop
         // ends at the same time unless it is busy, and then as soon as it is free.
@@ -257,6 +260,9 @@ impl Session {
     /// Drains the probes into one interval and hands it to every sink.
     fn feed(&mut self, sinks: &mut [&mut dyn Sink]) -> Result<()> {
         let (drained, exited) = self.probes.drain()?;
+        // The interval ends at the drain, not after the naming below, which may take long (a
+        // process's first symbolization): else the next interval would seem that much shorter.
+        let drained_at = self.started.elapsed();
         // After the drain: a program names a process just after it creates the process's entry.
         self.processes.add_from_kernel(self.probes.take_process_names()?);
         let mut delta = drained.recording;
@@ -269,7 +275,7 @@ impl Session {
             exited: &exited,
             fills: &drained.fills,
             programs_attached: self.probes.programs_attached(),
-            elapsed: self.started.elapsed(),
+            elapsed: drained_at,
         };
         for sink in sinks.iter_mut() {
             sink.interval(&interval)?;
