@@ -171,6 +171,45 @@ fn threads_on_every_cpu_are_counted_exactly() {
     }
 }
 
+/// Hundreds of processes one after the other: their (process, syscall) keys outnumber each CPU's
+/// slots, so calls are counted both in the slots and in the hash map behind them, and the slots of
+/// exited processes are freed at each drain and taken again. The processes' counts add up exactly
+/// (the recording folds most of their rows into one per name), for both syscall probes.
+#[test]
+fn many_processes_are_counted_exactly_in_slots_and_table() {
+    const PROCESSES: u64 = 300;
+    const GETPPID: u64 = 700;
+    const FAILED_OPENS: u64 = 4;
+    let cgroup = common::TestCgroup::new();
+    let dir = temp_dir();
+    for probe in ["syscalls", "syscall-counts"] {
+        let recorder =
+            Recorder::start(&dir.path().join(format!("{probe}.rec")), &["--cgroup", cgroup.path(), "--probes", probe]);
+        for _ in 0..PROCESSES {
+            let mut workload = Workload::spawn(&[
+                "syscalls",
+                "--getppid",
+                &GETPPID.to_string(),
+                "--fail-open",
+                &FAILED_OPENS.to_string(),
+            ]);
+            cgroup.add(workload.pid());
+            workload.go();
+            workload.wait();
+        }
+        let recording = recorder.finish();
+        let rows = &recording.syscalls.as_ref().unwrap().per_process;
+        let total = |name: &str| {
+            let nr = name.parse::<syscalls::Sysno>().unwrap().id() as u32;
+            rows.iter().filter(|r| r.nr == nr).fold((0, 0), |(count, errors), r| (count + r.count, errors + r.errors))
+        };
+        assert_eq!(total("getppid"), (PROCESSES * GETPPID, 0), "{probe}");
+        // The dynamic loader's failed opens may come before the process is in the cgroup, or after.
+        assert!(total("openat").1 >= PROCESSES * FAILED_OPENS, "{probe}");
+        assert_eq!(recording.counters.drops.syscall_process, 0, "{probe}");
+    }
+}
+
 #[test]
 fn contended_cpu_shows_millisecond_run_queue_waits_and_idle_cpu_does_not() {
     let dir = temp_dir();

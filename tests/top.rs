@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Workload, our_programs_loaded, profiler_bin, programs_left_after_exit, temp_dir};
+use common::{Workload, profiler_bin, programs_left_after_exit, temp_dir};
 
 /// One profiler at a time: each test checks that none of its programs is left.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -78,7 +78,7 @@ fn process_table_pids(screen: &str) -> Vec<u32> {
 #[test]
 fn top_runs_in_a_real_terminal_and_leaves_it_as_it_was() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    assert_eq!(our_programs_loaded(), 0, "a profiler is already running");
+    assert_eq!(programs_left_after_exit(), 0, "a profiler is already running");
     let mut workload = Workload::spawn(&["hot", "--seconds", "60"]);
     let pid = workload.pid();
     workload.go();
@@ -123,7 +123,7 @@ fn top_runs_in_a_real_terminal_and_leaves_it_as_it_was() {
 #[test]
 fn sigterm_gives_the_terminal_back() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    assert_eq!(our_programs_loaded(), 0, "a profiler is already running");
+    assert_eq!(programs_left_after_exit(), 0, "a profiler is already running");
     let dir = temp_dir();
     let tmux = start_top(dir.path());
     let (screen, _) = capture_until(&tmux, Duration::from_secs(10), |screen| screen.contains("profiler top ·"));

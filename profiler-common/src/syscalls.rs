@@ -30,10 +30,23 @@ pub struct SyscallErrno {
     pub _pad: u32,
 }
 
-crate::user_pod!(ProcessSyscall, SyscallStats, SyscallErrno);
+/// Element of `SYSCALL_SLOTS`: one (process, syscall)'s counts on one CPU. `tgid` 0: free (no
+/// process of pid 0 makes syscalls).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyscallSlot {
+    pub tgid: u32,
+    pub nr: u32,
+    pub stats: SyscallStats,
+}
+
+crate::user_pod!(ProcessSyscall, SyscallStats, SyscallErrno, SyscallSlot);
 
 /// Capacity of `SYSCALL_STATS`.
 pub const MAX_PROCESS_SYSCALLS: u32 = 32768;
+/// `SYSCALL_SLOTS` gives each CPU 2^SYSCALL_SLOT_BITS slots (32 KiB).
+pub const SYSCALL_SLOT_BITS: u32 = 10;
+pub const SYSCALL_SLOTS_PER_CPU: u32 = 1 << SYSCALL_SLOT_BITS;
 /// Capacity of `SYSCALL_ERRNOS`.
 pub const MAX_SYSCALL_ERRNOS: u32 = 8192;
 
@@ -42,6 +55,9 @@ pub const MAX_SYSCALL_ERRNOS: u32 = 8192;
 pub const SYSCALL_START: &str = "SYSCALL_START";
 /// Per-CPU hash map `ProcessSyscall` -> `SyscallStats`.
 pub const SYSCALL_STATS: &str = "SYSCALL_STATS";
+/// Array of `SyscallSlot`, `SYSCALL_SLOTS_PER_CPU` for each possible CPU, CPU by CPU (the loader
+/// sizes it); mappable.
+pub const SYSCALL_SLOTS: &str = "SYSCALL_SLOTS";
 /// Hash map `SyscallErrno` -> count.
 pub const SYSCALL_ERRNOS: &str = "SYSCALL_ERRNOS";
 /// Array of `MAX_SYSCALL_NR` `histogram::Histogram`, by syscall number.

@@ -62,6 +62,8 @@ static PROCESSES: LruHashMap<u32, ProcessName> = LruHashMap::with_max_entries(MA
 pub const BPF_NOEXIST: u64 = 1;
 /// A hash map that allocates entries as they are created.
 pub const BPF_F_NO_PREALLOC: u32 = 1;
+/// An array that userspace can map into its memory.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 #[inline(always)]
 pub fn count(counter: Counter) {

@@ -20,11 +20,14 @@ use profiler_common::unwind::{
     UnwindRow, UnwindState,
 };
 
-use crate::oncpu::{finish, reannounce};
+use crate::{
+    oncpu::{finish, reannounce},
+    shared::BPF_F_MMAPABLE,
+};
 
-/// 1: `BPF_F_MMAPABLE`, so userspace writes the rows through a mapping, not a syscall each.
+/// Mappable, so userspace writes the rows through a mapping, not a syscall each.
 #[map]
-static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(MAX_ROWS, 1 << 10);
+static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(MAX_ROWS, BPF_F_MMAPABLE);
 #[map]
 static UNWIND_PAGES: HashMap<PageKey, PageRows> = HashMap::with_max_entries(MAX_PAGES, 0);
 #[map]

@@ -3,7 +3,11 @@
 //! the map holds live processes only however many come and go. A map may keep one value per CPU
 //! (which the kernel updates without atomic instructions): its values are summed here.
 
-use std::{collections::HashMap, hash::Hash, path::Path};
+use std::{
+    collections::{HashMap, HashSet},
+    hash::Hash,
+    path::Path,
+};
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -102,6 +106,33 @@ impl<K: Pod, V: Pod + Growth> CountingMap<K, V> for PerCpuHashMap<&mut MapData, 
     }
 }
 
+/// Counters of a map's keys that the kernel keeps outside the map as well (a cache of the hottest
+/// keys in front of it): the drain adds them to the map's.
+pub trait Beside<K, V> {
+    /// Every value kept here, with its key (a key may come more than once).
+    fn entries(&mut self) -> Result<Vec<(K, V)>>;
+    /// The last values of the keys `gone` selects, then those taken out.
+    fn take(&mut self, gone: &dyn Fn(&K) -> bool) -> Result<Vec<(K, V)>>;
+}
+
+/// Nothing beside the map.
+impl<K, V> Beside<K, V> for () {
+    fn entries(&mut self) -> Result<Vec<(K, V)>> {
+        Ok(Vec::new())
+    }
+
+    fn take(&mut self, _: &dyn Fn(&K) -> bool) -> Result<Vec<(K, V)>> {
+        Ok(Vec::new())
+    }
+}
+
+fn add_to<K: Eq + Hash, V: Growth>(totals: &mut HashMap<K, V>, entries: Vec<(K, V)>) {
+    for (key, value) in entries {
+        let total = totals.entry(key).or_default();
+        *total = total.plus(value);
+    }
+}
+
 /// One per-process hash map of the kernel, with what it held at the last look.
 pub struct CounterMap<K, V> {
     name: &'static str,
@@ -111,18 +142,20 @@ pub struct CounterMap<K, V> {
     created: Counter,
     /// Entries taken out of the kernel map so far.
     removed: u64,
+    /// Entries in the kernel map at the last look.
+    in_map: usize,
     tgid: fn(&K) -> u32,
     previous: HashMap<K, V>,
 }
 
 impl<K: Pod + Eq + Hash, V: Pod + Growth> CounterMap<K, V> {
     pub fn new(name: &'static str, values: Values, capacity: u32, created: Counter, tgid: fn(&K) -> u32) -> Self {
-        Self { name, values, capacity, created, removed: 0, tgid, previous: HashMap::new() }
+        Self { name, values, capacity, created, removed: 0, in_map: 0, tgid, previous: HashMap::new() }
     }
 
     /// How full the map was at the last look.
     pub fn fill(&self) -> (&'static str, f64) {
-        (self.name, self.previous.len() as f64 / f64::from(self.capacity))
+        (self.name, self.in_map as f64 / f64::from(self.capacity))
     }
 
     /// How full the map is now, from the kernel's count of entries created (`counters`, indexed
@@ -132,33 +165,39 @@ impl<K: Pod + Eq + Hash, V: Pod + Growth> CounterMap<K, V> {
         created.saturating_sub(self.removed) as f64 / f64::from(self.capacity)
     }
 
-    /// Each entry's growth since the last call (entries that did not grow are left out). The map is
-    /// walked once; which of its processes exited is settled after the walk, and only then are their
-    /// entries read again and removed: a process that exits during the walk keeps what it added
-    /// after the walk passed its entry, and an entry it creates after the walk is taken next time.
-    pub fn drain(&mut self, ebpf: &mut Ebpf, exits: &mut Exits) -> Result<Vec<(K, V)>> {
+    /// Each key's growth since the last call, in the map and `beside` it (keys that did not grow are
+    /// left out). Both are read once; which of their processes exited is settled after that, and
+    /// only then are their keys read again and taken out: a process that exits during the walk
+    /// keeps what it added after the walk passed its key, and a key it creates after the walk is
+    /// taken next time.
+    pub fn drain(&mut self, ebpf: &mut Ebpf, exits: &mut Exits, beside: &mut dyn Beside<K, V>) -> Result<Vec<(K, V)>> {
         let map = ebpf.map_mut(self.name).with_context(|| format!("map {} missing from the eBPF object", self.name))?;
         let mut map: Box<dyn CountingMap<K, V> + '_> = match self.values {
             Values::Shared => Box::new(BpfHashMap::<_, K, V>::try_from(map)?),
             Values::PerCpu => Box::new(PerCpuHashMap::<_, K, V>::try_from(map)?),
         };
         let entries = map.entries().with_context(|| format!("cannot read map {}", self.name))?;
+        let in_map = entries.len();
         let mut now: HashMap<K, V> = entries.into_iter().collect();
-        let gone: Vec<K> = now.keys().filter(|key| exits.exited((self.tgid)(key))).copied().collect();
-        let mut removed = Vec::with_capacity(gone.len());
-        for key in gone {
-            if let Some(last) = map.take(&key) {
-                now.insert(key, last);
-                removed.push(key);
+        add_to(&mut now, beside.entries()?);
+        let gone: HashSet<K> = now.keys().filter(|key| exits.exited((self.tgid)(key))).copied().collect();
+        let mut last = HashMap::with_capacity(gone.len());
+        for key in &gone {
+            if let Some(value) = map.take(key) {
+                last.insert(*key, value);
             }
         }
+        let taken_from_map = last.len();
+        add_to(&mut last, beside.take(&|key| gone.contains(key))?);
+        now.extend(last.iter().map(|(key, value)| (*key, *value)));
         let mut growth: Vec<(K, V)> = now
             .iter()
             .map(|(key, value)| (*key, value.since(self.previous.get(key).copied().unwrap_or_default())))
             .collect();
-        self.removed += removed.len() as u64;
-        for key in removed {
-            now.remove(&key);
+        self.removed += taken_from_map as u64;
+        self.in_map = in_map - taken_from_map;
+        for key in last.keys() {
+            now.remove(key);
         }
         growth.retain(|(_, value)| !value.is_zero());
         self.previous = now;

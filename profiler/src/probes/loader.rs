@@ -292,6 +292,10 @@ fn load_object(
     for (probe, array) in [("sched", runqlat::RUNQ_START), ("syscalls", sc::SYSCALL_START)] {
         loader.map_max_entries(array, if runs(probe) { pid_max.min(MAX_THREAD_SLOTS) } else { 1 });
     }
+    if runs("syscalls") || runs("syscall-counts") {
+        let cpus = aya::util::nr_cpus().map_err(|(path, error)| anyhow!("cannot read {path}: {error}"))?;
+        loader.map_max_entries(sc::SYSCALL_SLOTS, cpus as u32 * sc::SYSCALL_SLOTS_PER_CPU);
+    }
     // A map two probes share keeps its size if either runs.
     let used: Vec<&str> = running.iter().flat_map(|p| p.0.own_maps().iter().copied()).collect();
     for probe in super::REGISTRY.iter().filter(|spec| !runs(spec.name())) {

@@ -254,6 +254,7 @@ mod tests {
             runqlat::RUNQ_PROCESS_LATENCY,
             syscalls::SYSCALL_START,
             syscalls::SYSCALL_STATS,
+            syscalls::SYSCALL_SLOTS,
             syscalls::SYSCALL_ERRNOS,
             syscalls::SYSCALL_LATENCY,
             oncpu::STACK_FRAMES[0],

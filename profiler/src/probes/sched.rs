@@ -97,7 +97,7 @@ impl Drain for SchedDrain {
         for histogram in &per_cpu {
             system.merge(histogram);
         }
-        let per_process = per_process(self.per_process.drain(kernel.ebpf, kernel.exits)?);
+        let per_process = per_process(self.per_process.drain(kernel.ebpf, kernel.exits, &mut ())?);
         interval.fills.push(self.per_process.fill());
         interval.recording.runq = Some(RunqLatency { system, per_cpu, per_process });
         Ok(())

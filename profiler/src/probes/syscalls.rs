@@ -1,22 +1,30 @@
 //! Syscall probes (`profiler-ebpf/src/syscalls.rs`): `syscalls`, timed, and `syscall-counts`, which
 //! counts from sys_exit alone; their programs and the drain of the maps they share.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    ptr::{read_volatile, write_volatile},
+    sync::atomic::{Ordering, fence},
+};
 
-use anyhow::Result;
-use aya::maps::Array;
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf,
+    maps::{Array, Map},
+};
 use profiler_common::{
     counters::Counter,
     histogram::Histogram,
     syscalls::{
         MAX_PROCESS_SYSCALLS, MAX_SYSCALL_ERRNOS, ProcessSyscall as StatsKey, SYSCALL_ERRNOS, SYSCALL_LATENCY,
-        SYSCALL_STATS, SyscallErrno, SyscallStats,
+        SYSCALL_SLOTS, SYSCALL_STATS, SyscallErrno, SyscallSlot, SyscallStats,
     },
 };
 
 use super::{
     Drain, Drained, Feature, Kernel, ProbeSpec,
-    counter_map::{CounterMap, Growth, Values, dense_growth},
+    counter_map::{Beside, CounterMap, Growth, Values, dense_growth},
     loader::map,
     program::{Alternatives, Arg, Program, TASK, tracepoint},
 };
@@ -47,7 +55,7 @@ const COUNT_PROGRAMS: &[Alternatives] =
     &[&[Program { name: "syscall_counts_sys_exit", attach: tracepoint("raw_syscalls", "sys_exit", REGS_AND_RESULT) }]];
 
 /// The maps both probes fill.
-const COUNT_MAPS: &[&str] = &[SYSCALL_STATS, SYSCALL_ERRNOS];
+const COUNT_MAPS: &[&str] = &[SYSCALL_STATS, SYSCALL_SLOTS, SYSCALL_ERRNOS];
 
 impl ProbeSpec for Syscalls {
     fn name(&self) -> &'static str {
@@ -67,7 +75,7 @@ impl ProbeSpec for Syscalls {
     }
 
     fn own_maps(&self) -> &'static [&'static str] {
-        &[SYSCALL_STATS, SYSCALL_ERRNOS, SYSCALL_LATENCY]
+        &[SYSCALL_STATS, SYSCALL_SLOTS, SYSCALL_ERRNOS, SYSCALL_LATENCY]
     }
 
     fn drain(&self) -> Box<dyn Drain> {
@@ -114,6 +122,7 @@ impl SyscallDrain {
         SyscallDrain {
             timed,
             latency: HashMap::new(),
+            slots: None,
             stats: CounterMap::new(
                 SYSCALL_STATS,
                 Values::PerCpu,
@@ -159,6 +168,8 @@ struct SyscallDrain {
     timed: bool,
     /// Each syscall's histogram at the last drain, for the syscalls seen so far.
     latency: HashMap<u32, Vec<u64>>,
+    /// `SYSCALL_SLOTS`, opened at the first drain.
+    slots: Option<Slots>,
     stats: CounterMap<StatsKey, SyscallStats>,
     errnos: CounterMap<SyscallErrno, u64>,
 }
@@ -166,8 +177,12 @@ struct SyscallDrain {
 impl Drain for SyscallDrain {
     fn drain(&mut self, kernel: &mut Kernel<'_>, interval: &mut Drained) -> Result<()> {
         let latency = if self.timed { self.latency_growth(kernel.ebpf)? } else { BTreeMap::new() };
-        let stats = self.stats.drain(kernel.ebpf, kernel.exits)?;
-        let errnos = self.errnos.drain(kernel.ebpf, kernel.exits)?;
+        let slots = match &mut self.slots {
+            Some(slots) => slots,
+            None => self.slots.insert(Slots::new(kernel.ebpf)?),
+        };
+        let stats = self.stats.drain(kernel.ebpf, kernel.exits, slots)?;
+        let errnos = self.errnos.drain(kernel.ebpf, kernel.exits, &mut ())?;
         interval.fills.extend([self.stats.fill(), self.errnos.fill()]);
         let per_process = rows(stats, errnos);
         interval.recording.syscalls = Some(SyscallData { latency, per_process, counts_only: !self.timed });
@@ -181,7 +196,7 @@ impl Drain for SyscallDrain {
 
 impl SyscallDrain {
     /// Each syscall's latency histogram's growth since the last drain.
-    fn latency_growth(&mut self, ebpf: &aya::Ebpf) -> Result<BTreeMap<u32, LatencyHistogram>> {
+    fn latency_growth(&mut self, ebpf: &Ebpf) -> Result<BTreeMap<u32, LatencyHistogram>> {
         let latency_map: Array<_, Histogram> = Array::try_from(map(ebpf, SYSCALL_LATENCY)?)?;
         let mut latency = BTreeMap::new();
         for (nr, histogram) in latency_map.iter().enumerate() {
@@ -199,6 +214,80 @@ impl SyscallDrain {
             }
         }
         Ok(latency)
+    }
+}
+
+/// `SYSCALL_SLOTS`, read and freed through a mapping of the array (one syscall, where reading its
+/// thousands of slots one by one would take one each). The mapping lasts one drain, so the map's
+/// pages count in our RSS only while it runs.
+struct Slots {
+    map: OwnedFd,
+    len: usize,
+}
+
+impl Slots {
+    fn new(ebpf: &Ebpf) -> Result<Slots> {
+        let Some(Map::Array(data)) = ebpf.map(SYSCALL_SLOTS) else {
+            bail!("map {SYSCALL_SLOTS} missing from the eBPF object")
+        };
+        let len = data.info()?.max_entries() as usize;
+        let map = data.fd().as_fd().try_clone_to_owned().context("cannot hold the syscall slots")?;
+        Ok(Slots { map, len })
+    }
+
+    /// Calls `visit` with a pointer to each slot, in a mapping that lasts the call.
+    fn each(&self, mut visit: impl FnMut(*mut SyscallSlot)) -> Result<()> {
+        // SAFETY: a shared mapping of the array's memory, `len` slots long; the kernel's programs
+        // write it meanwhile, which `visit` allows for (volatile reads and writes, in an order the
+        // programs' own writes agree with).
+        let mut memory = unsafe {
+            memmap2::MmapOptions::new().len(self.len * size_of::<SyscallSlot>()).map_mut(self.map.as_raw_fd())
+        }
+        .context("cannot map the syscall slots")?;
+        let slots = memory.as_mut_ptr().cast::<SyscallSlot>();
+        for index in 0..self.len {
+            // SAFETY: `index` < `len`, within the mapping.
+            visit(unsafe { slots.add(index) });
+        }
+        Ok(())
+    }
+}
+
+/// A slot's key and counts, if it is taken. A program takes a free slot by writing its number and
+/// then its owner, so an owner read first comes with its number.
+fn read_slot(slot: *mut SyscallSlot) -> Option<(StatsKey, SyscallStats)> {
+    // SAFETY: `slot` points into the mapping (`Slots::each`).
+    let (tgid, nr, stats) = unsafe {
+        let tgid = read_volatile(&raw const (*slot).tgid);
+        fence(Ordering::Acquire);
+        (tgid, read_volatile(&raw const (*slot).nr), read_volatile(&raw const (*slot).stats))
+    };
+    (tgid != 0).then_some((StatsKey { tgid, nr }, stats))
+}
+
+impl Beside<StatsKey, SyscallStats> for Slots {
+    fn entries(&mut self) -> Result<Vec<(StatsKey, SyscallStats)>> {
+        let mut entries = Vec::new();
+        self.each(|slot| entries.extend(read_slot(slot)))?;
+        Ok(entries)
+    }
+
+    /// Frees the slots of exited processes: their counts cleared first, the owner last, so a
+    /// program never takes a slot that still holds another's counts.
+    fn take(&mut self, gone: &dyn Fn(&StatsKey) -> bool) -> Result<Vec<(StatsKey, SyscallStats)>> {
+        let mut taken = Vec::new();
+        self.each(|slot| {
+            if let Some((key, stats)) = read_slot(slot).filter(|(key, _)| gone(key)) {
+                // SAFETY: as in `read_slot`.
+                unsafe {
+                    write_volatile(&raw mut (*slot).stats, SyscallStats::default());
+                    fence(Ordering::Release);
+                    write_volatile(&raw mut (*slot).tgid, 0);
+                }
+                taken.push((key, stats));
+            }
+        })?;
+        Ok(taken)
     }
 }
 
