@@ -244,7 +244,12 @@ impl Session {
                         early_drain_at = EARLY_DRAIN_AT.max(self.probes.status()?.1 + EARLY_DRAIN_STEP);
                     }
                 }
-                _ = drain.tick() => self.feed(sinks)?,
+                _ = drain.tick() => {
+                    self.feed(sinks)?;
+                    // The next interval starts after this drain, however late the tick was served
+                    // and however long the drain took: an interval is never shorter than asked.
+                    drain.reset();
+                }
             }
         }
         let duration = self.probes.detach()?;
