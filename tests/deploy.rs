@@ -124,6 +124,7 @@ fn sample_recording() -> profiler::recording::Recording {
                 errors: 1,
                 total_ns: 10,
                 errnos: vec![(2, 1)],
+                latency: None,
             }],
             counts_only: false,
         }),

@@ -210,6 +210,43 @@ fn many_processes_are_counted_exactly_in_slots_and_table() {
     }
 }
 
+/// `--syscall-latency-per-process`: a histogram per (process, syscall) beside the per-syscall one,
+/// with every call in it, at the latency the workload asked for (2 ms sleeps take 2 ms and a
+/// little more); the report ranks the pair by its p99. Without the option, none is kept.
+#[test]
+fn syscall_latency_per_process_holds_every_call_at_its_latency() {
+    const SLEEPS: u64 = 400;
+    let dir = temp_dir();
+    let workload = ["sleep", "--cpu", "0", "--count", &SLEEPS.to_string(), "--interval-us", "2000"];
+    let path = dir.path().join("per-process.rec");
+    let (pid, recording) =
+        common::record_workload(&path, &workload, &["--probes", "syscalls", "--syscall-latency-per-process"]);
+    let sleeps = syscall_row(&recording, pid, "clock_nanosleep");
+    assert_eq!(sleeps.count, SLEEPS);
+    let latency = percentiles(sleeps.latency.as_ref().expect("a per-process histogram"));
+    assert_eq!(latency.count, SLEEPS, "every call in the process's histogram");
+    let nr = syscalls::Sysno::clock_nanosleep.id() as u32;
+    assert_eq!(recording.syscalls.as_ref().unwrap().latency[&nr].count(), SLEEPS, "and in the syscall's");
+    // A sleep is never shorter than asked (the bucket's midpoint may be 3 % below); how much longer
+    // depends on the machine (an emulated guest wakes late), so the upper bound only rules out nonsense.
+    assert!((1_940_000..10_000_000).contains(&latency.p50_ns), "2 ms sleeps, a p50 of {} ns", latency.p50_ns);
+    assert!(latency.p99_ns >= latency.p50_ns);
+    assert_eq!(recording.counters.drops.syscall_latency_process, 0);
+
+    let output = common::run_profiler(&["report", path.to_str().unwrap(), "--json"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let slowest = &report["syscalls"]["slowest_by_process"][0];
+    assert_eq!(
+        (slowest["tgid"].as_u64(), slowest["syscall"].as_str()),
+        (Some(u64::from(pid)), Some("clock_nanosleep"))
+    );
+    assert_eq!(slowest["latency"]["p99_ns"].as_u64(), Some(latency.p99_ns));
+
+    let (pid, recording) = common::record_workload(&dir.path().join("plain.rec"), &workload, &["--probes", "syscalls"]);
+    assert_eq!(syscall_row(&recording, pid, "clock_nanosleep").latency, None);
+}
+
 #[test]
 fn contended_cpu_shows_millisecond_run_queue_waits_and_idle_cpu_does_not() {
     let dir = temp_dir();

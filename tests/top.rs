@@ -1,5 +1,6 @@
-//! `profiler top` in a real terminal (Debian's tmux) and as plain text, beside the 70/30 workload
-//! whose truth is known: `hot_seventy` has 70 % of its CPU time, `hot_thirty` 30 %.
+//! `profiler top` in a real terminal (Debian's tmux) and as plain text, beside workloads whose
+//! truth is known: the 70/30 workload (`hot_seventy` has 70 % of its CPU time, `hot_thirty` 30 %)
+//! and sleepers of known period.
 
 mod common;
 
@@ -225,4 +226,55 @@ fn plain_snapshots_when_the_output_is_not_a_terminal() {
         !lines.iter().any(|(kind, f)| *kind == "process" && f["comm"] == "profiler"),
         "the profiler's own process is left out:\n{stdout}"
     );
+}
+
+/// A duration as `top` prints it (`format_ns`: 950ns, 12.5µs, 2.16ms, 1.20s), in nanoseconds.
+fn parse_ns(text: &str) -> f64 {
+    let units = [("ns", 1.0), ("µs", 1e3), ("ms", 1e6), ("s", 1e9)];
+    let (number, scale) = units
+        .iter()
+        .find_map(|(unit, scale)| text.strip_suffix(unit).map(|number| (number, scale)))
+        .unwrap_or_else(|| panic!("not a duration: {text:?}"));
+    number.parse::<f64>().unwrap_or_else(|_| panic!("not a duration: {text:?}")) * scale
+}
+
+/// Each process's slowest syscall by its p99 over the interval, from histograms the kernel keeps
+/// per process: two sleepers of known period (1 ms and 3 ms), ranked by `--sort syscalls`, each
+/// with its sleep's p99 (its period and a little more) in every snapshot.
+#[test]
+fn processes_show_their_slowest_syscall_by_p99() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut short = Workload::spawn(&["sleep", "--cpu", "0", "--count", "4000", "--interval-us", "1000"]);
+    let mut long = Workload::spawn(&["sleep", "--cpu", "1", "--count", "1500", "--interval-us", "3000"]);
+    let (short_pid, long_pid) = (short.pid().to_string(), long.pid().to_string());
+    short.go();
+    long.go();
+    let output = Command::new(profiler_bin())
+        .args(["top", "-n", "3", "-i", "1s", "--sort", "syscalls", "-p", &short_pid, "-p", &long_pid])
+        .output()
+        .expect("run profiler top");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(programs_left_after_exit(), 0, "programs left after -n");
+
+    let lines: Vec<(&str, HashMap<&str, &str>)> = stdout.lines().filter(|l| !l.is_empty()).map(fields).collect();
+    let snapshots: Vec<Vec<&HashMap<&str, &str>>> = lines
+        .split(|(kind, _)| *kind == "snapshot")
+        .skip(1)
+        .map(|rows| rows.iter().filter(|(kind, _)| *kind == "process").map(|(_, f)| f).collect())
+        .collect();
+    assert_eq!(snapshots.len(), 3, "{stdout}");
+    for rows in snapshots {
+        let pids: Vec<&str> = rows.iter().map(|row| row["pid"]).collect();
+        assert_eq!(pids, [long_pid.as_str(), short_pid.as_str()], "the slower sleeper first:\n{stdout}");
+        for (row, period_ms) in rows.iter().zip([3.0, 1.0]) {
+            let (name, p99) = row["slowest_syscall_p99"].split_once(':').expect("a slowest syscall");
+            let p99_ms = parse_ns(p99) / 1e6;
+            assert_eq!(name, "clock_nanosleep", "{stdout}");
+            assert!(
+                (period_ms * 0.95..period_ms + 3.0).contains(&p99_ms),
+                "sleeps of {period_ms} ms have a p99 of {p99_ms} ms:\n{stdout}"
+            );
+        }
+    }
 }

@@ -43,10 +43,14 @@ pub enum Counter {
     /// Stacks kept in the frame map being written (`STACK_FRAMES_A/B`): how full it is since the
     /// last drain, so that a fast-filling map is drained early instead of losing stacks.
     StackEntries,
+    /// Syscall latencies not added to a per-process histogram because its map was full.
+    SyscallBucketDrops,
+    /// Entries created in `SYSCALL_PROCESS_LATENCY`.
+    SyscallBucketEntries,
 }
 
 /// Number of slots in the `COUNTERS` array.
-pub const NUM_COUNTERS: u32 = Counter::StackEntries as u32 + 1;
+pub const NUM_COUNTERS: u32 = Counter::SyscallBucketEntries as u32 + 1;
 
 /// Per-CPU array of `NUM_COUNTERS` u64, indexed by `Counter`.
 pub const COUNTERS: &str = "COUNTERS";

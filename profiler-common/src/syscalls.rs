@@ -40,7 +40,17 @@ pub struct SyscallSlot {
     pub stats: SyscallStats,
 }
 
-crate::user_pod!(ProcessSyscall, SyscallStats, SyscallErrno, SyscallSlot);
+/// Key of `SYSCALL_PROCESS_LATENCY`: how many calls of one syscall of one process took a latency
+/// in one `histogram` bucket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SyscallBucket {
+    pub tgid: u32,
+    pub nr: u32,
+    pub bucket: u32,
+}
+
+crate::user_pod!(ProcessSyscall, SyscallStats, SyscallErrno, SyscallSlot, SyscallBucket);
 
 /// Capacity of `SYSCALL_STATS`.
 pub const MAX_PROCESS_SYSCALLS: u32 = 32768;
@@ -49,6 +59,9 @@ pub const SYSCALL_SLOT_BITS: u32 = 10;
 pub const SYSCALL_SLOTS_PER_CPU: u32 = 1 << SYSCALL_SLOT_BITS;
 /// Capacity of `SYSCALL_ERRNOS`.
 pub const MAX_SYSCALL_ERRNOS: u32 = 8192;
+/// Capacity of `SYSCALL_PROCESS_LATENCY` (allocated as used): a busy process's syscalls fill some
+/// tens of buckets each.
+pub const MAX_SYSCALL_BUCKETS: u32 = 65536;
 
 /// Per-thread syscall entry words (time and number): an array indexed by thread id (see
 /// `process::MAX_THREAD_SLOTS`).
@@ -60,5 +73,8 @@ pub const SYSCALL_STATS: &str = "SYSCALL_STATS";
 pub const SYSCALL_SLOTS: &str = "SYSCALL_SLOTS";
 /// Hash map `SyscallErrno` -> count.
 pub const SYSCALL_ERRNOS: &str = "SYSCALL_ERRNOS";
+/// Hash map `SyscallBucket` -> count: latency histograms per (process, syscall), filled only when
+/// asked for (`top`, `record --syscall-latency-per-process`), as they cost a hash update per call.
+pub const SYSCALL_PROCESS_LATENCY: &str = "SYSCALL_PROCESS_LATENCY";
 /// Array of `MAX_SYSCALL_NR` `histogram::Histogram`, by syscall number.
 pub const SYSCALL_LATENCY: &str = "SYSCALL_LATENCY";

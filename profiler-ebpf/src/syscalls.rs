@@ -8,6 +8,7 @@
 //! the other, never both.
 
 use aya_ebpf::{
+    Global,
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_smp_processor_id},
     macros::{btf_tracepoint, map},
     maps::{Array, HashMap, PerCpuHashMap},
@@ -18,8 +19,8 @@ use profiler_common::{
     histogram::{Histogram, bucket_index},
     process::DEFAULT_PID_MAX,
     syscalls::{
-        MAX_PROCESS_SYSCALLS, MAX_SYSCALL_ERRNOS, MAX_SYSCALL_NR, ProcessSyscall, SYSCALL_SLOT_BITS,
-        SYSCALL_SLOTS_PER_CPU, SyscallErrno, SyscallSlot, SyscallStats,
+        MAX_PROCESS_SYSCALLS, MAX_SYSCALL_BUCKETS, MAX_SYSCALL_ERRNOS, MAX_SYSCALL_NR, ProcessSyscall,
+        SYSCALL_SLOT_BITS, SYSCALL_SLOTS_PER_CPU, SyscallBucket, SyscallErrno, SyscallSlot, SyscallStats,
     },
 };
 
@@ -65,6 +66,16 @@ static SYSCALL_ERRNOS: HashMap<SyscallErrno, u64> = HashMap::with_max_entries(MA
 /// Latency histogram per syscall number, all processes together.
 #[map]
 static SYSCALL_LATENCY: Array<Histogram> = Array::with_max_entries(MAX_SYSCALL_NR, 0);
+
+/// Non-zero: also a latency histogram per (process, syscall), in `SYSCALL_PROCESS_LATENCY`. A
+/// read-only global, so the verifier prunes the hash update from the hot path when it is off.
+#[unsafe(no_mangle)]
+static LATENCY_PER_PROCESS: Global<u8> = Global::new(0);
+
+/// One entry per non-empty (process, syscall, bucket), allocated as used.
+#[map]
+static SYSCALL_PROCESS_LATENCY: HashMap<SyscallBucket, u64> =
+    HashMap::with_max_entries(MAX_SYSCALL_BUCKETS, BPF_F_NO_PREALLOC);
 
 /// The kernel returns errors as -errno with errno below 4096.
 const MAX_ERRNO: i64 = 4095;
@@ -117,8 +128,14 @@ pub fn syscall_sys_exit(ctx: BtfTracePointContext) -> i32 {
     };
     let nr = (start & NR_MASK) as u32;
     let latency = now_ns().wrapping_sub(start >> NR_BITS) & TIME_MASK;
+    let bucket = bucket_index(latency);
     if let Some(histogram) = SYSCALL_LATENCY.get_ptr_mut(nr) {
-        atomic_add(histogram_slot(histogram, bucket_index(latency)), 1);
+        atomic_add(histogram_slot(histogram, bucket), 1);
+    }
+    if LATENCY_PER_PROCESS.load() != 0
+        && increment(&SYSCALL_PROCESS_LATENCY, &SyscallBucket { tgid, nr, bucket }, Counter::SyscallBucketDrops)
+    {
+        count(Counter::SyscallBucketEntries);
     }
     add_call(tgid, nr, ctx.arg(1), latency);
     0

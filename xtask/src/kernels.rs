@@ -47,6 +47,7 @@ use crate::{status, workspace_root};
 pub const GUEST_TESTS: &[(&str, &str)] = &[
     ("record", "counts_exactly_the_syscalls_a_process_makes"),
     ("record", "syscall_counts_counts_exactly_and_reports_no_latency"),
+    ("record", "syscall_latency_per_process_holds_every_call_at_its_latency"),
     ("pid_max", "threads_sharing_a_slot_lose_a_latency_never_a_count"),
     ("record", "contended_cpu_shows_millisecond_run_queue_waits_and_idle_cpu_does_not"),
     ("record", "sigint_and_sigterm_give_complete_recordings"),

@@ -4,7 +4,7 @@
 //! (which the kernel updates without atomic instructions): its values are summed here.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     hash::Hash,
     path::Path,
 };
@@ -14,7 +14,9 @@ use aya::{
     Ebpf, Pod,
     maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuHashMap, PerCpuValues},
 };
-use profiler_common::counters::Counter;
+use profiler_common::{counters::Counter, histogram::NUM_BUCKETS};
+
+use crate::recording::LatencyHistogram;
 
 /// Values the kernel only ever adds to.
 pub trait Growth: Copy + Default {
@@ -42,6 +44,17 @@ impl Growth for u64 {
 /// Bucket by bucket, what `now` added to `before` (an empty `before`: nothing was there).
 pub fn dense_growth(now: &[u64], before: &[u64]) -> Vec<u64> {
     now.iter().enumerate().map(|(i, n)| n.saturating_sub(before.get(i).copied().unwrap_or(0))).collect()
+}
+
+/// Histograms by `K` from (key, bucket, count) entries of a map that counts each non-empty bucket.
+pub fn histograms<K: Ord>(entries: impl IntoIterator<Item = (K, u32, u64)>) -> BTreeMap<K, LatencyHistogram> {
+    let mut dense: BTreeMap<K, Vec<u64>> = BTreeMap::new();
+    for (key, bucket, count) in entries {
+        if let Some(slot) = dense.entry(key).or_insert_with(|| vec![0; NUM_BUCKETS]).get_mut(bucket as usize) {
+            *slot += count;
+        }
+    }
+    dense.into_iter().map(|(key, counts)| (key, LatencyHistogram::from_dense(&counts))).collect()
 }
 
 /// Which processes have exited, asked of /proc once per process and drain round.

@@ -311,6 +311,8 @@ fn load_object(
     loader.override_global("FILTER_CGROUP_ID", &cgroup_id, true);
     loader.override_global("OWN_TGID", &own_tgid, true);
     loader.override_global("SAMPLE_PER_THREAD", &per_thread, true);
+    let latency_per_process = u8::from(options.syscall_latency_per_process);
+    loader.override_global("LATENCY_PER_PROCESS", &latency_per_process, true);
     let has_task_pt_regs = u8::from(features.has(Feature::TaskPtRegs));
     loader.override_global("HAS_TASK_PT_REGS", &has_task_pt_regs, true);
     loader.override_global("THREAD_SIZE", &layout.thread_size, true);
@@ -385,6 +387,7 @@ fn counters(values: &[u64]) -> Counters {
             stack_errors: get(Counter::StackErrors),
             samples: get(Counter::SampleDrops),
             new_processes: get(Counter::NewProcessDrops),
+            syscall_latency_process: get(Counter::SyscallBucketDrops),
         },
         // From the stack probe's own counters, when it drains.
         stack_ends: Default::default(),

@@ -220,6 +220,9 @@ pub struct ProbeOptions {
     /// The pid filter may change while the programs run (`top` focusing on a process), at the
     /// cost of one array lookup per event; otherwise the verifier prunes it.
     pub changeable_pid_filter: bool,
+    /// Keep a syscall latency histogram per (process, syscall), not only per syscall: a hash
+    /// update on every timed call, so only when asked for.
+    pub syscall_latency_per_process: bool,
 }
 
 #[cfg(test)]
@@ -257,6 +260,7 @@ mod tests {
             syscalls::SYSCALL_SLOTS,
             syscalls::SYSCALL_ERRNOS,
             syscalls::SYSCALL_LATENCY,
+            syscalls::SYSCALL_PROCESS_LATENCY,
             oncpu::STACK_FRAMES[0],
             oncpu::STACK_FRAMES[1],
             oncpu::STACK_SAMPLES[0],

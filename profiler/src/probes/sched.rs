@@ -1,18 +1,16 @@
 //! Run-queue latency probe (`profiler-ebpf/src/runqlat.rs`): its programs and the drain of its maps.
 
-use std::collections::BTreeMap;
-
 use anyhow::Result;
 use aya::maps::PerCpuArray;
 use profiler_common::{
     counters::Counter,
-    histogram::{Histogram, NUM_BUCKETS},
+    histogram::Histogram,
     runqlat::{MAX_PROCESS_BUCKETS, ProcessBucket, RUNQ_LATENCY, RUNQ_PROCESS_LATENCY},
 };
 
 use super::{
     Drain, Drained, Feature, Kernel, ProbeSpec,
-    counter_map::{CounterMap, Values, dense_growth},
+    counter_map::{CounterMap, Values, dense_growth, histograms},
     loader::map,
     program::{Alternatives, Arg, Program, TASK, tracepoint},
 };
@@ -97,7 +95,8 @@ impl Drain for SchedDrain {
         for histogram in &per_cpu {
             system.merge(histogram);
         }
-        let per_process = per_process(self.per_process.drain(kernel.ebpf, kernel.exits, &mut ())?);
+        let entries = self.per_process.drain(kernel.ebpf, kernel.exits, &mut ())?;
+        let per_process = histograms(entries.into_iter().map(|(key, count)| (key.tgid, key.bucket, count)));
         interval.fills.push(self.per_process.fill());
         interval.recording.runq = Some(RunqLatency { system, per_cpu, per_process });
         Ok(())
@@ -106,15 +105,4 @@ impl Drain for SchedDrain {
     fn fullest(&self, counters: &[u64]) -> f64 {
         self.per_process.fill_now(counters)
     }
-}
-
-/// Per-process histograms from (tgid, bucket) -> count entries.
-fn per_process(entries: Vec<(ProcessBucket, u64)>) -> BTreeMap<u32, LatencyHistogram> {
-    let mut dense: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
-    for (key, count) in entries {
-        if let Some(slot) = dense.entry(key.tgid).or_insert_with(|| vec![0; NUM_BUCKETS]).get_mut(key.bucket as usize) {
-            *slot += count;
-        }
-    }
-    dense.into_iter().map(|(tgid, counts)| (tgid, LatencyHistogram::from_dense(&counts))).collect()
 }

@@ -17,14 +17,15 @@ use profiler_common::{
     counters::Counter,
     histogram::Histogram,
     syscalls::{
-        MAX_PROCESS_SYSCALLS, MAX_SYSCALL_ERRNOS, ProcessSyscall as StatsKey, SYSCALL_ERRNOS, SYSCALL_LATENCY,
-        SYSCALL_SLOTS, SYSCALL_STATS, SyscallErrno, SyscallSlot, SyscallStats,
+        MAX_PROCESS_SYSCALLS, MAX_SYSCALL_BUCKETS, MAX_SYSCALL_ERRNOS, ProcessSyscall as StatsKey, SYSCALL_ERRNOS,
+        SYSCALL_LATENCY, SYSCALL_PROCESS_LATENCY, SYSCALL_SLOTS, SYSCALL_STATS, SyscallBucket, SyscallErrno,
+        SyscallSlot, SyscallStats,
     },
 };
 
 use super::{
     Drain, Drained, Feature, Kernel, ProbeSpec,
-    counter_map::{Beside, CounterMap, Growth, Values, dense_growth},
+    counter_map::{Beside, CounterMap, Growth, Values, dense_growth, histograms},
     loader::map,
     program::{Alternatives, Arg, Program, TASK, tracepoint},
 };
@@ -75,7 +76,7 @@ impl ProbeSpec for Syscalls {
     }
 
     fn own_maps(&self) -> &'static [&'static str] {
-        &[SYSCALL_STATS, SYSCALL_SLOTS, SYSCALL_ERRNOS, SYSCALL_LATENCY]
+        &[SYSCALL_STATS, SYSCALL_SLOTS, SYSCALL_ERRNOS, SYSCALL_LATENCY, SYSCALL_PROCESS_LATENCY]
     }
 
     fn drain(&self) -> Box<dyn Drain> {
@@ -137,6 +138,13 @@ impl SyscallDrain {
                 Counter::SyscallErrnoEntries,
                 |key: &SyscallErrno| key.tgid,
             ),
+            buckets: CounterMap::new(
+                SYSCALL_PROCESS_LATENCY,
+                Values::Shared,
+                MAX_SYSCALL_BUCKETS,
+                Counter::SyscallBucketEntries,
+                |key: &SyscallBucket| key.tgid,
+            ),
         }
     }
 }
@@ -172,6 +180,8 @@ struct SyscallDrain {
     slots: Option<Slots>,
     stats: CounterMap<StatsKey, SyscallStats>,
     errnos: CounterMap<SyscallErrno, u64>,
+    /// Per (process, syscall) latency buckets; empty unless the programs were loaded to fill them.
+    buckets: CounterMap<SyscallBucket, u64>,
 }
 
 impl Drain for SyscallDrain {
@@ -184,13 +194,19 @@ impl Drain for SyscallDrain {
         let stats = self.stats.drain(kernel.ebpf, kernel.exits, slots)?;
         let errnos = self.errnos.drain(kernel.ebpf, kernel.exits, &mut ())?;
         interval.fills.extend([self.stats.fill(), self.errnos.fill()]);
-        let per_process = rows(stats, errnos);
+        let buckets = if self.timed {
+            interval.fills.push(self.buckets.fill());
+            self.buckets.drain(kernel.ebpf, kernel.exits, &mut ())?
+        } else {
+            Vec::new()
+        };
+        let per_process = rows(stats, errnos, buckets);
         interval.recording.syscalls = Some(SyscallData { latency, per_process, counts_only: !self.timed });
         Ok(())
     }
 
     fn fullest(&self, counters: &[u64]) -> f64 {
-        self.stats.fill_now(counters).max(self.errnos.fill_now(counters))
+        self.stats.fill_now(counters).max(self.errnos.fill_now(counters)).max(self.buckets.fill_now(counters))
     }
 }
 
@@ -291,11 +307,15 @@ impl Beside<StatsKey, SyscallStats> for Slots {
     }
 }
 
-/// Per (process, syscall) rows, each with its errnos (commonest first), sorted by process. The two
-/// maps are walked one after the other, so a call that failed between the walks has its errno in
-/// this interval and its count in the next (or the other way round): such an errno gets a row of
-/// its own, and the intervals add up.
-fn rows(stats: Vec<(StatsKey, SyscallStats)>, errno_counts: Vec<(SyscallErrno, u64)>) -> Vec<ProcessSyscall> {
+/// Per (process, syscall) rows, each with its errnos (commonest first) and latency histogram if
+/// kept, sorted by process. The maps are walked one after the other, so a call made between the
+/// walks has its errno or latency in this interval and its count in the next (or the other way
+/// round): such a call gets a row of its own, and the intervals add up.
+fn rows(
+    stats: Vec<(StatsKey, SyscallStats)>,
+    errno_counts: Vec<(SyscallErrno, u64)>,
+    buckets: Vec<(SyscallBucket, u64)>,
+) -> Vec<ProcessSyscall> {
     let mut rows: BTreeMap<(u32, u32), ProcessSyscall> = stats
         .into_iter()
         .map(|(key, stats)| {
@@ -306,6 +326,7 @@ fn rows(stats: Vec<(StatsKey, SyscallStats)>, errno_counts: Vec<(SyscallErrno, u
                 errors: stats.errors,
                 total_ns: stats.total_ns,
                 errnos: Vec::new(),
+                latency: None,
             };
             ((key.tgid, key.nr), row)
         })
@@ -317,6 +338,10 @@ fn rows(stats: Vec<(StatsKey, SyscallStats)>, errno_counts: Vec<(SyscallErrno, u
             ..Default::default()
         });
         row.errnos.push((key.errno, count));
+    }
+    for ((tgid, nr), histogram) in histograms(buckets.into_iter().map(|(key, n)| ((key.tgid, key.nr), key.bucket, n))) {
+        let row = rows.entry((tgid, nr)).or_insert_with(|| ProcessSyscall { tgid, nr, ..Default::default() });
+        row.latency = Some(histogram);
     }
     rows.into_values()
         .map(|mut row| {

@@ -242,7 +242,7 @@ impl View {
                 row.runq_p50_ns.map_or_else(dash, format_ns),
                 row.runq_p99_ns.map_or_else(dash, format_ns),
                 format!("{:.0}", row.syscalls_per_second),
-                row.slowest_syscall.as_ref().map_or_else(dash, |(name, mean)| format!("{name} {}", format_ns(*mean))),
+                row.slowest_syscall.as_ref().map_or_else(dash, |(name, p99)| format!("{name} {}", format_ns(*p99))),
             ])
         });
         let widths = [
@@ -255,7 +255,7 @@ impl View {
             Constraint::Fill(1),
         ];
         let slowest =
-            if snapshot.syscalls_counted_only { "SYSCALLS COUNTED, NOT TIMED" } else { "SLOWEST SYSCALL (MEAN)" };
+            if snapshot.syscalls_counted_only { "SYSCALLS COUNTED, NOT TIMED" } else { "SLOWEST SYSCALL (P99)" };
         let header = Row::new(["PID", "COMMAND", "%CPU", "RUNQ P50", "RUNQ P99", "SYSCALLS/S", slowest]);
         let table = Table::new(rows, widths)
             .header(header.style(Style::new().add_modifier(Modifier::BOLD)))
@@ -300,7 +300,7 @@ mod tests {
         }
         assert!(text.contains("[k] do_syscall_64") && text.contains("[.] hot_seventy"), "{text}");
         // The name's newline is shown escaped: it cannot break the table.
-        assert!(text.contains("work\\x0aload") && text.contains("read 100.0µs"), "{text}");
+        assert!(text.contains("work\\x0aload") && text.contains("read 100.4µs"), "{text}");
     }
 
     #[test]

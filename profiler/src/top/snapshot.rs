@@ -1,5 +1,5 @@
 //! One interval of `top` as numbers: the hottest functions, and per process its CPU share,
-//! run-queue latency and its slowest syscall. Built from the session's interval (the kernel's
+//! run-queue latency and its slowest syscall (by p99). Built from the session's interval (the kernel's
 //! aggregates drained once), never from events; testable without BPF.
 
 use std::{collections::HashMap, fmt::Write as _, time::Duration};
@@ -13,8 +13,9 @@ use crate::{
     text::shown,
 };
 
-/// Run-queue latencies a process needs in one interval for its p99 to mean more than its maximum.
-pub const MIN_EVENTS_FOR_P99: u64 = 100;
+/// Latencies (run-queue waits, calls of one syscall) a process needs in one interval for its p99
+/// to mean more than its maximum.
+pub use crate::analysis::summary::MIN_SAMPLES_FOR_RANKING as MIN_EVENTS_FOR_P99;
 
 /// One interval, ready to show.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -58,7 +59,8 @@ pub struct ProcessRow {
     /// Only with `MIN_EVENTS_FOR_P99` latencies or more.
     pub runq_p99_ns: Option<u64>,
     pub syscalls_per_second: f64,
-    /// The syscall with the highest mean latency, and that mean.
+    /// The syscall with the highest p99 latency, and that p99, among those the process called
+    /// `MIN_EVENTS_FOR_P99` times or more in the interval.
     pub slowest_syscall: Option<(String, u64)>,
 }
 
@@ -70,7 +72,7 @@ pub enum SortKey {
     Cpu,
     /// Run-queue latency (p99, else p50).
     Runq,
-    /// The slowest syscall's mean latency.
+    /// The slowest syscall's p99 latency.
     Syscalls,
 }
 
@@ -154,12 +156,12 @@ impl Snapshot {
             for call in &syscalls.per_process {
                 let r = rows.entry(call.tgid).or_insert_with(|| new_row(call.tgid));
                 r.syscalls_per_second += call.count as f64 / seconds;
-                if syscalls.counts_only || call.count == 0 {
+                let Some(latency) = call.latency.as_ref().map(percentiles) else { continue };
+                if latency.count < MIN_EVENTS_FOR_P99 {
                     continue;
                 }
-                let mean = call.total_ns / call.count;
-                if r.slowest_syscall.as_ref().is_none_or(|(_, slowest)| mean > *slowest) {
-                    r.slowest_syscall = Some((syscall_name(call.nr), mean));
+                if r.slowest_syscall.as_ref().is_none_or(|(_, slowest)| latency.p99_ns > *slowest) {
+                    r.slowest_syscall = Some((syscall_name(call.nr), latency.p99_ns));
                 }
             }
         }
@@ -187,7 +189,7 @@ impl Snapshot {
         let value = |row: &ProcessRow| match key {
             SortKey::Cpu => row.cpu_percent.unwrap_or(0.0),
             SortKey::Runq => row.runq_p99_ns.or(row.runq_p50_ns).unwrap_or(0) as f64,
-            SortKey::Syscalls => row.slowest_syscall.as_ref().map_or(0, |(_, mean)| *mean) as f64,
+            SortKey::Syscalls => row.slowest_syscall.as_ref().map_or(0, |(_, p99)| *p99) as f64,
         };
         rows.sort_by(|a, b| value(b).total_cmp(&value(a)).then(a.tgid.cmp(&b.tgid)));
         rows
@@ -223,7 +225,7 @@ impl Snapshot {
         for row in self.sorted(key).into_iter().take(rows) {
             let _ = writeln!(
                 out,
-                "process\tpid={}\tcomm={}\tcpu_percent={}\trunq_events={}\trunq_p50={}\trunq_p99={}\tsyscalls_per_s={:.1}\tslowest_syscall={}",
+                "process\tpid={}\tcomm={}\tcpu_percent={}\trunq_events={}\trunq_p50={}\trunq_p99={}\tsyscalls_per_s={:.1}\tslowest_syscall_p99={}",
                 row.tgid,
                 shown(&row.comm),
                 row.cpu_percent.map_or_else(|| "-".into(), |c| format!("{c:.1}")),
@@ -233,7 +235,7 @@ impl Snapshot {
                 row.syscalls_per_second,
                 row.slowest_syscall
                     .as_ref()
-                    .map_or_else(|| "-".into(), |(name, mean)| format!("{name}:{}", format_ns(*mean))),
+                    .map_or_else(|| "-".into(), |(name, p99)| format!("{name}:{}", format_ns(*p99))),
             );
         }
         out.push('\n');
@@ -282,13 +284,25 @@ pub(super) mod tests {
                         nr: nr(syscalls::Sysno::getppid),
                         count: 100,
                         total_ns: 100_000,
+                        latency: Some(LatencyHistogram::from_values(vec![1_000; 100])),
                         ..Default::default()
                     },
+                    // Slower, but too few calls for a p99.
+                    ProcessSyscall {
+                        tgid: 20,
+                        nr: nr(syscalls::Sysno::openat),
+                        count: 10,
+                        total_ns: 10_000_000,
+                        latency: Some(LatencyHistogram::from_values(vec![1_000_000; 10])),
+                        ..Default::default()
+                    },
+                    // 99 fast reads and 11 slow ones: a p99 of 100 µs, a mean of 10.9 µs.
                     ProcessSyscall {
                         tgid: 20,
                         nr: nr(syscalls::Sysno::read),
-                        count: 10,
-                        total_ns: 1_000_000,
+                        count: 110,
+                        total_ns: 99 * 1_000 + 11 * 100_000,
+                        latency: Some(LatencyHistogram::from_values([vec![1_000; 99], vec![100_000; 11]].concat())),
                         ..Default::default()
                     },
                 ],
@@ -327,8 +341,9 @@ pub(super) mod tests {
         // Ten waits: a p50, but no p99 that would only be their maximum.
         assert_eq!((row(20).runq_events, row(20).runq_p99_ns), (10, None));
         assert!(row(20).runq_p50_ns.is_some());
-        assert_eq!(row(20).slowest_syscall, Some(("read".to_string(), 100_000)));
-        assert_eq!(row(20).syscalls_per_second, 110.0);
+        let (name, p99) = row(20).slowest_syscall.clone().unwrap();
+        assert!(name == "read" && p99.abs_diff(100_000) < 6_500, "{name} {p99}");
+        assert_eq!(row(20).syscalls_per_second, 220.0);
         assert_eq!(row(10).slowest_syscall, None);
     }
 
@@ -350,7 +365,7 @@ pub(super) mod tests {
         assert!(lines[0].ends_with("\tprobes=sched,syscalls,cpu"));
         assert_eq!(lines[2], "function\tself_percent=35.0\tkind=user\tname=hot_seventy\tmodule=workload");
         assert!(lines[4].starts_with("process\tpid=10\tcomm=work\\x0aload\tcpu_percent=100.0\trunq_events=150\t"));
-        assert!(lines[5].ends_with("\tsyscalls_per_s=110.0\tslowest_syscall=read:100.0µs"), "{}", lines[5]);
+        assert!(lines[5].contains("\tsyscalls_per_s=220.0\tslowest_syscall_p99=read:"), "{}", lines[5]);
         assert!(text.ends_with("\n\n"));
     }
 }

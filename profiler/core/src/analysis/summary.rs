@@ -10,9 +10,9 @@ use super::{
 };
 use crate::recording::{Drops, LatencyHistogram, LeftOutProbe, Recording, UnwindTables};
 
-/// Process names with fewer run-queue samples than this are left out of the worst-p99 list and
-/// the outliers: below 100 samples, a p99 is just the maximum.
-const MIN_SAMPLES_FOR_RANKING: u64 = 100;
+/// Process names with fewer run-queue samples (or calls of a syscall) than this are left out of the
+/// worst-p99 lists and the outliers: below 100 samples, a p99 is just the maximum.
+pub const MIN_SAMPLES_FOR_RANKING: u64 = 100;
 
 /// Run-queue latency grouped by process name, as `diff` compares it: forty short-lived `sh`
 /// processes are one workload, and apart each has too few waits for a p99.
@@ -186,6 +186,19 @@ pub struct SyscallSummary {
     pub by_time: Vec<SyscallRow>,
     /// Every (process, syscall) row with errors, most errors first.
     pub errors_by_process: Vec<ProcessSyscallErrors>,
+    /// The (process, syscall) pairs with the worst p99, worst first: only where latency was kept
+    /// per process (`record --syscall-latency-per-process`), else empty.
+    pub slowest_by_process: Vec<ProcessSyscallLatency>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProcessSyscallLatency {
+    pub tgid: u32,
+    /// Processes the id stands for (more than 1: a total of exited processes of that name).
+    pub processes: usize,
+    pub comm: String,
+    pub syscall: String,
+    pub latency: Percentiles,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -354,6 +367,7 @@ fn syscall_summary(
         by_count: ranked(|r| r.count),
         by_time: if timed { ranked(|r| r.total_ns.unwrap_or(0)) } else { Vec::new() },
         errors_by_process: errors_by_process(recording, syscalls, top),
+        slowest_by_process: slowest_by_process(recording, syscalls, top),
     };
     (summary, failing)
 }
@@ -379,6 +393,30 @@ fn errors_by_process(
         })
         .collect();
     rows.sort_by(|a, b| b.errors.cmp(&a.errors).then(a.tgid.cmp(&b.tgid)));
+    rows.truncate(top);
+    rows
+}
+
+/// The (process, syscall) pairs with the worst p99, among those with enough calls for one.
+fn slowest_by_process(
+    recording: &Recording,
+    syscalls: &crate::recording::Syscalls,
+    top: usize,
+) -> Vec<ProcessSyscallLatency> {
+    let mut rows: Vec<ProcessSyscallLatency> = syscalls
+        .per_process
+        .iter()
+        .filter_map(|row| Some((row, percentiles(row.latency.as_ref()?))))
+        .filter(|(_, latency)| latency.count >= MIN_SAMPLES_FOR_RANKING)
+        .map(|(row, latency)| ProcessSyscallLatency {
+            tgid: row.tgid,
+            processes: recording.process_count(row.tgid),
+            comm: recording.process_name(row.tgid).to_string(),
+            syscall: syscall_name(row.nr),
+            latency,
+        })
+        .collect();
+    rows.sort_by(|a, b| b.latency.p99_ns.cmp(&a.latency.p99_ns).then(a.tgid.cmp(&b.tgid)));
     rows.truncate(top);
     rows
 }

@@ -202,6 +202,7 @@ impl Exposition {
             ("stack_map_full", d.stack_errors),
             ("sample_map_full", d.samples),
             ("new_process_ring_full", d.new_processes),
+            ("syscall_latency_process_map_full", d.syscall_latency_process),
         ];
     }
 

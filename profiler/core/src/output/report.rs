@@ -59,7 +59,7 @@ fn header(w: &mut String, summary: &Summary) {
         let d = &summary.drops;
         let _ = writeln!(
             w,
-            "  drops: run-queue per-process {}, syscall per-process {}, errno {}, start times {}, process names {}, stack collisions {}, stack errors {}, samples {}, new processes {}",
+            "  drops: run-queue per-process {}, syscall per-process {}, errno {}, start times {}, process names {}, stack collisions {}, stack errors {}, samples {}, new processes {}, syscall latency per-process {}",
             d.runq_process,
             d.syscall_process,
             d.syscall_errno,
@@ -68,7 +68,8 @@ fn header(w: &mut String, summary: &Summary) {
             d.stack_collisions,
             d.stack_errors,
             d.samples,
-            d.new_processes
+            d.new_processes,
+            d.syscall_latency_process
         );
     }
 }
@@ -156,6 +157,23 @@ fn syscall_tables(w: &mut String, syscalls: &SyscallSummary) {
                 _ => String::new(),
             };
             let _ = writeln!(w, "  {:<20} {:>10}{latency} {:>8}  {}", row.name, row.count, row.errors, errno);
+        }
+    }
+    if !syscalls.slowest_by_process.is_empty() {
+        let _ = writeln!(w, "  slowest by process (p99):");
+        let _ =
+            writeln!(w, "  {:<24} {:<16} {:>10} {:>9} {:>9} {:>9}", "process", "syscall", "count", "p50", "p99", "max");
+        for row in &syscalls.slowest_by_process {
+            let _ = writeln!(
+                w,
+                "  {:<24} {:<16} {:>10} {:>9} {:>9} {:>9}",
+                process_label(&row.comm, row.tgid, row.processes),
+                row.syscall,
+                row.latency.count,
+                format_ns(row.latency.p50_ns),
+                format_ns(row.latency.p99_ns),
+                format_ns(row.latency.max_ns)
+            );
         }
     }
     if !syscalls.errors_by_process.is_empty() {

@@ -293,6 +293,7 @@ mod tests {
                 errors: 1,
                 total_ns: latency_ns,
                 errnos: vec![(2, 1)],
+                latency: Some(LatencyHistogram::from_values([latency_ns])),
             }],
             counts_only: false,
         };
@@ -323,6 +324,7 @@ mod tests {
         let row = &syscalls.per_process[0];
         assert_eq!((row.count, row.errors, row.total_ns, row.errnos.clone()), (3, 3, 600, vec![(2, 3)]));
         assert_eq!(syscalls.latency[&39].count(), 3);
+        assert_eq!(row.latency.as_ref().map(LatencyHistogram::count), Some(3), "the process's histogram too");
         assert_eq!(recording.counters.syscalls, 3, "derived from the rows");
         assert_eq!(recording.processes[&7].comm, "app-main", "a process keeps its first description");
     }
@@ -343,6 +345,7 @@ mod tests {
         let rows = &recording.syscalls.as_ref().unwrap().per_process;
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].tgid, rows[0].count, rows[0].errnos.clone()), (into, 2, vec![(2, 2)]));
+        assert_eq!(rows[0].latency.as_ref().map(LatencyHistogram::count), Some(2));
         assert_eq!(recording.processes.keys().collect::<Vec<_>>(), [&into]);
         assert_eq!((recording.processes[&into].comm.as_str(), recording.processes[&into].folded), ("app-main", 2));
     }

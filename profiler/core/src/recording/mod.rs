@@ -205,15 +205,17 @@ pub struct Drops {
     pub samples: u64,
     /// New processes not announced to userspace in time (ring buffer full).
     pub new_processes: u64,
+    /// Syscall latencies missing from per-process histograms (map full).
+    pub syscall_latency_process: u64,
 }
 
 impl Drops {
     /// Every count, in declaration order.
-    fn counts(&self) -> [u64; 9] {
+    fn counts(&self) -> [u64; 10] {
         self.clone().counts_mut().map(|count| *count)
     }
 
-    fn counts_mut(&mut self) -> [&mut u64; 9] {
+    fn counts_mut(&mut self) -> [&mut u64; 10] {
         let Drops {
             runq_process,
             syscall_process,
@@ -224,6 +226,7 @@ impl Drops {
             stack_errors,
             samples,
             new_processes,
+            syscall_latency_process,
         } = self;
         [
             runq_process,
@@ -235,6 +238,7 @@ impl Drops {
             stack_errors,
             samples,
             new_processes,
+            syscall_latency_process,
         ]
     }
 
@@ -277,6 +281,10 @@ pub struct ProcessSyscall {
     pub total_ns: u64,
     /// (errno, count), commonest first.
     pub errnos: Vec<(u32, u64)>,
+    /// The calls' latencies, where the recording kept them per process (`top`, `record
+    /// --syscall-latency-per-process`); absent otherwise, and from older recordings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencyHistogram>,
 }
 
 impl ProcessSyscall {
@@ -292,6 +300,9 @@ impl ProcessSyscall {
             }
         }
         self.errnos.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        if let Some(theirs) = &other.latency {
+            self.latency.get_or_insert_with(LatencyHistogram::default).merge(theirs);
+        }
     }
 }
 
