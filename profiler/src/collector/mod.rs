@@ -182,9 +182,6 @@ impl Session {
         let mut maps_refresh = tokio::time::interval(MAPS_REFRESH_INTERVAL);
         let mut drain =
             tokio::time::interval_at(tokio::time::Instant::now() + self.config.interval, self.config.interval);
-        // A drain that comes late (a busy loop) is followed by a whole interval, not by a burst of
-        // drains that catch up: `top` would show them as intervals too short to mean anything.
-        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut early_drain_at = EARLY_DRAIN_AT;
         // The programs are detached at the deadline exactly, by a thread of the probes'; the loop
         // ends at the same time unless it is busy, and then as soon as it is free.
