@@ -247,6 +247,30 @@ fn syscall_latency_per_process_holds_every_call_at_its_latency() {
     assert_eq!(syscall_row(&recording, pid, "clock_nanosleep").latency, None);
 }
 
+/// A shell's children make syscalls between fork and exec, under the shell's name, and then run
+/// another program for a moment. Each is named after the program it ran, not after its parent,
+/// though it has exited before the recorder could read its /proc.
+#[test]
+fn children_are_named_after_the_program_they_exec() {
+    const CHILDREN: usize = 30;
+    let cgroup = common::TestCgroup::new();
+    let dir = temp_dir();
+    let recorder =
+        Recorder::start(&dir.path().join("exec.rec"), &["--cgroup", cgroup.path(), "--probes", "sched,syscalls"]);
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && i=0 && while [ $i -lt {CHILDREN} ]; do /bin/true; i=$((i + 1)); done",
+        cgroup.path()
+    );
+    let status = std::process::Command::new("/bin/sh").args(["-c", &script]).status().expect("run sh");
+    assert!(status.success());
+    let recording = recorder.finish();
+    let named = |comm: &str| -> usize {
+        recording.processes.iter().filter(|(_, p)| p.comm == comm).map(|(&tgid, _)| recording.process_count(tgid)).sum()
+    };
+    let names: Vec<(&u32, &str)> = recording.processes.iter().map(|(tgid, p)| (tgid, p.comm.as_str())).collect();
+    assert_eq!((named("sh"), named("true")), (1, CHILDREN), "{names:?}");
+}
+
 #[test]
 fn contended_cpu_shows_millisecond_run_queue_waits_and_idle_cpu_does_not() {
     let dir = temp_dir();

@@ -242,11 +242,14 @@ pub fn oncpu_sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     let task: *const u8 = ctx.arg(0);
     if let Some((_, tgid)) = task_ids(task) {
         // The process has a new address space: its old tables no longer apply. A process that was
-        // sampled before is announced again now, so that its new tables are loaded while it
-        // starts, not after its first samples; one never sampled, at its first sample.
+        // sampled before is announced again now (and named again), so that its new tables are
+        // loaded while it starts, not after its first samples; one never sampled, at its first
+        // sample.
         let _ = PROCESS_MAPPINGS.remove(tgid);
         // SAFETY: only tested for presence.
         if unsafe { SAMPLED_PROCESSES.get(tgid) }.is_some() && task_selected(task, tgid) {
+            // Its name is the program's now.
+            note_process(task, tgid);
             output(tgid);
         }
     }

@@ -58,6 +58,8 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTERS, 
 #[map]
 static PROCESSES: LruHashMap<u32, ProcessName> = LruHashMap::with_max_entries(MAX_PROCESSES, 0);
 
+/// Create a map entry or overwrite it.
+pub const BPF_ANY: u64 = 0;
 /// Only create a map entry, never overwrite one.
 pub const BPF_NOEXIST: u64 = 1;
 /// A hash map that allocates entries as they are created.
@@ -279,7 +281,9 @@ pub fn current_selected(tgid: u32) -> bool {
 }
 
 /// Remembers the name of a task's process (its group leader's comm). Called only when a probe
-/// creates a new per-process entry, so it stays off the common path.
+/// creates a new per-process entry, so it stays off the common path. The name replaces the one
+/// noted before: a forked child makes its first syscalls under its parent's name, and after its
+/// exec its new ones (new entries, new notes) under the program's.
 #[inline(always)]
 pub fn note_process(task: *const u8, tgid: u32) {
     let Some(leader) = read_field::<*const u8>(task, TASK_GROUP_LEADER_OFFSET.load()) else {
@@ -288,8 +292,7 @@ pub fn note_process(task: *const u8, tgid: u32) {
     let Some(comm) = read_field::<[u8; COMM_LEN]>(leader, TASK_COMM_OFFSET.load()) else {
         return;
     };
-    // SAFETY: the value is only tested for presence, never read.
-    if PROCESSES.insert(tgid, ProcessName { comm }, BPF_NOEXIST).is_err() && unsafe { PROCESSES.get(tgid) }.is_none() {
+    if PROCESSES.insert(tgid, ProcessName { comm }, BPF_ANY).is_err() {
         count(Counter::ProcessDrops);
     }
 }

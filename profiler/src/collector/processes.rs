@@ -21,16 +21,18 @@ pub struct ProcessTable {
 }
 
 impl ProcessTable {
-    /// Adds processes the kernel reported; ones already known keep their first entry.
+    /// Adds processes the kernel reported. A name reported again (the process exec'd since)
+    /// replaces the one not yet handed to the sinks; one handed to them stays.
     pub fn add_from_kernel(&mut self, names: Vec<(u32, ProcessName)>) {
         for (tgid, name) in names {
-            self.processes.entry(tgid).or_insert_with(|| {
-                let mut process = read_proc(tgid).unwrap_or_default();
-                if process.comm.is_empty() {
-                    process.comm = comm_to_string(&name.comm);
-                }
-                process
-            });
+            if self.described.contains(&tgid) {
+                continue;
+            }
+            let mut process = read_proc(tgid).unwrap_or_default();
+            if process.comm.is_empty() {
+                process.comm = comm_to_string(&name.comm);
+            }
+            self.processes.insert(tgid, process);
         }
     }
 
