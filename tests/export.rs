@@ -7,7 +7,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Server, Workload, free_port, http_get, promtool_accepts, record_workload, run_profiler, temp_dir};
+use common::{
+    Server, Workload, free_port, go_tool_pprof, http_get, promtool_accepts, record_workload, run_profiler, temp_dir,
+};
 
 #[test]
 fn prometheus_export_passes_promtool_and_keeps_the_counts() {
@@ -30,17 +32,7 @@ fn pprof_export_lists_the_hot_function_first() {
     let dir = temp_dir();
     let rec = dir.path().join("hot.rec");
     record_workload(&rec, &["hot", "--seconds", "3"], &["--probes", "cpu"]);
-    let pb = dir.path().join("hot.pb.gz");
-    let result = run_profiler(&["export", "pprof", rec.to_str().unwrap(), "-o", pb.to_str().unwrap()]);
-    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
-    let output = Command::new("go")
-        .args(["tool", "pprof", "-top"])
-        .arg(&pb)
-        .env("HOME", dir.path())
-        .output()
-        .expect("go (Debian's golang-go; `cargo xtask setup` installs it)");
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
+    let text = go_tool_pprof(&rec, dir.path(), "-top");
     // After the header, the first row is the function with the most flat samples.
     let first = text.lines().skip_while(|l| !l.trim_start().starts_with("flat")).nth(1).expect("a row");
     assert!(first.ends_with("workload::hot_seventy"), "{text}");

@@ -201,10 +201,22 @@ impl Drop for KillOnDrop {
 }
 
 /// A cgroup v2 directory made for one test, removed when dropped.
-pub struct TestCgroup(PathBuf);
+/// A cgroup v2 of the test's own, removed when dropped: a leaf below a top directory named after the
+/// test process.
+pub struct TestCgroup {
+    leaf: PathBuf,
+    /// What was created, top first.
+    created: Vec<PathBuf>,
+}
 
 impl TestCgroup {
     pub fn new() -> TestCgroup {
+        TestCgroup::nested("")
+    }
+
+    /// A cgroup at `layout` (a relative path, as a container runtime or the kubelet lays its
+    /// cgroups out) below the test's own top directory.
+    pub fn nested(layout: &str) -> TestCgroup {
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
         let root = mounts
             .lines()
@@ -215,24 +227,49 @@ impl TestCgroup {
             .expect("a cgroup v2 mount");
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = Path::new(&root).join(format!("profiler-test-{}-{n}", std::process::id()));
-        std::fs::create_dir(&path).unwrap();
-        TestCgroup(path)
+        let mut leaf = Path::new(&root).join(format!("profiler-test-{}-{n}", std::process::id()));
+        std::fs::create_dir(&leaf).unwrap();
+        let mut created = vec![leaf.clone()];
+        for component in layout.split('/').filter(|c| !c.is_empty()) {
+            leaf.push(component);
+            std::fs::create_dir(&leaf).unwrap();
+            created.push(leaf.clone());
+        }
+        TestCgroup { leaf, created }
     }
 
     pub fn add(&self, pid: u32) {
-        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
+        std::fs::write(self.leaf.join("cgroup.procs"), pid.to_string()).unwrap();
     }
 
     pub fn path(&self) -> &str {
-        self.0.to_str().unwrap()
+        self.leaf.to_str().unwrap()
     }
 }
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
+        for dir in self.created.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
+}
+
+/// Exports `rec` as pprof into `dir` and reads it with `go tool pprof FLAG` (Debian's golang-go):
+/// what pprof printed.
+pub fn go_tool_pprof(rec: &Path, dir: &Path, flag: &str) -> String {
+    let pb = dir.join("export.pb.gz");
+    let result = run_profiler(&["export", "pprof", rec.to_str().unwrap(), "-o", pb.to_str().unwrap()]);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let output = Command::new("go")
+        .args(["tool", "pprof", flag])
+        .arg(&pb)
+        .env("HOME", dir)
+        .output()
+        .expect("go (Debian's golang-go; `cargo xtask setup` installs it)");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
+    text
 }
 
 /// A minimal HTTP/1.1 GET against a server on this machine: (status, body).

@@ -1,5 +1,6 @@
 //! Names of the processes the probes saw. The kernel notes each new process's comm; we read its
-//! executable and command line from /proc within a poll interval, while it most likely still lives.
+//! executable, command line and container from /proc within a poll interval, while it most likely
+//! still lives.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
@@ -8,7 +9,7 @@ use std::{
 
 use profiler_common::process::ProcessName;
 
-use crate::recording::Process;
+use crate::recording::{Container, Process};
 
 #[derive(Default)]
 pub struct ProcessTable {
@@ -31,6 +32,11 @@ impl ProcessTable {
             let mut process = read_proc(tgid).unwrap_or_default();
             if process.comm.is_empty() {
                 process.comm = comm_to_string(&name.comm);
+            }
+            // Named again as it exits (its last calls make new entries), a process has no exe,
+            // command line or cgroup left to read: what was read while it lived says more.
+            if process.exe.is_none() && self.processes.get(&tgid).is_some_and(|known| known.comm == process.comm) {
+                continue;
             }
             self.processes.insert(tgid, process);
         }
@@ -86,7 +92,8 @@ fn read_proc(tgid: u32) -> Option<Process> {
         .ok()
         .filter(|raw| !raw.is_empty())
         .map(|raw| String::from_utf8_lossy(&raw).trim_end_matches('\0').replace('\0', " "));
-    Some(Process { comm, exe, cmdline, folded: 0 })
+    let container = fs::read_to_string(format!("{dir}/cgroup")).ok().as_deref().and_then(Container::from_proc_cgroup);
+    Some(Process { comm, exe, cmdline, folded: 0, container })
 }
 
 #[cfg(test)]
@@ -105,6 +112,20 @@ mod tests {
         assert!(!this.comm.is_empty() && this.comm != "kernel-name", "/proc wins while the process lives");
         assert!(this.exe.as_deref().is_some_and(|exe| exe.starts_with('/')));
         assert_eq!(processes[&u32::MAX].comm, "?");
+    }
+
+    #[test]
+    fn a_process_named_again_as_it_exits_keeps_what_was_read_while_it_lived() {
+        // No such process: /proc has nothing to read, as for one that is exiting.
+        let gone = u32::MAX - 1;
+        let lived = Process { comm: "app".into(), exe: Some("/usr/bin/app".into()), ..Default::default() };
+        let mut table = ProcessTable::default();
+        table.processes.insert(gone, lived.clone());
+        table.add_from_kernel(vec![(gone, ProcessName { comm: *b"app\0\0\0\0\0\0\0\0\0\0\0\0\0" })]);
+        assert_eq!(table.processes[&gone], lived, "the living description stays");
+        // Another name: the process exec'd another program since.
+        table.add_from_kernel(vec![(gone, ProcessName { comm: *b"other\0\0\0\0\0\0\0\0\0\0\0" })]);
+        assert_eq!(table.processes[&gone].comm, "other");
     }
 
     #[test]

@@ -19,7 +19,7 @@ const KEPT_PER_NAME: u32 = 16;
 pub struct RecordingSink {
     accumulator: Accumulator,
     folded: FoldedNames,
-    /// Exited processes kept apart so far, by name.
+    /// Exited processes kept apart so far, by name (within a container).
     kept: HashMap<String, u32>,
     /// Processes that exited in the last interval: their last waits and calls may come in the next
     /// one, so they fold one interval later.
@@ -39,12 +39,12 @@ impl RecordingSink {
     fn fold(&mut self, exited: &[u32]) {
         let mut moves = HashMap::new();
         for &tgid in exited {
-            let name = self.accumulator.recording().process_name(tgid);
-            let kept = self.kept.entry(name.to_string()).or_default();
+            let key = self.accumulator.recording().fold_key(tgid);
+            let kept = self.kept.entry(key.clone()).or_default();
             if *kept < KEPT_PER_NAME {
                 *kept += 1;
             } else {
-                moves.insert(tgid, self.folded.id(name));
+                moves.insert(tgid, self.folded.id(&key));
             }
         }
         self.accumulator.fold(&moves);

@@ -131,7 +131,7 @@ impl Sink for MetricsSink {
         self.processes.add(interval.delta);
         let exited = std::mem::replace(&mut self.exited, interval.exited.to_vec());
         let moves: HashMap<u32, u32> =
-            exited.iter().map(|&tgid| (tgid, self.folded.id(self.totals.recording().process_name(tgid)))).collect();
+            exited.iter().map(|&tgid| (tgid, self.folded.id(&self.totals.recording().fold_key(tgid)))).collect();
         self.totals.fold(&moves);
         self.observe(interval);
 

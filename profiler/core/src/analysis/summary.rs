@@ -8,7 +8,7 @@ use super::{
     histogram::{Percentiles, percentiles},
     hotpaths::HotPaths,
 };
-use crate::recording::{Drops, LatencyHistogram, LeftOutProbe, Recording, UnwindTables};
+use crate::recording::{Container, Drops, LatencyHistogram, LeftOutProbe, Recording, UnwindTables};
 
 /// Process names with fewer run-queue samples (or calls of a syscall) than this are left out of the
 /// worst-p99 lists and the outliers: below 100 samples, a p99 is just the maximum.
@@ -69,7 +69,64 @@ pub struct Summary {
     /// How the sampled user stacks ended, commonest first.
     pub stack_ends: Vec<(String, u64)>,
     pub unwind: Option<UnwindTables>,
+    /// The containers (and pods) whose processes appear, busiest first.
+    pub containers: Vec<ContainerSummary>,
     pub outliers: Outliers,
+}
+
+/// One container, or the processes of a pod outside its containers, and what its processes did.
+#[derive(Debug, Serialize)]
+pub struct ContainerSummary {
+    #[serde(flatten)]
+    pub container: Container,
+    /// Its processes (an exited name's total counts as its `processes`).
+    pub processes: Vec<ContainerProcess>,
+    /// On-CPU samples of its processes (the `cpu` probe).
+    pub cpu_samples: u64,
+    /// Syscalls its processes made (the `syscalls` or `syscall-counts` probe).
+    pub syscalls: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ContainerProcess {
+    pub tgid: u32,
+    pub comm: String,
+    pub processes: usize,
+}
+
+/// The containers of the recording's processes, by CPU samples, then syscalls, then id.
+fn containers(recording: &Recording) -> Vec<ContainerSummary> {
+    let mut by_container: BTreeMap<&Container, ContainerSummary> = BTreeMap::new();
+    for (&tgid, process) in &recording.processes {
+        let Some(container) = &process.container else { continue };
+        let entry = by_container.entry(container).or_insert_with(|| ContainerSummary {
+            container: container.clone(),
+            processes: Vec::new(),
+            cpu_samples: 0,
+            syscalls: 0,
+        });
+        entry.processes.push(ContainerProcess {
+            tgid,
+            comm: process.comm.clone(),
+            processes: recording.process_count(tgid),
+        });
+    }
+    let container_of = |tgid: u32| recording.processes.get(&tgid).and_then(|p| p.container.as_ref());
+    for stack in recording.stacks.iter().flat_map(|stacks| &stacks.stacks) {
+        if let Some(summary) = container_of(stack.tgid).and_then(|c| by_container.get_mut(c)) {
+            summary.cpu_samples = summary.cpu_samples.saturating_add(stack.count);
+        }
+    }
+    for row in recording.syscalls.iter().flat_map(|syscalls| &syscalls.per_process) {
+        if let Some(summary) = container_of(row.tgid).and_then(|c| by_container.get_mut(c)) {
+            summary.syscalls = summary.syscalls.saturating_add(row.count);
+        }
+    }
+    let mut containers: Vec<ContainerSummary> = by_container.into_values().collect();
+    containers.sort_by(|a, b| {
+        (b.cpu_samples, b.syscalls).cmp(&(a.cpu_samples, a.syscalls)).then_with(|| a.container.id.cmp(&b.container.id))
+    });
+    containers
 }
 
 /// What stands out inside one recording.
@@ -260,6 +317,7 @@ impl Summary {
                 ends
             },
             unwind: meta.unwind.clone(),
+            containers: containers(recording),
             pids: meta.options.pids.clone(),
             cgroup: meta.options.cgroup.clone(),
             excluded_self: meta.options.excluded_self,

@@ -7,7 +7,7 @@ use std::{collections::HashMap, io::Write as _};
 use flate2::{Compression, write::GzEncoder};
 use prost::Message;
 
-use crate::recording::{Recording, Stacks};
+use crate::recording::{Container, Recording, Stacks};
 
 /// The messages of profile.proto that we write.
 mod proto {
@@ -181,6 +181,10 @@ fn build(recording: &Recording, stacks: &Stacks) -> proto::Profile {
             if stack.tid != 0 {
                 label.push(proto::Label { key: thread_key, str: 0, num: i64::from(stack.tid) });
             }
+            let container = recording.processes.get(&stack.tgid).and_then(|p| p.container.as_ref());
+            for (key, value) in container.map(container_labels).into_iter().flatten() {
+                label.push(proto::Label { key: strings.get(key), str: strings.get(value), num: 0 });
+            }
             let count = i64::try_from(stack.count).unwrap_or(i64::MAX);
             proto::Sample {
                 // Leaf first, as in our stacks.
@@ -226,6 +230,19 @@ fn main_first(stacks: &Stacks) -> Vec<usize> {
     let mut order: Vec<usize> = (0..stacks.modules.len()).collect();
     order.sort_by_key(|&m| (kernel[m], std::cmp::Reverse(roots[m]), m));
     order
+}
+
+/// The labels that name a sample's container and pod, as Parca and the OpenTelemetry profiler
+/// label theirs (`go tool pprof -tagfocus pod_uid=...`).
+fn container_labels(container: &Container) -> impl Iterator<Item = (&'static str, &str)> {
+    [
+        ("container_id", Some(container.id.as_str()).filter(|id| !id.is_empty())),
+        ("container_runtime", container.runtime.as_deref()),
+        ("pod_uid", container.pod_uid.as_deref()),
+        ("qos_class", container.qos_class.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| Some((key, value?)))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use crate::{
         histogram::{Percentiles, format_ns},
         hotpaths::HotPaths,
         percent,
-        summary::{Outliers, RunqSummary, Summary, SyscallSummary, syscall_name},
+        summary::{ContainerSummary, Outliers, RunqSummary, Summary, SyscallSummary, syscall_name},
     },
     recording::{LatencyHistogram, Recording},
     text::shown,
@@ -23,6 +23,7 @@ pub fn text(summary: &Summary) -> String {
         hot_paths(&mut out, cpu);
         user_stacks(&mut out, summary);
     }
+    containers(&mut out, summary);
     outliers(&mut out, &summary.outliers);
     if let Some(syscalls) = &summary.syscalls {
         syscall_tables(&mut out, syscalls);
@@ -259,6 +260,30 @@ fn hot_paths(w: &mut String, cpu: &HotPaths) {
                 tail.join(" → ")
             );
         }
+    }
+}
+
+/// The containers and pods the processes ran in, with their share of the samples and calls.
+fn containers(w: &mut String, summary: &Summary) {
+    if summary.containers.is_empty() {
+        return;
+    }
+    let samples = summary.cpu.as_ref().map(|cpu| cpu.samples);
+    let _ = writeln!(w, "\nContainers:");
+    for ContainerSummary { container, processes, cpu_samples, syscalls } in &summary.containers {
+        let mut label = if container.id.is_empty() { "(pod)".to_string() } else { container.short_id().to_string() };
+        if let Some(runtime) = &container.runtime {
+            let _ = write!(label, " {}", shown(runtime));
+        }
+        if let Some(pod) = &container.pod_uid {
+            let _ = write!(label, ", pod {}", shown(pod));
+        }
+        if let Some(qos) = &container.qos_class {
+            let _ = write!(label, " ({})", shown(qos));
+        }
+        let cpu = samples.map_or(String::new(), |total| format!("  {:>5.1}% CPU", percent(*cpu_samples, total)));
+        let names: Vec<String> = processes.iter().map(|p| process_label(&p.comm, p.tgid, p.processes)).collect();
+        let _ = writeln!(w, "  {label}{cpu}  {syscalls} syscalls: {}", names.join(", "));
     }
 }
 

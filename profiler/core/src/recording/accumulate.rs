@@ -23,7 +23,7 @@ pub struct FoldedNames {
 }
 
 impl FoldedNames {
-    /// The id of the total of exited processes called `name`.
+    /// The id of the total of exited processes called `name` (a `Process::fold_key`).
     pub fn id(&mut self, name: &str) -> u32 {
         if let Some(&id) = self.ids.get(name) {
             return id;

@@ -2,10 +2,12 @@
 //! analysed on another machine. `format` reads and writes it.
 
 mod accumulate;
+mod container;
 mod format;
 mod v1;
 
 pub use accumulate::{Accumulator, FIRST_FOLDED_ID, FoldedNames};
+pub use container::Container;
 
 pub use format::{FORMAT_VERSION, MAGIC, RecordingError, frame, read, read_file, write, write_file, write_prepared};
 
@@ -55,6 +57,11 @@ impl Recording {
 
     pub fn process_name(&self, tgid: u32) -> &str {
         self.processes.get(&tgid).map_or("?", |p| p.comm.as_str())
+    }
+
+    /// What the process folds by when it exits (see `Process::fold_key`).
+    pub fn fold_key(&self, tgid: u32) -> String {
+        self.processes.get(&tgid).map_or_else(|| "?".to_string(), Process::fold_key)
     }
 
     /// How many processes an id stands for: 1, or the count of a per-name total of exited ones.
@@ -372,6 +379,21 @@ pub struct Process {
     /// Non-zero: not one process but the total of this many exited processes of this name (the
     /// id is then no pid, but at or above `FIRST_FOLDED_ID`).
     pub folded: u32,
+    /// The container and Kubernetes pod it ran in, from its cgroup.
+    pub container: Option<Container>,
+}
+
+impl Process {
+    /// What exited processes fold by: their name, within their container (one total per name and
+    /// container, so that no container's processes are counted under another's).
+    pub fn fold_key(&self) -> String {
+        match &self.container {
+            Some(container) => {
+                format!("{}\0{}\0{}", self.comm, container.id, container.pod_uid.as_deref().unwrap_or(""))
+            }
+            None => self.comm.clone(),
+        }
+    }
 }
 
 /// A latency distribution in the kernel's log-linear buckets (nanoseconds), stored sparsely as
