@@ -1,10 +1,13 @@
 //! Container and pod identity: a process in a cgroup laid out as a container runtime or the kubelet
 //! lays its cgroups out is reported with that container id and pod uid, in the recording, `report`
-//! (text and JSON) and the pprof labels that `go tool pprof` reads.
+//! (text and JSON) and the pprof labels that `go tool pprof` reads; `--container` and `--pod`
+//! record only theirs.
 
 mod common;
 
-use common::{Recorder, TestCgroup, Workload, go_tool_pprof, run_profiler, temp_dir};
+use std::path::{Path, PathBuf};
+
+use common::{Recorder, TestCgroup, Workload, go_tool_pprof, run_profiler, syscall_row, temp_dir};
 
 const POD_UID: &str = "7d2b8c1e-5f3a-4b6c-9d0e-1a2b3c4d5e6f";
 const OTHER_POD_UID: &str = "0f9e8d7c-6b5a-4938-8271-605f4e3d2c1b";
@@ -51,10 +54,54 @@ fn layouts() -> Vec<Layout> {
     ]
 }
 
+/// A file of a container runtime's state, written where the runtime keeps it (no runtime runs
+/// here); the directories it created are removed when dropped.
+struct RuntimeFile {
+    created: Option<PathBuf>,
+}
+
+impl RuntimeFile {
+    fn write(path: &str, text: &str) -> RuntimeFile {
+        let path = Path::new(path);
+        let mut created = None;
+        for ancestor in path.parent().unwrap().ancestors() {
+            if ancestor.exists() {
+                break;
+            }
+            created = Some(ancestor.to_path_buf());
+        }
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+        RuntimeFile { created: created.or_else(|| Some(path.to_path_buf())) }
+    }
+}
+
+impl Drop for RuntimeFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.created.take() {
+            let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        }
+    }
+}
+
 #[test]
 fn processes_carry_their_container_and_pod() {
     let dir = temp_dir();
     let layouts = layouts();
+    // The names the runtimes keep: containerd's OCI config of the kubelet's container (as its CRI
+    // plugin annotates it), Docker's config of its container.
+    let _names = [
+        RuntimeFile::write(
+            &format!("/run/containerd/io.containerd.runtime.v2.task/k8s.io/{}/config.json", layouts[0].id),
+            r#"{"ociVersion":"1.1.0","annotations":{"io.kubernetes.cri.container-type":"container",
+               "io.kubernetes.cri.container-name":"web","io.kubernetes.cri.sandbox-name":"web-0",
+               "io.kubernetes.cri.sandbox-namespace":"shop"}}"#,
+        ),
+        RuntimeFile::write(
+            &format!("/var/lib/docker/containers/{}/config.v2.json", layouts[2].id),
+            r#"{"ID":"x","Name":"/cache","Config":{"Labels":{}}}"#,
+        ),
+    ];
     let cgroups: Vec<TestCgroup> = layouts.iter().map(|layout| TestCgroup::nested(&layout.path)).collect();
     let mut workloads: Vec<Workload> = cgroups
         .iter()
@@ -66,7 +113,7 @@ fn processes_carry_their_container_and_pod() {
         .collect();
     let outside = Workload::spawn(&["hot", "--seconds", "2"]);
     let pids: Vec<String> = workloads.iter().chain([&outside]).map(|w| w.pid().to_string()).collect();
-    let mut args = vec!["--probes", "cpu,syscalls"];
+    let mut args = vec!["--probes", "cpu,syscalls,sched"];
     for pid in &pids {
         args.extend(["-p", pid.as_str()]);
     }
@@ -88,6 +135,14 @@ fn processes_carry_their_container_and_pod() {
         assert_eq!(container.qos_class.as_deref(), layout.qos_class, "{}", layout.path);
     }
     assert_eq!(recording.processes[&pids[3].parse().unwrap()].container, None);
+    let names = |pid: &String| {
+        let container = recording.processes[&pid.parse().unwrap()].container.clone().unwrap();
+        (container.name, container.pod_name, container.namespace)
+    };
+    let some = |s: &str| Some(s.to_string());
+    assert_eq!(names(&pids[0]), (some("web"), some("web-0"), some("shop")));
+    assert_eq!(names(&pids[1]), (None, None, None), "no runtime state: the uid only");
+    assert_eq!(names(&pids[2]), (some("cache"), None, None));
 
     // report --json: one entry per container, with its process and its samples.
     let result = run_profiler(&["report", rec.to_str().unwrap(), "--json"]);
@@ -104,15 +159,122 @@ fn processes_carry_their_container_and_pod() {
     // The text report names each container by its short id, with its pod.
     let result = run_profiler(&["report", rec.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&result.stdout);
-    assert!(text.contains(&format!("{} containerd, pod {POD_UID} (burstable)", &layouts[0].id[..12])), "{text}");
-    assert!(text.contains(&format!("{} docker", &layouts[2].id[..12])), "{text}");
+    assert!(text.contains(&format!("{} web containerd, pod shop/web-0 (burstable)", &layouts[0].id[..12])), "{text}");
+    assert!(text.contains(&format!("{}, pod {OTHER_POD_UID} (besteffort)", &layouts[1].id[..12])), "{text}");
+    assert!(text.contains(&format!("{} cache docker", &layouts[2].id[..12])), "{text}");
 
     // pprof: every sample of a container's process carries its labels, as `go tool pprof` reads them.
     let tags = go_tool_pprof(&rec, dir.path(), "-tags");
     for layout in &layouts {
         assert!(tags.contains(&layout.id), "{tags}");
     }
-    for value in [POD_UID, OTHER_POD_UID, "containerd", "docker", "burstable", "besteffort"] {
+    for value in [POD_UID, OTHER_POD_UID, "containerd", "docker", "burstable", "besteffort", "web-0", "shop", "cache"] {
         assert!(tags.contains(value), "{value} in {tags}");
+    }
+
+    // Prometheus: the per-process run-queue series, told apart by container and pod when asked
+    // (four busy processes on this machine's CPUs wait in its run queues).
+    let result = run_profiler(&[
+        "export",
+        "prometheus",
+        rec.to_str().unwrap(),
+        "--top-processes",
+        "10",
+        "--labels",
+        "container,pod",
+    ]);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let text = String::from_utf8_lossy(&result.stdout);
+    common::promtool_accepts(&text);
+    let (web, other, cache) = (&layouts[0].id, &layouts[1].id, &layouts[2].id);
+    for labels in [
+        format!(
+            r#"comm="workload",container_id="{web}",container="web",pod_uid="{POD_UID}",pod="web-0",namespace="shop""#
+        ),
+        format!(r#"comm="workload",container_id="{other}",pod_uid="{OTHER_POD_UID}""#),
+        format!(r#"comm="workload",container_id="{cache}",container="cache""#),
+    ] {
+        let series = format!("profiler_process_runqueue_latency_seconds_count{{{labels}}}");
+        assert!(text.contains(&series), "{series} in {text}");
+    }
+    // diff: containers compared by namespace and name where known, else by id.
+    let result = run_profiler(&["diff", rec.to_str().unwrap(), rec.to_str().unwrap(), "--json"]);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    let compared: Vec<&str> =
+        json["containers"].as_array().unwrap().iter().filter_map(|c| c["container"].as_str()).collect();
+    for expected in ["shop/web", "cache", &layouts[1].id[..12]] {
+        assert!(compared.contains(&expected), "{expected} in {compared:?}");
+    }
+    let web = json["containers"].as_array().unwrap().iter().find(|c| c["container"] == "shop/web").unwrap();
+    assert!(
+        web["base_cpu_percent"].as_f64().unwrap() > 10.0 && web["base_cpu_percent"] == web["new_cpu_percent"],
+        "{web}"
+    );
+
+    let result = run_profiler(&["export", "prometheus", rec.to_str().unwrap(), "--labels", "pod"]);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success() && stderr.contains("add --top-processes N"), "{stderr}");
+}
+
+#[test]
+fn container_and_pod_filters_record_only_theirs() {
+    let dir = temp_dir();
+    let layouts = layouts();
+    // Two containers of one pod, a Docker container, and a process outside any.
+    let first = TestCgroup::nested(&layouts[0].path);
+    let second_id = "d".repeat(64);
+    let second = first.sibling(&format!("cri-containerd-{second_id}.scope"));
+    let docker = TestCgroup::nested(&layouts[2].path);
+    const CALLS: u64 = 3000;
+    let calls = CALLS.to_string();
+    let mut workloads: Vec<Workload> =
+        (0..4).map(|_| Workload::spawn(&["syscalls", "--getppid", &calls, "--fail-open", "0"])).collect();
+    for (cgroup, workload) in [&first, &second, &docker].into_iter().zip(&workloads) {
+        cgroup.add(workload.pid());
+    }
+    let pids: Vec<u32> = workloads.iter().map(Workload::pid).collect();
+    // The pod by its uid; the Docker container by its short id; the pod's second container as
+    // Kubernetes writes its id in the pod's status.
+    let kubernetes_id = format!("containerd://{second_id}");
+    let filters: [(&str, &str, Vec<u32>); 3] = [
+        ("--pod", POD_UID, vec![pids[0], pids[1]]),
+        ("--container", &layouts[2].id[..12], vec![pids[2]]),
+        ("--container", &kubernetes_id, vec![pids[1]]),
+    ];
+    // Every probe with the pod's filter: each program's filter is loaded, and verified, here.
+    let recorders: Vec<Recorder> = filters
+        .iter()
+        .enumerate()
+        .map(|(i, (flag, value, _))| {
+            let probes = if i == 0 { "sched,syscalls,cpu" } else { "syscalls" };
+            Recorder::start(&dir.path().join(format!("{i}.rec")), &[flag, value, "--probes", probes])
+        })
+        .collect();
+    workloads.iter_mut().for_each(Workload::go);
+    workloads.into_iter().for_each(Workload::wait);
+    for ((flag, value, expected), recorder) in filters.iter().zip(recorders) {
+        let recording = recorder.finish();
+        for pid in &pids {
+            let seen = recording.processes.contains_key(pid);
+            assert_eq!(seen, expected.contains(pid), "{flag} {value}: process {pid} seen: {seen}");
+        }
+        for &pid in expected {
+            assert_eq!(syscall_row(&recording, pid, "getppid").count, CALLS, "{flag} {value}");
+        }
+    }
+
+    // A filter that names nothing here is one clear line and a failure, before anything is loaded.
+    for (args, message) in [
+        (["--container", "12345"], "--container takes a container id"),
+        (["--container", "feedfacefeedfacefeed"], "no cgroup v2 directory of container feedfacefeedfacefeed"),
+        (["--pod", OTHER_POD_UID], "no cgroup v2 directory of pod"),
+    ] {
+        let result =
+            run_profiler(&["record", "-d", "1", "-o", dir.path().join("x.rec").to_str().unwrap(), args[0], args[1]]);
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(!result.status.success() && stderr.contains(message), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(!dir.path().join("x.rec").exists());
     }
 }

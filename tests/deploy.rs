@@ -1,7 +1,7 @@
 //! The fleet manifests are checked offline: they parse, and the fields that make the DaemonSet
 //! work (host PID namespace, capabilities, kernel mounts, limits, the metrics port) are there and
-//! agree with the Service, the PodMonitor and the scrape config. The dashboard queries only metrics
-//! the profiler exports.
+//! agree with the Service, the PodMonitor and the scrape configs (Prometheus for metrics, Parca and
+//! Grafana Alloy for CPU profiles). The dashboard queries only metrics the profiler exports.
 
 use std::path::PathBuf;
 
@@ -66,6 +66,101 @@ fn service_podmonitor_and_scrape_config_find_the_pods() {
     let job = &scrape["scrape_configs"][0];
     assert_eq!(job["kubernetes_sd_configs"][0]["role"].as_str(), Some("pod"));
     assert!(job["relabel_configs"].as_vec().unwrap().iter().any(|r| r["regex"].as_str() == Some("profiler")));
+}
+
+/// The longest profile window `serve` gives (`seconds`), and the path it serves profiles on.
+const MAX_PROFILE_SECONDS: u64 = 300;
+const PROFILE_PATH: &str = "/debug/pprof/profile";
+
+fn seconds(duration: &str) -> u64 {
+    duration.strip_suffix('s').and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("a duration in s: {duration}"))
+}
+
+#[test]
+fn parca_scrapes_only_the_cpu_profile_of_the_daemonset() {
+    let args: Vec<String> =
+        kind(&load("daemonset.yaml"), "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str().map(String::from))
+            .collect();
+    assert!(!args.iter().any(|a| a == "--probes"), "the default probes, the cpu probe among them: {args:?}");
+    let job = &load("parca-scrape.yaml")[0]["scrape_configs"][0];
+    assert_eq!(job["kubernetes_sd_configs"][0]["role"].as_str(), Some("pod"));
+    assert_eq!(job["kubernetes_sd_configs"][0]["namespaces"]["names"][0].as_str(), Some("profiler"));
+    let keeps: Vec<&str> =
+        job["relabel_configs"].as_vec().unwrap().iter().filter_map(|r| r["regex"].as_str()).collect();
+    assert_eq!(keeps, ["profiler", "metrics"], "the DaemonSet's pods, on the metrics port");
+    let pprof = &job["profiling_config"]["pprof_config"];
+    let cpu = &pprof["process_cpu"];
+    assert_eq!(
+        (cpu["enabled"].as_bool(), cpu["path"].as_str(), cpu["delta"].as_bool()),
+        (Some(true), Some(PROFILE_PATH), Some(true))
+    );
+    // Parca enables these by default; listed, each keeps only what is written.
+    for other in ["memory", "block", "goroutine", "mutex"] {
+        assert_eq!(pprof[other]["enabled"].as_bool(), Some(false), "{other}");
+    }
+    // Parca asks for seconds = the interval; its timeout must exceed the interval.
+    let (interval, timeout) =
+        (seconds(job["scrape_interval"].as_str().unwrap()), seconds(job["scrape_timeout"].as_str().unwrap()));
+    assert!(interval <= MAX_PROFILE_SECONDS && timeout > interval, "{interval} s, {timeout} s");
+}
+
+/// An Alloy configuration's attributes, as (enclosing blocks, name, value): enough of its syntax
+/// (blocks, `name = value` lines, `//` comments) to check what a configuration says.
+fn alloy_attributes(text: &str) -> Vec<(String, String, String)> {
+    let mut blocks: Vec<String> = Vec::new();
+    let mut attributes = Vec::new();
+    for line in text.lines() {
+        let line = line.split("//").next().unwrap().trim();
+        if let Some(header) = line.strip_suffix('{') {
+            blocks.push(header.trim().to_string());
+        } else if line == "}" {
+            blocks.pop().expect("balanced braces");
+        } else if let Some((name, value)) = line.split_once('=') {
+            attributes.push((blocks.join(" / "), name.trim().to_string(), value.trim().trim_matches('"').to_string()));
+        }
+    }
+    assert!(blocks.is_empty(), "unclosed blocks: {blocks:?}");
+    attributes
+}
+
+#[test]
+fn alloy_scrapes_only_the_cpu_profile_into_pyroscope() {
+    let attributes = alloy_attributes(&std::fs::read_to_string(deploy("alloy-pyroscope.alloy")).unwrap());
+    let get = |block: &str, name: &str| {
+        attributes
+            .iter()
+            .find(|(b, n, _)| b == block && n == name)
+            .map(|(_, _, v)| v.as_str())
+            .unwrap_or_else(|| panic!("no {name} in {block}"))
+    };
+    assert_eq!(get("discovery.kubernetes \"profiler\"", "role"), "pod");
+    let regexes: Vec<&str> = attributes
+        .iter()
+        .filter(|(b, n, _)| b.ends_with("/ rule") && n == "regex")
+        .map(|(_, _, v)| v.as_str())
+        .collect();
+    assert_eq!(regexes, ["profiler", "metrics"]);
+    let scrape = "pyroscope.scrape \"profiler\"";
+    assert_eq!(get(scrape, "targets"), "discovery.relabel.profiler.output");
+    assert_eq!(get(scrape, "forward_to"), "[pyroscope.write.default.receiver]");
+    let cpu = format!("{scrape} / profiling_config / profile.process_cpu");
+    assert_eq!((get(&cpu, "enabled"), get(&cpu, "path"), get(&cpu, "delta")), ("true", PROFILE_PATH, "true"));
+    let profiles: Vec<&(String, String, String)> =
+        attributes.iter().filter(|(b, n, _)| b.contains("/ profile.") && n == "enabled").collect();
+    assert!(profiles.len() >= 5, "every profile type Alloy enables by default is named: {profiles:?}");
+    for (block, _, enabled) in profiles.iter().filter(|(b, _, _)| !b.ends_with("profile.process_cpu")) {
+        assert_eq!(enabled, "false", "{block}");
+    }
+    // Alloy asks for seconds = delta_profiling_duration, which must be at least 1 s below the
+    // interval.
+    let (interval, window) =
+        (seconds(get(scrape, "scrape_interval")), seconds(get(scrape, "delta_profiling_duration")));
+    assert!(window < interval && window <= MAX_PROFILE_SECONDS, "{window} s every {interval} s");
+    assert!(get("pyroscope.write \"default\" / endpoint", "url").starts_with("http"));
 }
 
 #[test]

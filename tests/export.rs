@@ -8,7 +8,8 @@ use std::{
 };
 
 use common::{
-    Server, Workload, free_port, go_tool_pprof, http_get, promtool_accepts, record_workload, run_profiler, temp_dir,
+    Server, Workload, free_port, go_tool_pprof, go_tool_pprof_source, http_get, promtool_accepts, record_workload,
+    run_profiler, temp_dir,
 };
 
 #[test]
@@ -33,11 +34,90 @@ fn pprof_export_lists_the_hot_function_first() {
     let rec = dir.path().join("hot.rec");
     record_workload(&rec, &["hot", "--seconds", "3"], &["--probes", "cpu"]);
     let text = go_tool_pprof(&rec, dir.path(), "-top");
-    // After the header, the first row is the function with the most flat samples.
-    let first = text.lines().skip_while(|l| !l.trim_start().starts_with("flat")).nth(1).expect("a row");
-    assert!(first.ends_with("workload::hot_seventy"), "{text}");
+    assert_eq!(top_function(&text), "workload::hot_seventy", "{text}");
     // pprof's tools take the first mapping as the main binary: the program's, not the kernel's.
     assert!(text.lines().any(|l| l == "File: workload"), "{text}");
+}
+
+/// The first row of `go tool pprof -top`'s table: the function with the most flat samples.
+fn top_function(text: &str) -> &str {
+    let first = text.lines().skip_while(|l| !l.trim_start().starts_with("flat")).nth(1).expect("a row");
+    first.split_whitespace().last().expect("a function")
+}
+
+/// `-top`'s header, "Duration: 5s, Total samples = 4.95s (99.00%)": the profile's duration and
+/// the CPU time its samples stand for, in seconds.
+fn duration_and_samples(text: &str) -> (f64, f64) {
+    let seconds = |value: &str| -> f64 {
+        let value = value.trim().trim_end_matches(',');
+        match value.strip_suffix("ms") {
+            Some(ms) => ms.parse::<f64>().unwrap() / 1e3,
+            None => value.trim_end_matches('s').parse().unwrap(),
+        }
+    };
+    let line = text.lines().find(|l| l.starts_with("Duration: ")).unwrap_or_else(|| panic!("no duration in {text}"));
+    let (duration, rest) = line["Duration: ".len()..].split_once(", Total samples = ").expect("a total");
+    (seconds(duration), seconds(rest.split_whitespace().next().unwrap()))
+}
+
+/// CPU time (user and system) a process has used, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split_whitespace().collect();
+    // utime and stime, the 14th and 15th fields, in clock ticks.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no memory effects.
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+#[test]
+fn serve_hands_go_tool_pprof_the_cpu_profile_of_each_window() {
+    let dir = temp_dir();
+    let mut workload = Workload::spawn(&["hot", "--seconds", "30"]);
+    let pid = workload.pid();
+    let server = Server::start(&["--pid", &pid.to_string()]);
+    workload.go();
+    let (cpu_before, started) = (cpu_seconds(pid), Instant::now());
+    // Two clients at once, each with its own window on the same probes.
+    let url = format!("http://{}/debug/pprof/profile?seconds=5", server.addr);
+    let profiles: Vec<String> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..2)
+            .map(|i| {
+                let (url, home) = (&url, dir.path().join(format!("client{i}")));
+                scope.spawn(move || {
+                    std::fs::create_dir_all(&home).unwrap();
+                    go_tool_pprof_source(url, &home, "-top")
+                })
+            })
+            .collect();
+        clients.into_iter().map(|client| client.join().unwrap()).collect()
+    });
+    // The share of a CPU the workload had (all of one on an idle machine): the samples' truth.
+    let cpu_share = (cpu_seconds(pid) - cpu_before) / started.elapsed().as_secs_f64();
+    eprintln!("the workload had {:.1} % of a CPU", cpu_share * 100.0);
+    assert!(cpu_share > 0.5, "the workload ran: {cpu_share}");
+    for text in &profiles {
+        assert_eq!(top_function(text), "workload::hot_seventy", "{text}");
+        let (duration, sampled) = duration_and_samples(text);
+        assert!((4.5..=5.5).contains(&duration), "a 5 s window: {duration} s\n{text}");
+        // Each sample stands for one period: the samples times the period is the CPU time seen.
+        let expected = duration * cpu_share;
+        assert!((sampled - expected).abs() <= 0.1 * expected, "{sampled} s sampled, {expected} s expected\n{text}");
+    }
+    let (status, body) = http_get(&server.addr, "/debug/pprof/profile?seconds=0", None);
+    assert_eq!((status, body.as_str()), (400, "seconds must be a whole number from 1 to 300\n"));
+    assert_eq!(http_get(&server.addr, "/debug/pprof/profile?seconds=5s", None).0, 400);
+    assert_eq!(http_get(&server.addr, "/debug/pprof/heap", None).0, 404);
+    assert!(server.stop().success());
+}
+
+#[test]
+fn serve_without_the_cpu_probe_has_no_profiles() {
+    let server = Server::start(&["--probes", "sched"]);
+    let (status, body) = http_get(&server.addr, "/debug/pprof/profile?seconds=1", None);
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("the cpu probe is not running"), "{body}");
+    assert!(server.stop().success());
 }
 
 fn metric_value(text: &str, name: &str) -> f64 {
@@ -55,8 +135,9 @@ fn serve_exposes_live_metrics_and_survives_a_scrape_flood() {
     assert_eq!(status, 200);
     promtool_accepts(&page);
     assert!(page.contains("profiler_runqueue_latency_seconds_bucket"));
-    // sched: wakeup, wakeup_new, switch, thread exit; syscalls: enter, exit, thread exit.
-    assert_eq!(metric_value(&page, "profiler_programs_attached"), 7.0);
+    // sched: wakeup, wakeup_new, switch, thread exit; syscalls: enter, exit, thread exit; cpu: the
+    // sampler, the unwinder it tail-calls, exec.
+    assert_eq!(metric_value(&page, "profiler_programs_attached"), 10.0);
     let (status, openmetrics) = http_get(&server.addr, "/metrics", Some("application/openmetrics-text"));
     assert_eq!(status, 200);
     assert!(openmetrics.trim_end().ends_with("# EOF"));

@@ -95,7 +95,7 @@ pub fn run(bin: &Path, duration: Duration) -> Result<String> {
     Ok(out)
 }
 
-fn rss_mb(pid: i32) -> Option<f64> {
+pub fn rss_mb(pid: i32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -103,7 +103,7 @@ fn rss_mb(pid: i32) -> Option<f64> {
 }
 
 /// Processes (and threads) created since boot, from /proc/stat.
-fn processes_started() -> Result<u64> {
+pub fn processes_started() -> Result<u64> {
     let stat = std::fs::read_to_string("/proc/stat")?;
     let line = stat.lines().find(|l| l.starts_with("processes ")).context("no processes line in /proc/stat")?;
     Ok(line[10..].trim().parse()?)

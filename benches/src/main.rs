@@ -8,6 +8,7 @@ mod churn;
 mod floor;
 mod overhead;
 mod recorder;
+mod serve;
 mod top;
 mod unwind;
 
@@ -59,6 +60,12 @@ enum What {
         #[arg(long, default_value_t = 200)]
         binaries: usize,
     },
+    /// `serve` for minutes as a fleet runs it (Prometheus scraping, profiles pulled, processes
+    /// starting), beside `record` on the same load (not in the default set: it takes 10 minutes).
+    Serve {
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
     /// The recorder's memory over a long recording of process churn (not in the default set:
     /// it takes an hour).
     Churn {
@@ -102,6 +109,7 @@ fn main() -> Result<()> {
             What::Top { seconds } => top::run(&cli.bin, Duration::from_secs(seconds))?,
             What::Unwind { seconds, binaries } => unwind::run(&cli.bin, &unwind::Parts { seconds, binaries })?,
             What::Churn { minutes } => churn::run(&cli.bin, Duration::from_secs(minutes * 60))?,
+            What::Serve { minutes } => serve::run(&cli.bin, Duration::from_secs(minutes * 60))?,
             What::Floor { clock, tracepoints } => match floor::run(&tracepoints, clock)? {},
         };
         println!("{section}");

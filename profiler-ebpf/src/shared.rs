@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     Global,
-    helpers::{bpf_get_current_cgroup_id, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_probe_read_kernel},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
@@ -33,6 +33,9 @@ static CSS_SET_DFL_CGRP_OFFSET: Global<u32> = Global::new(0);
 static CGROUP_KN_OFFSET: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static KERNFS_NODE_ID_OFFSET: Global<u32> = Global::new(0);
+/// `kernfs_node.__parent` (Linux 6.15 and later) or `kernfs_node.parent` (before).
+#[unsafe(no_mangle)]
+static KERNFS_NODE_PARENT_OFFSET: Global<u32> = Global::new(0);
 
 /// 0: every process is recorded; 1: only those listed in `FILTER_PIDS`; 2: only those listed
 /// while `PID_FILTER_ON` holds 1 (`top` changes the set while attached). A read-only global, so the
@@ -42,7 +45,7 @@ static FILTER_BY_PID: Global<u8> = Global::new(0);
 /// The profiler's own process, left out of everything it records (0: kept, `--include-self`).
 #[unsafe(no_mangle)]
 static OWN_TGID: Global<u32> = Global::new(0);
-/// Non-zero: only tasks in the cgroup (v2) with this id are recorded.
+/// Non-zero: only tasks in the cgroup (v2) with this id, or in a cgroup below it, are recorded.
 #[unsafe(no_mangle)]
 static FILTER_CGROUP_ID: Global<u64> = Global::new(0);
 
@@ -51,6 +54,15 @@ static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 
 #[map]
 static PID_FILTER_ON: Array<u8> = Array::with_max_entries(1, 0);
+
+/// Whether each cgroup met so far is `FILTER_CGROUP_ID` or below it (1) or not (0), by cgroup id:
+/// the walk up the hierarchy is done once per cgroup, not per event. Ids are never reused.
+#[map]
+static CGROUP_SELECTED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
+
+/// How many levels up from a task's cgroup the filter looks for `FILTER_CGROUP_ID` (systemd and
+/// kubelet nest about 5 deep).
+const MAX_CGROUP_LEVELS: usize = 16;
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);
@@ -236,13 +248,46 @@ pub fn task_state(task: *const u8) -> Option<u32> {
     read_field(task, TASK_STATE_OFFSET.load())
 }
 
-/// cgroup v2 id of a task: task->cgroups->dfl_cgrp->kn->id.
+/// The kernfs node of a task's cgroup v2: task->cgroups->dfl_cgrp->kn.
 #[inline(always)]
-fn task_cgroup_id(task: *const u8) -> Option<u64> {
+fn task_cgroup_node(task: *const u8) -> Option<*const u8> {
     let css_set: *const u8 = read_field(task, TASK_CGROUPS_OFFSET.load())?;
     let cgroup: *const u8 = read_field(css_set, CSS_SET_DFL_CGRP_OFFSET.load())?;
-    let kernfs_node: *const u8 = read_field(cgroup, CGROUP_KN_OFFSET.load())?;
-    read_field(kernfs_node, KERNFS_NODE_ID_OFFSET.load())
+    read_field(cgroup, CGROUP_KN_OFFSET.load())
+}
+
+/// Whether the cgroup with id `id` and kernfs node `node` (null: the current task's, found only
+/// if needed) is the filter's cgroup or below it.
+#[inline(always)]
+fn cgroup_selected(id: u64, node: *const u8) -> bool {
+    let wanted = FILTER_CGROUP_ID.load();
+    if wanted == 0 || id == wanted {
+        return true;
+    }
+    // SAFETY: the value is a plain byte, read while the program runs.
+    if let Some(&selected) = unsafe { CGROUP_SELECTED.get(id) } {
+        return selected != 0;
+    }
+    let mut node = node;
+    if node.is_null() {
+        // SAFETY: the helper takes no arguments.
+        node = task_cgroup_node(unsafe { bpf_get_current_task() } as *const u8).unwrap_or(core::ptr::null());
+    }
+    // Every value defined on every path (`unwrap_or`): LLVM may keep an `Option`'s undefined
+    // payload in a register across the loop, and the verifier refuses to read it.
+    let mut selected = 0u8;
+    for _ in 0..MAX_CGROUP_LEVELS {
+        node = read_field(node, KERNFS_NODE_PARENT_OFFSET.load()).unwrap_or(core::ptr::null());
+        if node.is_null() {
+            break;
+        }
+        if read_field::<u64>(node, KERNFS_NODE_ID_OFFSET.load()).unwrap_or(0) == wanted {
+            selected = 1;
+            break;
+        }
+    }
+    let _ = CGROUP_SELECTED.insert(id, selected, BPF_ANY);
+    selected != 0
 }
 
 #[inline(always)]
@@ -265,8 +310,13 @@ pub fn task_selected(task: *const u8, tgid: u32) -> bool {
     if !pid_selected(tgid) {
         return false;
     }
-    let cgroup = FILTER_CGROUP_ID.load();
-    cgroup == 0 || task_cgroup_id(task) == Some(cgroup)
+    if FILTER_CGROUP_ID.load() == 0 {
+        return true;
+    }
+    let Some(node) = task_cgroup_node(task) else {
+        return false;
+    };
+    read_field::<u64>(node, KERNFS_NODE_ID_OFFSET.load()).is_some_and(|id| cgroup_selected(id, node))
 }
 
 /// Whether the current task passes the --pid and --cgroup filters.
@@ -275,9 +325,11 @@ pub fn current_selected(tgid: u32) -> bool {
     if !pid_selected(tgid) {
         return false;
     }
-    let cgroup = FILTER_CGROUP_ID.load();
+    if FILTER_CGROUP_ID.load() == 0 {
+        return true;
+    }
     // SAFETY: the helper takes no arguments.
-    cgroup == 0 || unsafe { bpf_get_current_cgroup_id() } == cgroup
+    cgroup_selected(unsafe { bpf_get_current_cgroup_id() }, core::ptr::null())
 }
 
 /// Remembers the name of a task's process (its group leader's comm). Called only when a probe

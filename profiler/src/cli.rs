@@ -8,7 +8,7 @@ use crate::{
     analysis::fold::Selection,
     collector::SessionConfig,
     output::prometheus::ProcessSeries,
-    probes::{Probe, ProbeOptions, ProbeParser, ProbeSelection},
+    probes::{Probe, ProbeOptions, ProbeParser, ProbeSelection, cgroup},
     serve::ServeConfig,
     top::{TopConfig, snapshot::SortKey},
 };
@@ -80,15 +80,8 @@ pub struct ServeArgs {
     /// Address to listen on; loopback unless told otherwise.
     #[arg(long, default_value = "127.0.0.1:9924")]
     pub listen: std::net::SocketAddr,
-    /// Probes to run, comma-separated; default: sched, syscalls.
-    #[arg(long, value_delimiter = ',', value_name = "PROBE", value_parser = ProbeParser)]
-    pub probes: Vec<Probe>,
-    /// Only this process (repeatable); filtered in the kernel.
-    #[arg(short, long = "pid", value_name = "PID")]
-    pub pids: Vec<u32>,
-    /// Only tasks of this cgroup v2.
-    #[arg(long, value_name = "PATH")]
-    pub cgroup: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// How often the kernel maps are drained into the exposed metrics.
     #[arg(long, default_value = "10s", value_parser = parse_interval)]
     pub interval: Duration,
@@ -96,12 +89,41 @@ pub struct ServeArgs {
     /// off by default to bound label cardinality.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub top_processes: usize,
+    #[command(flatten)]
+    pub labels: SeriesLabelArgs,
     /// Intervals in the rolling baseline of the p99 anomaly detector.
     #[arg(long, default_value_t = 30)]
     pub baseline: usize,
-    /// Also count the profiler's own process (left out by default, in the kernel).
-    #[arg(long)]
-    pub include_self: bool,
+}
+
+/// A label that per-process series may carry besides the process name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SeriesLabel {
+    /// `container_id`: the container's id.
+    Container,
+    /// `pod_uid`: the Kubernetes pod's uid.
+    Pod,
+}
+
+#[derive(Debug, Args)]
+pub struct SeriesLabelArgs {
+    /// Tell the per-process series (--top-processes) apart by container and pod too, comma-separated:
+    /// each (name, container, pod) is a series, still N at most.
+    #[arg(long, value_delimiter = ',', value_name = "LABEL")]
+    pub labels: Vec<SeriesLabel>,
+}
+
+impl SeriesLabelArgs {
+    pub fn series(&self, top: usize) -> anyhow::Result<ProcessSeries> {
+        if !self.labels.is_empty() && top == 0 {
+            anyhow::bail!("--labels labels the per-process series: add --top-processes N");
+        }
+        Ok(ProcessSeries {
+            top,
+            container: self.labels.contains(&SeriesLabel::Container),
+            pod: self.labels.contains(&SeriesLabel::Pod),
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,6 +138,8 @@ pub enum ExportCommand {
         /// Per-process run-queue series for the N busiest processes (the rest as comm="other").
         #[arg(long, default_value_t = 0, value_name = "N")]
         top_processes: usize,
+        #[command(flatten)]
+        labels: SeriesLabelArgs,
     },
     /// The CPU stacks as a gzipped pprof profile (`go tool pprof` reads it).
     Pprof {
@@ -201,9 +225,17 @@ pub struct TargetArgs {
     /// Only this process (repeatable); filtered in the kernel.
     #[arg(short, long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
-    /// Only tasks of this cgroup v2 (a path, absolute or relative to the cgroup v2 root).
-    #[arg(long, value_name = "PATH")]
+    /// Only tasks of this cgroup v2 and the cgroups below it (a path, absolute or relative to the
+    /// cgroup v2 root); filtered in the kernel.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["container", "pod"])]
     pub cgroup: Option<PathBuf>,
+    /// Only this container's tasks, by its id (12 to 64 hex digits, as `docker ps` or `crictl ps`
+    /// show it); filtered in the kernel by its cgroup.
+    #[arg(long, value_name = "ID", conflicts_with = "pod")]
+    pub container: Option<String>,
+    /// Only this Kubernetes pod's tasks, by its uid; filtered in the kernel by its cgroup.
+    #[arg(long, value_name = "UID")]
+    pub pod: Option<String>,
     /// Probes to run, comma-separated; default: sched, syscalls and cpu.
     #[arg(long, value_delimiter = ',', value_name = "PROBE", value_parser = ProbeParser)]
     pub probes: Vec<Probe>,
@@ -280,17 +312,23 @@ pub struct ReportOptions {
 }
 
 impl TargetArgs {
-    fn options(&self, verbose: bool) -> ProbeOptions {
-        ProbeOptions {
+    fn options(&self, verbose: bool) -> anyhow::Result<ProbeOptions> {
+        let cgroup = match (&self.cgroup, &self.container, &self.pod) {
+            (Some(path), _, _) => Some(path.clone()),
+            (None, Some(id), _) => Some(cgroup::container_cgroup(id)?),
+            (None, None, Some(uid)) => Some(cgroup::pod_cgroup(uid)?),
+            (None, None, None) => None,
+        };
+        Ok(ProbeOptions {
             pids: self.pids.clone(),
-            cgroup: self.cgroup.clone(),
+            cgroup,
             frequency_hz: self.frequency,
             per_thread: false,
             keep_verifier_log: verbose,
             include_self: self.include_self,
             changeable_pid_filter: false,
             syscall_latency_per_process: false,
-        }
+        })
     }
 }
 
@@ -310,7 +348,7 @@ impl RecordArgs {
             options: ProbeOptions {
                 per_thread: self.per_thread,
                 syscall_latency_per_process: self.syscall_latency_per_process,
-                ..self.target.options(verbose)
+                ..self.target.options(verbose)?
             },
             duration: self.duration,
             interval: RECORD_DRAIN_INTERVAL,
@@ -330,7 +368,7 @@ impl TopArgs {
             options: ProbeOptions {
                 changeable_pid_filter: true,
                 syscall_latency_per_process: true,
-                ..self.target.options(verbose)
+                ..self.target.options(verbose)?
             },
             duration: None,
             interval: self.interval,
@@ -344,24 +382,12 @@ impl TopArgs {
 
 impl ServeArgs {
     pub fn config(self, verbose: bool) -> anyhow::Result<ServeConfig> {
-        let default: Vec<Probe> = ["sched", "syscalls"].into_iter().filter_map(Probe::by_name).collect();
-        // Stacks are not served (yet): only the Prometheus metrics.
-        let named: Vec<Probe> = self.probes.into_iter().filter(|p| p.name() != "cpu").collect();
         Ok(ServeConfig {
             listen: self.listen,
-            probes: ProbeSelection::from_args(&named, &default)?,
-            options: ProbeOptions {
-                pids: self.pids,
-                cgroup: self.cgroup,
-                frequency_hz: DEFAULT_FREQUENCY_HZ,
-                per_thread: false,
-                keep_verifier_log: verbose,
-                include_self: self.include_self,
-                changeable_pid_filter: false,
-                syscall_latency_per_process: false,
-            },
+            probes: ProbeSelection::from_args(&self.target.probes, &Probe::defaults())?,
+            options: self.target.options(verbose)?,
             interval: self.interval,
-            processes: ProcessSeries { top: self.top_processes },
+            processes: self.labels.series(self.top_processes)?,
             baseline: self.baseline,
         })
     }

@@ -161,9 +161,10 @@ fn compare(args: &DiffArgs) -> Result<ExitCode> {
 
 fn export(command: ExportCommand) -> Result<()> {
     match command {
-        ExportCommand::Prometheus { file, output, top_processes } => {
+        ExportCommand::Prometheus { file, output, top_processes, labels } => {
+            let series = labels.series(top_processes)?;
             let recording = read_recording(&file)?;
-            let text = Exposition::new(&recording, output::prometheus::ProcessSeries { top: top_processes }).render();
+            let text = Exposition::new(&recording, series).render();
             match output {
                 Some(path) => atomic_file::write(&path, Access::Shared, |out| Ok(out.write_all(text.as_bytes())?)),
                 None => print(&text),

@@ -238,6 +238,13 @@ impl TestCgroup {
         TestCgroup { leaf, created }
     }
 
+    /// A cgroup beside this one (another container of the same pod), removed when dropped.
+    pub fn sibling(&self, name: &str) -> TestCgroup {
+        let leaf = self.leaf.with_file_name(name);
+        std::fs::create_dir(&leaf).unwrap();
+        TestCgroup { leaf: leaf.clone(), created: vec![leaf] }
+    }
+
     pub fn add(&self, pid: u32) {
         std::fs::write(self.leaf.join("cgroup.procs"), pid.to_string()).unwrap();
     }
@@ -261,9 +268,14 @@ pub fn go_tool_pprof(rec: &Path, dir: &Path, flag: &str) -> String {
     let pb = dir.join("export.pb.gz");
     let result = run_profiler(&["export", "pprof", rec.to_str().unwrap(), "-o", pb.to_str().unwrap()]);
     assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    go_tool_pprof_source(pb.to_str().unwrap(), dir, flag)
+}
+
+/// `go tool pprof FLAG SOURCE` (a file or a URL, which pprof fetches itself) with `dir` as its
+/// home: what pprof printed.
+pub fn go_tool_pprof_source(source: &str, dir: &Path, flag: &str) -> String {
     let output = Command::new("go")
-        .args(["tool", "pprof", flag])
-        .arg(&pb)
+        .args(["tool", "pprof", flag, source])
         .env("HOME", dir)
         .output()
         .expect("go (Debian's golang-go; `cargo xtask setup` installs it)");
@@ -323,9 +335,16 @@ impl Server {
             .spawn()
             .unwrap();
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        stderr.read_line(&mut line).unwrap();
-        assert!(line.contains("serving metrics"), "{line}");
+        // Warnings may come first (kernel addresses hidden, a probe left out).
+        let mut said = String::new();
+        loop {
+            let mut line = String::new();
+            assert!(stderr.read_line(&mut line).unwrap() > 0, "serve ended: {said}");
+            said += &line;
+            if line.contains("serving metrics") {
+                break;
+            }
+        }
         // Keep reading: a closed pipe would fail the server's later messages.
         std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
         // The first drain fills the page.

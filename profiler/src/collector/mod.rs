@@ -5,6 +5,7 @@
 
 mod processes;
 mod record;
+mod runtimes;
 mod stacks;
 
 use std::{
@@ -82,6 +83,9 @@ pub enum Control {
     /// Record only this process from now on (in the kernel); `None`: the processes the session
     /// started with. Needs `ProbeOptions::changeable_pid_filter`.
     Focus(Option<u32>),
+    /// End the interval now and feed the sinks (a served profile's window opens and closes at a
+    /// drain).
+    Drain,
 }
 
 /// Where a session's controls come from; the session ends when every sender is gone.
@@ -208,6 +212,10 @@ impl Session {
                     Some(Control::Focus(pid)) => {
                         let pids = pid.map_or_else(|| self.config.options.pids.clone(), |pid| vec![pid]);
                         self.probes.refilter(&pids)?;
+                    }
+                    Some(Control::Drain) => {
+                        self.feed(sinks)?;
+                        drain.reset();
                     }
                 },
                 tgids = new_processes(&mut self.new_processes) => {

@@ -9,10 +9,12 @@ use std::{
 
 use profiler_common::process::ProcessName;
 
+use super::runtimes::RuntimeNames;
 use crate::recording::{Container, Process};
 
 #[derive(Default)]
 pub struct ProcessTable {
+    runtimes: RuntimeNames,
     /// Named by the kernel, not yet handed to the sinks.
     processes: BTreeMap<u32, Process>,
     /// Handed to the sinks already.
@@ -29,7 +31,7 @@ impl ProcessTable {
             if self.described.contains(&tgid) {
                 continue;
             }
-            let mut process = read_proc(tgid).unwrap_or_default();
+            let mut process = self.read_proc(tgid).unwrap_or_default();
             if process.comm.is_empty() {
                 process.comm = comm_to_string(&name.comm);
             }
@@ -53,7 +55,7 @@ impl ProcessTable {
             if self.described.contains(&tgid) {
                 continue;
             }
-            let process = match self.processes.remove(&tgid).or_else(|| read_proc(tgid)) {
+            let process = match self.processes.remove(&tgid).or_else(|| self.read_proc(tgid)) {
                 Some(process) => process,
                 None if last => Process { comm: "?".into(), ..Default::default() },
                 None => {
@@ -65,6 +67,15 @@ impl ProcessTable {
             result.insert(tgid, process);
         }
         result
+    }
+
+    /// A process as /proc describes it, with its container's names.
+    fn read_proc(&mut self, tgid: u32) -> Option<Process> {
+        let mut process = read_proc(tgid)?;
+        if let Some(container) = process.container.as_mut() {
+            self.runtimes.name(container);
+        }
+        Some(process)
     }
 
     /// Forgets processes that exited.

@@ -28,6 +28,8 @@ pub struct KernelLayout {
     pub css_set_dfl_cgrp: u32,
     pub cgroup_kn: u32,
     pub kernfs_node_id: u32,
+    /// `__parent` since Linux 6.15, `parent` before.
+    pub kernfs_node_parent: u32,
 }
 
 impl KernelLayout {
@@ -49,11 +51,12 @@ impl KernelLayout {
             css_set_dfl_cgrp: offset("css_set", "dfl_cgrp")?,
             cgroup_kn: offset("cgroup", "kn")?,
             kernfs_node_id: offset("kernfs_node", "id")?,
+            kernfs_node_parent: offset("kernfs_node", "__parent").or_else(|_| offset("kernfs_node", "parent"))?,
         })
     }
 
     /// (global name, value) pairs for the loader.
-    pub fn globals(&self) -> [(&'static str, u32); 10] {
+    pub fn globals(&self) -> [(&'static str, u32); 11] {
         [
             ("TASK_PID_OFFSET", self.task_pid),
             ("TASK_TGID_OFFSET", self.task_tgid),
@@ -65,6 +68,7 @@ impl KernelLayout {
             ("CSS_SET_DFL_CGRP_OFFSET", self.css_set_dfl_cgrp),
             ("CGROUP_KN_OFFSET", self.cgroup_kn),
             ("KERNFS_NODE_ID_OFFSET", self.kernfs_node_id),
+            ("KERNFS_NODE_PARENT_OFFSET", self.kernfs_node_parent),
         ]
     }
 }

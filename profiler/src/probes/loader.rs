@@ -1,10 +1,6 @@
 //! Loading the chosen probes' programs into the kernel, attaching them, and draining their maps.
 
-use std::{
-    os::unix::fs::MetadataExt as _,
-    path::{Path, PathBuf},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
@@ -21,6 +17,7 @@ use profiler_common::{
 use super::{
     Drain, Drained, Exits, Feature, Kernel, KernelFeatures, LeftOut, Probe, ProbeOptions, ProbeSelection, btf,
     btf::{KernelLayout, load_vmlinux},
+    cgroup::cgroup_id,
     links::Links,
     oncpu, privileges,
     program::{self, Attach, Program},
@@ -59,29 +56,6 @@ fn fit(probe: Probe, features: &KernelFeatures, btf: &btf_rs::Btf) -> Result<Vec
         .map(|alternatives| program::choose(alternatives, btf))
         .collect::<Result<_>>()
         .map_err(|error| format!("{error:#} (kernel {})", features.release))
-}
-
-/// Where the cgroup v2 hierarchy is mounted: /sys/fs/cgroup on unified systems,
-/// /sys/fs/cgroup/unified on hybrid ones.
-fn cgroup2_root() -> Result<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").context("cannot read /proc/self/mounts")?;
-    mounts
-        .lines()
-        .map(|line| line.split_whitespace().collect::<Vec<_>>())
-        .find(|fields| fields.get(2) == Some(&"cgroup2"))
-        .and_then(|fields| fields.get(1).map(PathBuf::from))
-        .ok_or_else(|| anyhow!("no cgroup v2 hierarchy is mounted: --cgroup needs cgroup v2"))
-}
-
-/// The cgroup v2 id of a cgroup directory (absolute, or relative to the cgroup v2 root): its inode
-/// number on cgroupfs.
-fn cgroup_id(path: &Path) -> Result<u64> {
-    let path = if path.is_absolute() { path.to_path_buf() } else { cgroup2_root()?.join(path) };
-    let stat = nix::sys::statfs::statfs(&path).with_context(|| format!("cgroup {}", path.display()))?;
-    if stat.filesystem_type() != nix::sys::statfs::CGROUP2_SUPER_MAGIC {
-        bail!("{} is not a cgroup v2 directory (cgroup v1 is not supported)", path.display());
-    }
-    Ok(std::fs::metadata(&path)?.ino())
 }
 
 /// Decides which of the selected probes run here and with which programs.
@@ -309,6 +283,9 @@ fn load_object(
     }
     loader.override_global("FILTER_BY_PID", &filter_by_pid, true);
     loader.override_global("FILTER_CGROUP_ID", &cgroup_id, true);
+    if cgroup_id == 0 {
+        loader.map_max_entries("CGROUP_SELECTED", 1);
+    }
     loader.override_global("OWN_TGID", &own_tgid, true);
     loader.override_global("SAMPLE_PER_THREAD", &per_thread, true);
     let latency_per_process = u8::from(options.syscall_latency_per_process);

@@ -8,6 +8,7 @@
 //! asked for it by name, is an error).
 
 mod btf;
+pub mod cgroup;
 mod counter_map;
 mod features;
 mod links;

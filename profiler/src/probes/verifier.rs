@@ -12,10 +12,11 @@ use aya::programs::ProgramError;
 pub fn explain(program: &str, error: ProgramError, keep_log: bool) -> anyhow::Error {
     match error {
         ProgramError::LoadError { io_error, verifier_log } => {
-            if is_permission_error(&io_error) {
+            let log = verifier_log.to_string();
+            // The verifier refuses some programs with EACCES too, and then says why in its log.
+            if is_permission_error(&io_error) && log.trim().is_empty() {
                 return permission_advice(&io_error);
             }
-            let log = verifier_log.to_string();
             let reason = reason(&log).unwrap_or_else(|| io_error.to_string());
             let saved = match keep_log {
                 true => match save_log(program, &log) {

@@ -23,8 +23,12 @@ pub struct Limits {
     /// A request's headers must arrive within this, from the connection's first byte or from the
     /// end of the previous response (keep-alive).
     pub header_read: Duration,
-    /// Any read or write that makes no progress for this long closes the connection.
-    pub idle: Duration,
+    /// Any write that makes no progress for this long closes the connection.
+    pub write_idle: Duration,
+    /// Any read that gets nothing for this long closes it. Longer than the longest answer: while
+    /// a request is answered (a CPU profile takes its whole window), hyper keeps a read pending to
+    /// see the client close. A stalled request is closed sooner, by `header_read`.
+    pub read_idle: Duration,
     /// Connections open at once; more are closed as they are accepted.
     pub connections: usize,
     /// At shutdown, how long open connections get to finish their response.
@@ -35,7 +39,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             header_read: Duration::from_secs(5),
-            idle: Duration::from_secs(10),
+            write_idle: Duration::from_secs(10),
+            read_idle: Duration::from_secs(super::profiles::MAX_SECONDS + 10),
             connections: 64,
             shutdown_grace: Duration::from_millis(500),
         }
@@ -67,8 +72,8 @@ pub async fn run(listener: TcpListener, app: axum::Router, limits: Limits, mut s
                     continue;
                 };
                 let mut stream = TimeoutStream::new(stream);
-                stream.set_read_timeout(Some(limits.idle));
-                stream.set_write_timeout(Some(limits.idle));
+                stream.set_read_timeout(Some(limits.read_idle));
+                stream.set_write_timeout(Some(limits.write_idle));
                 let io = TokioIo::new(Box::pin(stream));
                 let service = TowerToHyperService::new(app.clone());
                 let mut closing = closing_rx.clone();

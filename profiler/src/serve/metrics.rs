@@ -1,7 +1,7 @@
-//! The sink of `serve`: intervals added up into cumulative metrics, with the processes that exited
-//! folded into per-name totals (so the metrics never go down while the kernel maps and our memory
-//! hold live processes only), the anomaly detector fed each interval's histograms, and the page
-//! rendered for scrapes.
+//! The sink of `serve`: intervals added up into cumulative metrics (stacks left out: they go to
+//! the profile windows), with the processes that exited folded into per-name totals (so the
+//! metrics never go down while the kernel maps and our memory hold live processes only), the
+//! anomaly detector fed each interval's histograms, and the page rendered for scrapes.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -15,44 +15,44 @@ use super::anomaly::Detector;
 use crate::{
     analysis::summary::syscall_name,
     collector::{Interval, Sink},
-    output::prometheus::{Exposition, Gauge, ProcessSeries, prometheus_text},
+    output::prometheus::{Exposition, Gauge, ProcessSeries, SeriesLabels, prometheus_text},
     recording::{Accumulator, FIRST_FOLDED_ID, FoldedNames, LatencyHistogram, Recording},
 };
 
-/// The series everything outside the top names goes to.
-const OTHER: &str = "other";
-
-/// Per-process run-queue series for `--top-processes`: the first N names to be busiest keep their
-/// series for good, and each interval's waits go to the series their process belongs to then. A
-/// series only ever grows, whatever the processes do later (exit, rename, fall out of the top):
-/// a Prometheus counter must never decrease, and "other" did when membership moved with rank.
+/// Per-process run-queue series for `--top-processes`: the first N processes (by name, and by
+/// container and pod with `--labels`) to be busiest keep their series for good, and each
+/// interval's waits go to the series their process belongs to then. A series only ever grows,
+/// whatever the processes do later (exit, rename, fall out of the top): a Prometheus counter must
+/// never decrease, and "other" did when membership moved with rank.
 #[derive(Default)]
 struct ProcessHistograms {
-    top: usize,
-    members: BTreeSet<String>,
-    series: BTreeMap<String, LatencyHistogram>,
+    processes: ProcessSeries,
+    members: BTreeSet<SeriesLabels>,
+    series: BTreeMap<SeriesLabels, LatencyHistogram>,
 }
 
 impl ProcessHistograms {
     fn add(&mut self, delta: &Recording) {
-        let Some(runq) = delta.runq.as_ref().filter(|_| self.top > 0) else { return };
-        let mut by_name: BTreeMap<&str, LatencyHistogram> = BTreeMap::new();
+        let Some(runq) = delta.runq.as_ref().filter(|_| self.processes.top > 0) else { return };
+        let mut by_labels: BTreeMap<SeriesLabels, LatencyHistogram> = BTreeMap::new();
         for (&tgid, h) in &runq.per_process {
-            by_name.entry(delta.process_name(tgid)).or_default().merge(h);
+            by_labels.entry(self.processes.labels(delta, tgid)).or_default().merge(h);
         }
-        let mut ranked: Vec<(&str, u64)> = by_name.iter().map(|(name, h)| (*name, h.count())).collect();
-        ranked.sort_by_key(|&(name, count)| (std::cmp::Reverse(count), name));
-        for (name, _) in ranked {
-            if self.members.len() >= self.top {
+        let other = self.processes.other();
+        let mut ranked: Vec<(&SeriesLabels, u64)> = by_labels.iter().map(|(labels, h)| (labels, h.count())).collect();
+        ranked.sort_by_key(|&(labels, count)| (std::cmp::Reverse(count), labels));
+        for (labels, _) in ranked {
+            if self.members.len() >= self.processes.top {
                 break;
             }
-            if name != OTHER {
-                self.members.insert(name.to_string());
+            // A process called "other" shares the series of the rest.
+            if labels.first() != other.first() {
+                self.members.insert(labels.clone());
             }
         }
-        for (name, h) in by_name {
-            let series = if self.members.contains(name) { name } else { OTHER };
-            self.series.entry(series.to_string()).or_default().merge(&h);
+        for (labels, h) in by_labels {
+            let series = if self.members.contains(&labels) { labels } else { other.clone() };
+            self.series.entry(series).or_default().merge(&h);
         }
     }
 }
@@ -81,7 +81,7 @@ impl MetricsSink {
             totals: Accumulator::default(),
             folded: FoldedNames::default(),
             detector: Detector::new(baseline),
-            processes: ProcessHistograms { top: processes.top, ..Default::default() },
+            processes: ProcessHistograms { processes, ..Default::default() },
             page,
             exited: Vec::new(),
         }
@@ -127,7 +127,7 @@ impl MetricsSink {
 impl Sink for MetricsSink {
     fn interval(&mut self, interval: &Interval<'_>) -> Result<()> {
         let started = Instant::now();
-        self.totals.add(interval.delta);
+        self.totals.add_metrics(interval.delta);
         self.processes.add(interval.delta);
         let exited = std::mem::replace(&mut self.exited, interval.exited.to_vec());
         let moves: HashMap<u32, u32> =
@@ -170,7 +170,7 @@ impl Sink for MetricsSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recording::{Process, RunqLatency};
+    use crate::recording::{Container, Process, RunqLatency};
 
     fn interval(waits: &[(u32, &str, u64)]) -> Recording {
         let mut delta = Recording { runq: Some(RunqLatency::default()), ..Default::default() };
@@ -186,8 +186,9 @@ mod tests {
     /// exiting and new ones arriving. Every series only grows.
     #[test]
     fn series_never_decrease_when_ranks_change() {
-        let mut histograms = ProcessHistograms { top: 2, ..Default::default() };
-        let mut last: BTreeMap<String, u64> = BTreeMap::new();
+        let mut histograms =
+            ProcessHistograms { processes: ProcessSeries { top: 2, ..Default::default() }, ..Default::default() };
+        let mut last: BTreeMap<SeriesLabels, u64> = BTreeMap::new();
         let intervals = [
             vec![(1, "a", 10), (2, "b", 5), (3, "c", 1)],
             vec![(3, "c", 50), (4, "d", 40)],
@@ -196,13 +197,42 @@ mod tests {
         ];
         for waits in &intervals {
             histograms.add(&interval(waits));
-            for (name, h) in &histograms.series {
-                let before = last.insert(name.clone(), h.count()).unwrap_or(0);
-                assert!(h.count() >= before, "{name} went from {before} to {}", h.count());
+            for (labels, h) in &histograms.series {
+                let before = last.insert(labels.clone(), h.count()).unwrap_or(0);
+                assert!(h.count() >= before, "{labels:?} went from {before} to {}", h.count());
             }
         }
-        assert_eq!(histograms.members, ["a", "b"].map(String::from).into());
-        let count = |name: &str| histograms.series[name].count();
+        let comm = |name: &str| vec![("comm".to_string(), name.to_string())];
+        assert_eq!(histograms.members, [comm("a"), comm("b")].into());
+        let count = |name: &str| histograms.series[&comm(name)].count();
         assert_eq!((count("a"), count("b"), count("other")), (11, 12, 194));
+    }
+
+    /// With `--labels container,pod`, processes of one name in different containers are series
+    /// of their own.
+    #[test]
+    fn series_tell_containers_apart_when_asked() {
+        let processes = ProcessSeries { top: 3, container: true, pod: true };
+        let mut histograms = ProcessHistograms { processes, ..Default::default() };
+        let mut delta = interval(&[(1, "nginx", 10), (2, "nginx", 20), (3, "nginx", 5)]);
+        let container = |id: &str, pod: Option<&str>| Container {
+            id: id.repeat(64),
+            pod_uid: pod.map(String::from),
+            ..Default::default()
+        };
+        delta.processes.get_mut(&1).unwrap().container = Some(container("a", Some("pod-1")));
+        delta.processes.get_mut(&2).unwrap().container = Some(container("b", None));
+        histograms.add(&delta);
+        let labels = |id: &str, pod: &str| {
+            vec![
+                ("comm".to_string(), "nginx".to_string()),
+                ("container_id".to_string(), id.repeat(64)),
+                ("pod_uid".to_string(), pod.to_string()),
+            ]
+        };
+        let count = |labels: &SeriesLabels| histograms.series[labels].count();
+        assert_eq!(count(&labels("a", "pod-1")), 10);
+        assert_eq!(count(&labels("b", "")[..2].to_vec()), 20, "no pod");
+        assert_eq!(count(&labels("", "")[..1].to_vec()), 5, "outside any container");
     }
 }

@@ -1,11 +1,13 @@
 //! `serve`: probes stay attached; a session drains them every interval into cumulative metrics
-//! that /metrics exposes (prometheus-client), with the profiler's own health and anomaly flags.
-//! Scrapes read the last rendered page and never touch the kernel maps, so a flood of scrapes
-//! cannot disturb the probes.
+//! that /metrics exposes (prometheus-client), with the profiler's own health and anomaly flags,
+//! and, with the cpu probe, into the windows of the CPU profiles asked for on
+//! /debug/pprof/profile. Scrapes read the last rendered page and never touch the kernel maps, so a
+//! flood of scrapes cannot disturb the probes.
 
 mod anomaly;
 mod http;
 mod metrics;
+mod profiles;
 
 use std::{
     net::SocketAddr,
@@ -22,7 +24,7 @@ use axum::{
 };
 
 use crate::{
-    collector::{Session, SessionConfig},
+    collector::{Session, SessionConfig, Sink},
     output::prometheus::ProcessSeries,
     probes::{ProbeOptions, ProbeSelection},
 };
@@ -42,6 +44,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let frequency_hz = config.options.frequency_hz;
     let session = Session::start(SessionConfig {
         probes: config.probes,
         options: config.options,
@@ -52,18 +55,42 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         progress: false,
     })
     .await?;
-    eprintln!("serving metrics on http://{}/metrics", listener.local_addr()?);
+    let has_stacks = session.probes().probes().iter().any(|probe| probe.name() == "cpu");
+    let address = listener.local_addr()?;
+    eprintln!("serving metrics on http://{address}/metrics");
+    if has_stacks {
+        eprintln!("serving CPU profiles on http://{address}/debug/pprof/profile?seconds=30");
+    }
 
+    // Requests for profiles ask the session for drains; the session ends at a signal, not when
+    // they are gone.
+    let (controls_sender, mut controls) = tokio::sync::mpsc::unbounded_channel();
+    let (mut profile_sink, profiles) = match has_stacks {
+        true => {
+            let (sink, profiles) = profiles::profiles(controls_sender.clone(), frequency_hz);
+            (Some(sink), Some(profiles))
+        }
+        false => (None, None),
+    };
     let page = Arc::new(Mutex::new(Page::default()));
     let app = Router::new()
         .route("/metrics", get(metrics))
-        .route("/", get(|| async { "profiler: metrics at /metrics\n" }))
-        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
-        .with_state(page.clone());
+        .with_state(page.clone())
+        .merge(Router::new().route("/debug/pprof/profile", get(profiles::profile)).with_state(profiles))
+        .route("/", get(|| async { "profiler: metrics at /metrics, CPU profiles at /debug/pprof/profile\n" }))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(http::run(listener, app, http::Limits::default(), stopped));
-    let mut sink = MetricsSink::new(config.processes, config.baseline, page);
-    let result = session.run(&mut [&mut sink]).await;
+    let mut metrics_sink = MetricsSink::new(config.processes, config.baseline, page);
+    let mut sinks: Vec<&mut dyn Sink> = vec![&mut metrics_sink];
+    if let Some(sink) = profile_sink.as_mut() {
+        sinks.push(sink);
+    }
+    let result = session.run_controlled(&mut sinks, Some(&mut controls)).await;
+    drop(controls_sender);
+    // Requests still waiting for a window are answered now.
+    drop(sinks);
+    drop(profile_sink);
     // The probes are detached by now; the server closes what clients still hold open.
     let _ = stop.send(true);
     let _ = server.await;

@@ -95,7 +95,7 @@ pub struct ContainerProcess {
 }
 
 /// The containers of the recording's processes, by CPU samples, then syscalls, then id.
-fn containers(recording: &Recording) -> Vec<ContainerSummary> {
+pub(crate) fn containers(recording: &Recording) -> Vec<ContainerSummary> {
     let mut by_container: BTreeMap<&Container, ContainerSummary> = BTreeMap::new();
     for (&tgid, process) in &recording.processes {
         let Some(container) = &process.container else { continue };

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::analysis::{
-    diff::{Diff, FunctionComparison, LatencyComparison, PathComparison, SyscallComparison},
+    diff::{ContainerComparison, Diff, FunctionComparison, LatencyComparison, PathComparison, SyscallComparison},
     histogram::format_ns,
 };
 use crate::text::shown;
@@ -35,6 +35,9 @@ pub fn text(diff: &Diff) -> String {
     }
     if !diff.growing_paths.is_empty() {
         paths(&mut out, &diff.growing_paths);
+    }
+    if !diff.containers.is_empty() {
+        containers(&mut out, &diff.containers);
     }
     out
 }
@@ -121,27 +124,37 @@ fn syscalls(w: &mut String, syscalls: &[SyscallComparison]) {
     }
 }
 
+/// "12.00% → 15.50% " for a share that moved, aligned for a table.
+fn shares(before: f64, after: f64) -> String {
+    format!("{:>7} → {:<7}", format!("{before:.2}%"), format!("{after:.2}%"))
+}
+
 fn functions(w: &mut String, functions: &[FunctionComparison]) {
     let _ = writeln!(w, "\nFunctions (share of samples: self, total)");
     for f in functions {
-        let _ = writeln!(
-            w,
-            "  self {:>7} → {:<7} (z {:>5.1})  total {:>7} → {:<7}  {}{}",
-            format!("{:.2}%", f.base_self_percent),
-            format!("{:.2}%", f.new_self_percent),
-            f.self_z,
-            format!("{:.2}%", f.base_total_percent),
-            format!("{:.2}%", f.new_total_percent),
-            shown(&f.function),
-            if f.kernel { " [k]" } else { "" }
+        let (self_share, total) =
+            (shares(f.base_self_percent, f.new_self_percent), shares(f.base_total_percent, f.new_total_percent));
+        let kernel = if f.kernel { " [k]" } else { "" };
+        let _ = writeln!(w, "  self {self_share} (z {:>5.1})  total {total}  {}{kernel}", f.self_z, shown(&f.function));
+    }
+}
+
+fn containers(w: &mut String, containers: &[ContainerComparison]) {
+    let _ = writeln!(w, "\nContainers (share of samples, syscalls per second)");
+    for c in containers {
+        let rates = format!(
+            "{:>10} → {:<10}",
+            format!("{:.1}/s", c.base_syscalls_per_second),
+            format!("{:.1}/s", c.new_syscalls_per_second)
         );
+        let cpu = shares(c.base_cpu_percent, c.new_cpu_percent);
+        let _ = writeln!(w, "  cpu {cpu} (z {:>5.1})  syscalls {rates}  {}", c.cpu_z, shown(&c.container));
     }
 }
 
 fn paths(w: &mut String, paths: &[PathComparison]) {
     let _ = writeln!(w, "\nCall paths whose share grew most");
     for p in paths {
-        let (before, after) = (format!("{:.2}%", p.base_percent), format!("{:.2}%", p.new_percent));
-        let _ = writeln!(w, "  {before:>7} → {after:<7}  {}", shown(&p.path));
+        let _ = writeln!(w, "  {}  {}", shares(p.base_percent, p.new_percent), shown(&p.path));
     }
 }

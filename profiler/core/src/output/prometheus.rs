@@ -76,6 +76,44 @@ impl ExposedHistogram {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProcessSeries {
     pub top: usize,
+    /// Also tell processes of one name apart by container (`container_id`, and `container`, its
+    /// name where known) and pod (`pod_uid`, and `pod` and `namespace` where known): each (name,
+    /// container, pod) is a series of its own, still `top` at most (a name adds no series: it
+    /// goes with its id).
+    pub container: bool,
+    pub pod: bool,
+}
+
+/// The labels of a per-process series.
+pub type SeriesLabels = Vec<(String, String)>;
+
+impl ProcessSeries {
+    /// The labels of process `tgid`'s series: its name and, as asked, its container and pod (none
+    /// outside any).
+    pub fn labels(&self, recording: &Recording, tgid: u32) -> SeriesLabels {
+        let mut labels = vec![("comm".to_string(), recording.process_name(tgid).to_string())];
+        let container = recording.processes.get(&tgid).and_then(|p| p.container.as_ref());
+        let mut push = |key: &str, value: Option<&String>| {
+            if let Some(value) = value.filter(|v| !v.is_empty()) {
+                labels.push((key.into(), value.clone()));
+            }
+        };
+        if self.container {
+            push("container_id", container.map(|c| &c.id));
+            push("container", container.and_then(|c| c.name.as_ref()));
+        }
+        if self.pod {
+            push("pod_uid", container.and_then(|c| c.pod_uid.as_ref()));
+            push("pod", container.and_then(|c| c.pod_name.as_ref()));
+            push("namespace", container.and_then(|c| c.namespace.as_ref()));
+        }
+        labels
+    }
+
+    /// The labels of the series the processes outside the top go to.
+    pub fn other(&self) -> SeriesLabels {
+        vec![("comm".to_string(), "other".to_string())]
+    }
 }
 
 /// Everything one exposition shows, computed from a recording.
@@ -123,33 +161,31 @@ impl Exposition {
             .map(|(cpu, h)| ExposedHistogram::new(vec![("cpu".into(), cpu.to_string())], h, None))
             .collect();
         if processes.top > 0 {
-            let mut by_name: BTreeMap<String, LatencyHistogram> = BTreeMap::new();
+            let mut by_labels: BTreeMap<SeriesLabels, LatencyHistogram> = BTreeMap::new();
             for (&tgid, h) in &runq.per_process {
-                by_name.entry(recording.process_name(tgid).to_string()).or_default().merge(h);
+                by_labels.entry(processes.labels(recording, tgid)).or_default().merge(h);
             }
-            let mut ranked: Vec<(String, LatencyHistogram)> = by_name.into_iter().collect();
+            let mut ranked: Vec<(SeriesLabels, LatencyHistogram)> = by_labels.into_iter().collect();
             ranked.sort_by_key(|(_, h)| std::cmp::Reverse(h.count()));
             let mut other = LatencyHistogram::default();
-            for (i, (name, h)) in ranked.into_iter().enumerate() {
+            for (i, (labels, h)) in ranked.into_iter().enumerate() {
                 if i < processes.top {
-                    self.runq_per_process.push(ExposedHistogram::new(vec![("comm".into(), name)], &h, None));
+                    self.runq_per_process.push(ExposedHistogram::new(labels, &h, None));
                 } else {
                     other.merge(&h);
                 }
             }
             if !other.is_empty() {
-                self.runq_per_process.push(ExposedHistogram::new(vec![("comm".into(), "other".into())], &other, None));
+                self.runq_per_process.push(ExposedHistogram::new(processes.other(), &other, None));
             }
         }
     }
 
     /// Per-process run-queue series added up by the caller (`serve`), replacing the ranking of
     /// one recording: series whose membership never changes, so their counters never go down.
-    pub fn with_process_series(mut self, series: &BTreeMap<String, LatencyHistogram>) -> Self {
-        self.runq_per_process = series
-            .iter()
-            .map(|(name, h)| ExposedHistogram::new(vec![("comm".into(), name.clone())], h, None))
-            .collect();
+    pub fn with_process_series(mut self, series: &BTreeMap<SeriesLabels, LatencyHistogram>) -> Self {
+        self.runq_per_process =
+            series.iter().map(|(labels, h)| ExposedHistogram::new(labels.clone(), h, None)).collect();
         self
     }
 

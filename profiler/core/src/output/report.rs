@@ -272,11 +272,20 @@ fn containers(w: &mut String, summary: &Summary) {
     let _ = writeln!(w, "\nContainers:");
     for ContainerSummary { container, processes, cpu_samples, syscalls } in &summary.containers {
         let mut label = if container.id.is_empty() { "(pod)".to_string() } else { container.short_id().to_string() };
+        if let Some(name) = &container.name {
+            let _ = write!(label, " {}", shown(name));
+        }
         if let Some(runtime) = &container.runtime {
             let _ = write!(label, " {}", shown(runtime));
         }
-        if let Some(pod) = &container.pod_uid {
-            let _ = write!(label, ", pod {}", shown(pod));
+        match (&container.namespace, &container.pod_name, &container.pod_uid) {
+            (Some(namespace), Some(pod), _) => {
+                let _ = write!(label, ", pod {}/{}", shown(namespace), shown(pod));
+            }
+            (_, _, Some(uid)) => {
+                let _ = write!(label, ", pod {}", shown(uid));
+            }
+            _ => {}
         }
         if let Some(qos) = &container.qos_class {
             let _ = write!(label, " ({})", shown(qos));

@@ -50,6 +50,13 @@ impl Accumulator {
     /// Adds one interval. Metadata is the caller's (see `finish`); processes already known keep
     /// their first description.
     pub fn add(&mut self, delta: &Recording) {
+        self.add_metrics(delta);
+        self.add_stacks(delta);
+    }
+
+    /// Adds one interval's counters and histograms, leaving its stacks out (`serve`'s metrics
+    /// keep no stacks: they would grow with every stack ever seen).
+    pub fn add_metrics(&mut self, delta: &Recording) {
         let recording = &mut self.recording;
         recording.counters.add(&delta.counters);
         if let Some(runq) = &delta.runq {
@@ -59,6 +66,12 @@ impl Accumulator {
             let kept = recording.syscalls.get_or_insert_with(Default::default);
             add_syscalls(kept, &mut self.syscall_rows, syscalls);
         }
+        self.add_processes(delta);
+    }
+
+    /// Adds one interval's stacks only (a served profile's window).
+    pub fn add_stacks(&mut self, delta: &Recording) {
+        let recording = &mut self.recording;
         if let Some(stacks) = &delta.stacks {
             let kept = recording.stacks.get_or_insert_with(Default::default);
             let mut interned = Interning { frame_ids: &mut self.frame_ids, module_ids: &mut self.module_ids, kept };
@@ -76,8 +89,12 @@ impl Accumulator {
                 }
             }
         }
+        self.add_processes(delta);
+    }
+
+    fn add_processes(&mut self, delta: &Recording) {
         for (tgid, process) in &delta.processes {
-            recording.processes.entry(*tgid).or_insert_with(|| process.clone());
+            self.recording.processes.entry(*tgid).or_insert_with(|| process.clone());
         }
     }
 

@@ -10,7 +10,8 @@
 //! | Podman | `machine.slice/libpod-<id>.scope`, under `user.slice/...` when rootless |
 //! | CRI-O | `crio-<id>.scope` (`crio-conmon-<id>.scope` is its monitor, not the container) |
 //!
-//! Pod and namespace names are not in the path: the pod is known by its uid.
+//! Pod and namespace names are not in the path: the pod is known by its uid, and by its name where
+//! the runtime's state says it.
 
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +27,11 @@ pub struct Container {
     pub pod_uid: Option<String>,
     /// The pod's QoS class: guaranteed, burstable or besteffort.
     pub qos_class: Option<String>,
+    /// The container's name, the pod's and its namespace: not in the cgroup path, but in the
+    /// runtime's state where it is readable (see the collector's `runtimes`).
+    pub name: Option<String>,
+    pub pod_name: Option<String>,
+    pub namespace: Option<String>,
 }
 
 impl Container {
@@ -134,7 +140,13 @@ mod tests {
     #[expect(clippy::unnecessary_wraps, reason = "compared with what the parser returns")]
     fn c(id: &str, runtime: Option<&str>, pod_uid: Option<&str>, qos_class: Option<&str>) -> Option<Container> {
         let owned = |s: Option<&str>| s.map(String::from);
-        Some(Container { id: id.into(), runtime: owned(runtime), pod_uid: owned(pod_uid), qos_class: owned(qos_class) })
+        Some(Container {
+            id: id.into(),
+            runtime: owned(runtime),
+            pod_uid: owned(pod_uid),
+            qos_class: owned(qos_class),
+            ..Default::default()
+        })
     }
 
     #[test]

@@ -6,10 +6,11 @@
 //!   order statistics (the ranks n·q ± z·√(n·q·(1−q))), widened to whole bucket edges. A change is
 //!   significant when the two intervals do not overlap.
 //! - Syscall rates: the conditional binomial test for two Poisson rates (recordings may differ in
-//!   length). Error rates and function shares: the two-proportion z-test.
+//!   length). Error rates and function and container CPU shares: the two-proportion z-test.
 //! - Within each family of comparisons the confidence is Bonferroni-corrected, so comparing
 //!   hundreds of functions does not produce false alarms by chance.
 
+mod containers;
 mod functions;
 mod latency;
 mod paths;
@@ -39,6 +40,7 @@ pub struct Diff {
     pub syscalls: Vec<SyscallComparison>,
     pub functions: Vec<FunctionComparison>,
     pub growing_paths: Vec<PathComparison>,
+    pub containers: Vec<ContainerComparison>,
 }
 
 /// What kind of thing changed.
@@ -54,6 +56,8 @@ pub enum FindingKind {
     SyscallRate,
     #[serde(rename = "function")]
     Function,
+    #[serde(rename = "container")]
+    Container,
 }
 
 impl std::fmt::Display for FindingKind {
@@ -65,6 +69,7 @@ impl std::fmt::Display for FindingKind {
             FindingKind::SyscallErrors => "syscall errors",
             FindingKind::SyscallRate => "syscall rate",
             FindingKind::Function => "function",
+            FindingKind::Container => "container",
         })
     }
 }
@@ -132,6 +137,18 @@ pub struct FunctionComparison {
     /// z statistic of the self-share change (positive: grew).
     pub self_z: f64,
     pub total_z: f64,
+}
+
+/// A container (by namespace and name, else id): its share of the CPU samples and its syscall rate.
+#[derive(Clone, Debug, Serialize)]
+pub struct ContainerComparison {
+    pub container: String,
+    pub base_cpu_percent: f64,
+    pub new_cpu_percent: f64,
+    pub cpu_z: f64,
+    pub base_syscalls_per_second: f64,
+    pub new_syscalls_per_second: f64,
+    pub syscall_z: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -205,6 +222,7 @@ pub fn diff(base: &Recording, new: &Recording, options: &DiffOptions) -> Diff {
         ),
         _ => (Vec::new(), Vec::new()),
     };
+    let containers = containers::compare(base, new, &mut findings);
     let order = |a: &Finding, b: &Finding| b.change_percent.abs().total_cmp(&a.change_percent.abs());
     findings.regressions.sort_by(order);
     findings.improvements.sort_by(order);
@@ -216,13 +234,14 @@ pub fn diff(base: &Recording, new: &Recording, options: &DiffOptions) -> Diff {
         syscalls,
         functions,
         growing_paths,
+        containers,
     }
 }
 
 /// Used by `--help` and the README.
 pub const METHOD: &str = "Percentiles: distribution-free confidence intervals from binomial order statistics on the \
 kernel's buckets; significant when the two intervals do not overlap. Syscall rates: conditional binomial test for \
-two Poisson rates. Error rates and function shares: two-proportion z-test. Confidence is Bonferroni-corrected within \
+two Poisson rates. Error rates and function and container shares: two-proportion z-test. Confidence is Bonferroni-corrected within \
 each family of comparisons. A change is flagged when it is significant and larger than --threshold.";
 
 #[cfg(test)]

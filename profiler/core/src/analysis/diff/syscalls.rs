@@ -52,7 +52,7 @@ fn timed(recording: &Recording) -> bool {
     recording.syscalls.as_ref().is_some_and(|s| !s.counts_only)
 }
 
-fn seconds(recording: &Recording) -> f64 {
+pub(super) fn seconds(recording: &Recording) -> f64 {
     (recording.meta.duration_ns as f64 / 1e9).max(1e-9)
 }
 
