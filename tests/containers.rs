@@ -1,13 +1,16 @@
 //! Container and pod identity: a process in a cgroup laid out as a container runtime or the kubelet
 //! lays its cgroups out is reported with that container id and pod uid, in the recording, `report`
-//! (text and JSON) and the pprof labels that `go tool pprof` reads; `--container` and `--pod`
-//! record only theirs.
+//! (text and JSON), the pprof labels that `go tool pprof` reads and `serve`'s series and profiles;
+//! `--container` and `--pod` record only theirs.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{Recorder, TestCgroup, Workload, go_tool_pprof, run_profiler, syscall_row, temp_dir};
+use common::{
+    Recorder, Server, TestCgroup, Workload, go_tool_pprof, go_tool_pprof_source, http_get, run_profiler, syscall_row,
+    temp_dir,
+};
 
 const POD_UID: &str = "7d2b8c1e-5f3a-4b6c-9d0e-1a2b3c4d5e6f";
 const OTHER_POD_UID: &str = "0f9e8d7c-6b5a-4938-8271-605f4e3d2c1b";
@@ -277,4 +280,49 @@ fn container_and_pod_filters_record_only_theirs() {
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert!(!dir.path().join("x.rec").exists());
     }
+}
+
+#[test]
+fn serve_labels_its_series_and_profiles_with_container_and_pod() {
+    let dir = temp_dir();
+    let layouts = layouts();
+    let _names = RuntimeFile::write(
+        &format!("/run/containerd/io.containerd.runtime.v2.task/k8s.io/{}/config.json", layouts[0].id),
+        r#"{"annotations":{"io.kubernetes.cri.container-name":"web","io.kubernetes.cri.sandbox-name":"web-0",
+           "io.kubernetes.cri.sandbox-namespace":"shop"}}"#,
+    );
+    let cgroup = TestCgroup::nested(&layouts[0].path);
+    // Four busy threads on one CPU: they wait in its run queue, in the pod's container.
+    let mut workload = Workload::spawn(&["spin", "--threads", "4", "--cpu", "0", "--seconds", "8"]);
+    cgroup.add(workload.pid());
+    let server = Server::start(&["--pod", POD_UID, "--top-processes", "5", "--labels", "container,pod"]);
+    workload.go();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let (status, page) = http_get(&server.addr, "/metrics", None);
+    assert_eq!(status, 200);
+    common::promtool_accepts(&page);
+    let labels = format!(
+        r#"comm="workload",container_id="{}",container="web",pod_uid="{POD_UID}",pod="web-0",namespace="shop""#,
+        layouts[0].id
+    );
+    let count = page
+        .lines()
+        .find(|l| l.starts_with(&format!("profiler_process_runqueue_latency_seconds_count{{{labels}}}")))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("{labels} in {page}"));
+    assert!(count > 10, "the spinning threads waited: {count}");
+    // The pod's filter kept everything else out of the per-process series.
+    let other_series =
+        page.lines().filter(|l| l.starts_with("profiler_process_runqueue_latency_seconds_count{")).count();
+    assert_eq!(other_series, 1, "{page}");
+
+    // The profile served for the pod names it on every sample.
+    let home = dir.path().join("pprof");
+    std::fs::create_dir_all(&home).unwrap();
+    let tags = go_tool_pprof_source(&format!("http://{}/debug/pprof/profile?seconds=2", server.addr), &home, "-tags");
+    for value in [layouts[0].id.as_str(), POD_UID, "web-0", "shop", "web"] {
+        assert!(tags.contains(value), "{value} in {tags}");
+    }
+    assert!(server.stop().success());
+    workload.wait();
 }

@@ -32,11 +32,13 @@ struct ProcessHistograms {
 }
 
 impl ProcessHistograms {
-    fn add(&mut self, delta: &Recording) {
+    /// Adds an interval's waits; `known` names the processes (an interval describes only the
+    /// processes first seen in it).
+    fn add(&mut self, delta: &Recording, known: &Recording) {
         let Some(runq) = delta.runq.as_ref().filter(|_| self.processes.top > 0) else { return };
         let mut by_labels: BTreeMap<SeriesLabels, LatencyHistogram> = BTreeMap::new();
         for (&tgid, h) in &runq.per_process {
-            by_labels.entry(self.processes.labels(delta, tgid)).or_default().merge(h);
+            by_labels.entry(self.processes.labels(known, tgid)).or_default().merge(h);
         }
         let other = self.processes.other();
         let mut ranked: Vec<(&SeriesLabels, u64)> = by_labels.iter().map(|(labels, h)| (labels, h.count())).collect();
@@ -128,7 +130,7 @@ impl Sink for MetricsSink {
     fn interval(&mut self, interval: &Interval<'_>) -> Result<()> {
         let started = Instant::now();
         self.totals.add_metrics(interval.delta);
-        self.processes.add(interval.delta);
+        self.processes.add(interval.delta, self.totals.recording());
         let exited = std::mem::replace(&mut self.exited, interval.exited.to_vec());
         let moves: HashMap<u32, u32> =
             exited.iter().map(|&tgid| (tgid, self.folded.id(&self.totals.recording().fold_key(tgid)))).collect();
@@ -196,7 +198,8 @@ mod tests {
             vec![(6, "b", 7)],
         ];
         for waits in &intervals {
-            histograms.add(&interval(waits));
+            let delta = interval(waits);
+            histograms.add(&delta, &delta);
             for (labels, h) in &histograms.series {
                 let before = last.insert(labels.clone(), h.count()).unwrap_or(0);
                 assert!(h.count() >= before, "{labels:?} went from {before} to {}", h.count());
@@ -206,6 +209,24 @@ mod tests {
         assert_eq!(histograms.members, [comm("a"), comm("b")].into());
         let count = |name: &str| histograms.series[&comm(name)].count();
         assert_eq!((count("a"), count("b"), count("other")), (11, 12, 194));
+    }
+
+    /// An interval describes only the processes first seen in it: a process's later waits still go
+    /// to its own series (they went to comm="?").
+    #[test]
+    fn a_process_keeps_its_series_after_the_interval_that_described_it() {
+        let mut histograms =
+            ProcessHistograms { processes: ProcessSeries { top: 2, ..Default::default() }, ..Default::default() };
+        let mut totals = Accumulator::default();
+        let first = interval(&[(1, "nginx", 10)]);
+        let mut second = interval(&[(1, "nginx", 5)]);
+        second.processes.clear();
+        for delta in [&first, &second] {
+            totals.add_metrics(delta);
+            histograms.add(delta, totals.recording());
+        }
+        let series: Vec<(&SeriesLabels, u64)> = histograms.series.iter().map(|(l, h)| (l, h.count())).collect();
+        assert_eq!(series, [(&vec![("comm".to_string(), "nginx".to_string())], 15)]);
     }
 
     /// With `--labels container,pod`, processes of one name in different containers are series
@@ -222,7 +243,7 @@ mod tests {
         };
         delta.processes.get_mut(&1).unwrap().container = Some(container("a", Some("pod-1")));
         delta.processes.get_mut(&2).unwrap().container = Some(container("b", None));
-        histograms.add(&delta);
+        histograms.add(&delta, &delta);
         let labels = |id: &str, pod: &str| {
             vec![
                 ("comm".to_string(), "nginx".to_string()),

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc::UnboundedSender, oneshot};
 use crate::{
     collector::{Control, Interval, Sink},
     output::pprof,
-    recording::{Accumulator, Metadata, Recording},
+    recording::{Accumulator, Metadata, Process, Recording},
 };
 
 /// Go's default window.
@@ -49,6 +49,12 @@ type Windows = Arc<Mutex<Vec<Window>>>;
 pub struct ProfileSink {
     windows: Windows,
     frequency_hz: u32,
+    /// Every live process's description: an interval describes only the processes first seen in
+    /// it, and a window names the processes of all its stacks.
+    processes: HashMap<u32, Process>,
+    /// Processes that exited in the last interval: their last samples may come in the next one,
+    /// so they are forgotten one interval later.
+    exited: Vec<u32>,
 }
 
 /// What the HTTP handler holds: where to open windows and how to ask for drains.
@@ -61,11 +67,18 @@ pub struct Profiles {
 /// A sink and its handle, sharing the open windows.
 pub fn profiles(controls: UnboundedSender<Control>, frequency_hz: u32) -> (ProfileSink, Profiles) {
     let windows = Windows::default();
-    (ProfileSink { windows: windows.clone(), frequency_hz }, Profiles { windows, controls })
+    let sink = ProfileSink { windows: windows.clone(), frequency_hz, processes: HashMap::new(), exited: Vec::new() };
+    (sink, Profiles { windows, controls })
 }
 
 impl Sink for ProfileSink {
     fn interval(&mut self, interval: &Interval<'_>) -> Result<()> {
+        for tgid in std::mem::replace(&mut self.exited, interval.exited.to_vec()) {
+            self.processes.remove(&tgid);
+        }
+        for (&tgid, process) in &interval.delta.processes {
+            self.processes.entry(tgid).or_insert_with(|| process.clone());
+        }
         let now = Instant::now();
         let mut windows = self.windows.lock().expect("windows lock");
         for window in windows.iter_mut() {
@@ -82,6 +95,11 @@ impl Sink for ProfileSink {
         for window in done {
             let (opened, opened_unix) = window.opened.expect("a closed window was opened");
             let mut recording = window.stacks.finish();
+            for tgid in recording.tgids() {
+                if let Some(process) = self.processes.get(&tgid) {
+                    recording.processes.entry(tgid).or_insert_with(|| process.clone());
+                }
+            }
             recording.meta = Metadata {
                 start_unix_ns: opened_unix.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64,
                 duration_ns: now.duration_since(opened).as_nanos() as u64,
