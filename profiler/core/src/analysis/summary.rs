@@ -69,8 +69,10 @@ pub struct Summary {
     /// How the sampled user stacks ended, commonest first.
     pub stack_ends: Vec<(String, u64)>,
     pub unwind: Option<UnwindTables>,
-    /// The containers (and pods) whose processes appear, busiest first.
+    /// The containers (and pods) whose processes appear, busiest first: the `top` busiest.
     pub containers: Vec<ContainerSummary>,
+    /// How many containers (and pods) appear in all.
+    pub container_count: usize,
     pub outliers: Outliers,
 }
 
@@ -317,7 +319,8 @@ impl Summary {
                 ends
             },
             unwind: meta.unwind.clone(),
-            containers: containers(recording),
+            containers: Vec::new(),
+            container_count: 0,
             pids: meta.options.pids.clone(),
             cgroup: meta.options.cgroup.clone(),
             excluded_self: meta.options.excluded_self,
@@ -349,6 +352,9 @@ impl Summary {
             cpu: recording.stacks.as_ref().map(|stacks| HotPaths::new(recording, stacks, top)),
             outliers: Outliers { runq_processes: runq_outliers(recording), failing_syscalls: Vec::new() },
         };
+        summary.containers = containers(recording);
+        summary.container_count = summary.containers.len();
+        summary.containers.truncate(top);
         if let Some(syscalls) = &recording.syscalls {
             let (syscalls, failing) = syscall_summary(recording, syscalls, top);
             summary.syscalls = Some(syscalls);

@@ -291,10 +291,24 @@ fn containers(w: &mut String, summary: &Summary) {
             let _ = write!(label, " ({})", shown(qos));
         }
         let cpu = samples.map_or(String::new(), |total| format!("  {:>5.1}% CPU", percent(*cpu_samples, total)));
-        let names: Vec<String> = processes.iter().map(|p| process_label(&p.comm, p.tgid, p.processes)).collect();
+        let mut names: Vec<String> = processes
+            .iter()
+            .take(PROCESSES_PER_CONTAINER)
+            .map(|p| process_label(&p.comm, p.tgid, p.processes))
+            .collect();
+        if processes.len() > PROCESSES_PER_CONTAINER {
+            names.push(format!("+{} more", processes.len() - PROCESSES_PER_CONTAINER));
+        }
         let _ = writeln!(w, "  {label}{cpu}  {syscalls} syscalls: {}", names.join(", "));
     }
+    let left_out = summary.container_count - summary.containers.len();
+    if left_out > 0 {
+        let _ = writeln!(w, "  +{left_out} more (--top, or report --json)");
+    }
 }
+
+/// Processes named on a container's line; the rest are counted.
+const PROCESSES_PER_CONTAINER: usize = 6;
 
 /// `comm [pid]` for one process, `comm (N processes)` for a name many processes shared.
 fn process_label(comm: &str, tgid: u32, processes: usize) -> String {
@@ -358,6 +372,28 @@ pub fn histogram_text(histogram: &LatencyHistogram) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node's worth of containers: the report lists the `top` busiest, each with a few of its
+    /// processes, and counts the rest.
+    #[test]
+    fn many_containers_and_processes_are_counted_not_listed() {
+        use crate::recording::{Container, Process};
+        let mut recording = Recording::default();
+        for tgid in 1..=30u32 {
+            // 15 containers of one process, and one (the first by id) of 15.
+            let id = format!("{:064x}", if tgid <= 15 { tgid } else { 0 });
+            let container = Container { id, runtime: Some("containerd".into()), ..Default::default() };
+            recording
+                .processes
+                .insert(tgid, Process { comm: format!("p{tgid}"), container: Some(container), ..Default::default() });
+        }
+        let summary = Summary::new(&recording, 10);
+        assert_eq!((summary.containers.len(), summary.container_count), (10, 16));
+        let text = text(&summary);
+        assert!(text.contains("  +6 more (--top, or report --json)"), "{text}");
+        let busy = text.lines().find(|l| l.contains("p16 [16]")).expect("the container of 15");
+        assert!(busy.ends_with("p21 [21], +9 more"), "{busy}");
+    }
 
     #[test]
     fn histogram_lines_show_ranges_and_scaled_bars() {
