@@ -192,10 +192,10 @@ fn processes_carry_their_container_and_pod() {
     let (web, other, cache) = (&layouts[0].id, &layouts[1].id, &layouts[2].id);
     for labels in [
         format!(
-            r#"comm="workload",container_id="{web}",container="web",pod_uid="{POD_UID}",pod="web-0",namespace="shop""#
+            r#"comm="workload",container_id="{web}",container_name="web",pod_uid="{POD_UID}",pod_name="web-0",pod_namespace="shop""#
         ),
         format!(r#"comm="workload",container_id="{other}",pod_uid="{OTHER_POD_UID}""#),
-        format!(r#"comm="workload",container_id="{cache}",container="cache""#),
+        format!(r#"comm="workload",container_id="{cache}",container_name="cache""#),
     ] {
         let series = format!("profiler_process_runqueue_latency_seconds_count{{{labels}}}");
         assert!(text.contains(&series), "{series} in {text}");
@@ -302,7 +302,7 @@ fn serve_labels_its_series_and_profiles_with_container_and_pod() {
     assert_eq!(status, 200);
     common::promtool_accepts(&page);
     let labels = format!(
-        r#"comm="workload",container_id="{}",container="web",pod_uid="{POD_UID}",pod="web-0",namespace="shop""#,
+        r#"comm="workload",container_id="{}",container_name="web",pod_uid="{POD_UID}",pod_name="web-0",pod_namespace="shop""#,
         layouts[0].id
     );
     let count = page
@@ -320,7 +320,9 @@ fn serve_labels_its_series_and_profiles_with_container_and_pod() {
     let home = dir.path().join("pprof");
     std::fs::create_dir_all(&home).unwrap();
     let tags = go_tool_pprof_source(&format!("http://{}/debug/pprof/profile?seconds=2", server.addr), &home, "-tags");
-    for value in [layouts[0].id.as_str(), POD_UID, "web-0", "shop", "web"] {
+    for value in
+        [layouts[0].id.as_str(), POD_UID, "web-0", "shop", "web", "pod_name", "pod_namespace", "container_name"]
+    {
         assert!(tags.contains(value), "{value} in {tags}");
     }
     assert!(server.stop().success());

@@ -104,6 +104,16 @@ fn serve_hands_go_tool_pprof_the_cpu_profile_of_each_window() {
         let expected = duration * cpu_share;
         assert!((sampled - expected).abs() <= 0.1 * expected, "{sampled} s sampled, {expected} s expected\n{text}");
     }
+    // Eight windows at once; a ninth request is told to come back.
+    let statuses: Vec<(u16, String)> = std::thread::scope(|scope| {
+        let requests: Vec<_> =
+            (0..9).map(|_| scope.spawn(|| http_get(&server.addr, "/debug/pprof/profile?seconds=2", None))).collect();
+        requests.into_iter().map(|request| request.join().unwrap()).collect()
+    });
+    let served = statuses.iter().filter(|(status, _)| *status == 200).count();
+    let refused: Vec<&String> = statuses.iter().filter(|(status, _)| *status == 503).map(|(_, body)| body).collect();
+    assert_eq!((served, refused.len()), (8, 1), "{statuses:?}");
+    assert_eq!(refused[0], "8 profiles are being taken already\n");
     let (status, body) = http_get(&server.addr, "/debug/pprof/profile?seconds=0", None);
     assert_eq!((status, body.as_str()), (400, "seconds must be a whole number from 1 to 300\n"));
     assert_eq!(http_get(&server.addr, "/debug/pprof/profile?seconds=5s", None).0, 400);

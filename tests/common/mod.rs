@@ -66,14 +66,15 @@ impl Recorder {
                 }
             }
         });
+        let mut said = Vec::new();
         loop {
             match rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(line) if line.starts_with("recording ") => break,
-                Ok(_) => continue,
+                Ok(line) => said.push(line),
                 Err(_) => {
                     let _ = child.kill();
                     let output = child.wait_with_output().unwrap();
-                    panic!("profiler did not start: {}", String::from_utf8_lossy(&output.stdout));
+                    panic!("profiler did not start: {}{}", String::from_utf8_lossy(&output.stdout), said.join("\n"));
                 }
             }
         }

@@ -6,7 +6,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     sync::{Arc, Mutex},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::Result;
@@ -70,6 +70,11 @@ pub struct MetricsSink {
     totals: Accumulator,
     folded: FoldedNames,
     detector: Detector,
+    /// The detector judges one `--interval` at a time, whatever drains the profiles ask for in
+    /// between: what was drained since it last judged, and when that was (session clock).
+    unjudged: Accumulator,
+    judged_at: Duration,
+    judge_every: Duration,
     processes: ProcessHistograms,
     page: Arc<Mutex<Page>>,
     /// Processes that exited in the last interval: their last waits and calls may come in the
@@ -78,22 +83,34 @@ pub struct MetricsSink {
 }
 
 impl MetricsSink {
-    pub fn new(processes: ProcessSeries, baseline: usize, page: Arc<Mutex<Page>>) -> Self {
+    pub fn new(processes: ProcessSeries, baseline: usize, interval: Duration, page: Arc<Mutex<Page>>) -> Self {
         Self {
             totals: Accumulator::default(),
             folded: FoldedNames::default(),
             detector: Detector::new(baseline),
+            unjudged: Accumulator::default(),
+            judged_at: Duration::ZERO,
+            judge_every: interval,
             processes: ProcessHistograms { processes, ..Default::default() },
             page,
             exited: Vec::new(),
         }
     }
 
+    /// Feeds the detector once a whole `--interval` has been drained since it was last fed (a
+    /// drain of the profiles' may end an interval early; a drain comes a little after its tick).
     fn observe(&mut self, interval: &Interval<'_>) {
-        if let Some(runq) = &interval.delta.runq {
+        self.unjudged.add_metrics(interval.delta);
+        if interval.elapsed.saturating_sub(self.judged_at) < self.judge_every.mul_f64(0.9) {
+            return;
+        }
+        self.judged_at = interval.elapsed;
+        let unjudged = std::mem::take(&mut self.unjudged);
+        let delta = unjudged.recording();
+        if let Some(runq) = &delta.runq {
             self.detector.observe("runqueue", &runq.system);
         }
-        if let Some(syscalls) = &interval.delta.syscalls {
+        if let Some(syscalls) = &delta.syscalls {
             for (nr, histogram) in &syscalls.latency {
                 self.detector.observe(&format!("syscall:{}", syscall_name(*nr)), histogram);
             }

@@ -81,14 +81,15 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(http::run(listener, app, http::Limits::default(), stopped));
-    let mut metrics_sink = MetricsSink::new(config.processes, config.baseline, page);
+    let mut metrics_sink = MetricsSink::new(config.processes, config.baseline, config.interval, page);
     let mut sinks: Vec<&mut dyn Sink> = vec![&mut metrics_sink];
     if let Some(sink) = profile_sink.as_mut() {
         sinks.push(sink);
     }
     let result = session.run_controlled(&mut sinks, Some(&mut controls)).await;
+    // Requests still waiting for a window are answered now (503): no drain will come.
+    controls.close();
     drop(controls_sender);
-    // Requests still waiting for a window are answered now.
     drop(sinks);
     drop(profile_sink);
     // The probes are detached by now; the server closes what clients still hold open.

@@ -148,7 +148,12 @@ fn containers(w: &mut String, containers: &[ContainerComparison]) {
             format!("{:.1}/s", c.new_syscalls_per_second)
         );
         let cpu = shares(c.base_cpu_percent, c.new_cpu_percent);
-        let _ = writeln!(w, "  cpu {cpu} (z {:>5.1})  syscalls {rates}  {}", c.cpu_z, shown(&c.container));
+        let side = match (c.in_base, c.in_new) {
+            (true, false) => " (gone)",
+            (false, true) => " (new)",
+            _ => "",
+        };
+        let _ = writeln!(w, "  cpu {cpu} (z {:>5.1})  syscalls {rates}  {}{side}", c.cpu_z, shown(&c.container));
     }
 }
 

@@ -238,10 +238,10 @@ fn container_labels(container: &Container) -> impl Iterator<Item = (&'static str
     [
         ("container_id", Some(container.id.as_str()).filter(|id| !id.is_empty())),
         ("container_runtime", container.runtime.as_deref()),
-        ("container", container.name.as_deref()),
+        ("container_name", container.name.as_deref()),
         ("pod_uid", container.pod_uid.as_deref()),
-        ("pod", container.pod_name.as_deref()),
-        ("namespace", container.namespace.as_deref()),
+        ("pod_name", container.pod_name.as_deref()),
+        ("pod_namespace", container.namespace.as_deref()),
         ("qos_class", container.qos_class.as_deref()),
     ]
     .into_iter()

@@ -76,10 +76,11 @@ impl ExposedHistogram {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProcessSeries {
     pub top: usize,
-    /// Also tell processes of one name apart by container (`container_id`, and `container`, its
-    /// name where known) and pod (`pod_uid`, and `pod` and `namespace` where known): each (name,
-    /// container, pod) is a series of its own, still `top` at most (a name adds no series: it
-    /// goes with its id).
+    /// Also tell processes of one name apart by container (`container_id`, and `container_name`
+    /// where known) and pod (`pod_uid`, and `pod_name` and `pod_namespace` where known): each
+    /// (name, container, pod) is a series of its own, still `top` at most (a name adds no series:
+    /// it goes with its id). Not `container`, `pod`, `namespace`: the Prometheus Operator gives
+    /// every scraped series those of the profiler's own pod.
     pub container: bool,
     pub pod: bool,
 }
@@ -100,12 +101,12 @@ impl ProcessSeries {
         };
         if self.container {
             push("container_id", container.map(|c| &c.id));
-            push("container", container.and_then(|c| c.name.as_ref()));
+            push("container_name", container.and_then(|c| c.name.as_ref()));
         }
         if self.pod {
             push("pod_uid", container.and_then(|c| c.pod_uid.as_ref()));
-            push("pod", container.and_then(|c| c.pod_name.as_ref()));
-            push("namespace", container.and_then(|c| c.namespace.as_ref()));
+            push("pod_name", container.and_then(|c| c.pod_name.as_ref()));
+            push("pod_namespace", container.and_then(|c| c.namespace.as_ref()));
         }
         labels
     }

@@ -27,10 +27,12 @@ fn key(container: &Container) -> String {
     }
 }
 
-/// One side: its samples and seconds, and each container's (CPU samples, syscalls).
+/// One side: its samples and seconds, whether it counted syscalls, and each container's (CPU
+/// samples, syscalls).
 struct Side {
     samples: u64,
     seconds: f64,
+    counted_syscalls: bool,
     containers: BTreeMap<String, (u64, u64)>,
 }
 
@@ -43,7 +45,7 @@ impl Side {
             entry.1 = entry.1.saturating_add(container.syscalls);
         }
         let samples = recording.stacks.as_ref().map_or(0, |stacks| stacks.samples());
-        Side { samples, seconds: seconds(recording), containers }
+        Side { samples, seconds: seconds(recording), counted_syscalls: recording.syscalls.is_some(), containers }
     }
 
     fn of_key(&self, key: &str) -> (u64, u64) {
@@ -61,6 +63,8 @@ pub fn compare(base: &Recording, new: &Recording, findings: &mut Findings) -> Ve
             let (b, n) = (base.of_key(key), new.of_key(key));
             let comparison = ContainerComparison {
                 container: key.clone(),
+                in_base: base.containers.contains_key(key),
+                in_new: new.containers.contains_key(key),
                 base_cpu_percent: percent(b.0, base.samples),
                 new_cpu_percent: percent(n.0, new.samples),
                 cpu_z: two_proportion_z(b.0, base.samples, n.0, new.samples),
@@ -68,7 +72,13 @@ pub fn compare(base: &Recording, new: &Recording, findings: &mut Findings) -> Ve
                 new_syscalls_per_second: n.1 as f64 / new.seconds,
                 syscall_z: rate_z(b.1, base.seconds, n.1, new.seconds),
             };
-            flag(&comparison, z_crit, findings);
+            // A container on one side only (a rollout without names, a new service) is listed,
+            // not judged; so is a rate that one side did not count.
+            let judged = Judged {
+                cpu: comparison.in_base && comparison.in_new && base.samples > 0 && new.samples > 0,
+                syscalls: comparison.in_base && comparison.in_new && base.counted_syscalls && new.counted_syscalls,
+            };
+            flag(&comparison, judged, z_crit, findings);
             comparison
         })
         .collect();
@@ -79,11 +89,18 @@ pub fn compare(base: &Recording, new: &Recording, findings: &mut Findings) -> Ve
     comparisons
 }
 
-fn flag(c: &ContainerComparison, z_crit: f64, findings: &mut Findings) {
+/// Which of a container's measures both sides have.
+#[derive(Clone, Copy)]
+struct Judged {
+    cpu: bool,
+    syscalls: bool,
+}
+
+fn flag(c: &ContainerComparison, judged: Judged, z_crit: f64, findings: &mut Findings) {
     let large_enough = c.base_cpu_percent.max(c.new_cpu_percent) >= MIN_CPU_SHARE;
     for (metric, before, after, z, unit, judged) in [
-        ("CPU share", c.base_cpu_percent, c.new_cpu_percent, c.cpu_z, "% of samples", large_enough),
-        ("syscall rate", c.base_syscalls_per_second, c.new_syscalls_per_second, c.syscall_z, "/s", true),
+        ("CPU share", c.base_cpu_percent, c.new_cpu_percent, c.cpu_z, "% of samples", judged.cpu && large_enough),
+        ("syscall rate", c.base_syscalls_per_second, c.new_syscalls_per_second, c.syscall_z, "/s", judged.syscalls),
     ] {
         findings.flag_if(
             judged && z.abs() > z_crit,
@@ -143,8 +160,13 @@ mod tests {
             diff.regressions
         );
         assert!(diff.improvements.iter().any(|f| f.subject == "shop/db"));
-        // Without names, a container is its id: one that is gone and one that is new.
-        assert!(diff.containers.iter().any(|c| c.container == "cccccccccccc" && c.new_cpu_percent == 0.0));
+        // Without names, a container is its id: one that is gone and one that is new, listed and
+        // not judged; neither side counted syscalls, so no rate is judged either.
+        let gone = diff.containers.iter().find(|c| c.container == "cccccccccccc").expect("the gone one");
+        assert!(gone.in_base && !gone.in_new && gone.new_cpu_percent == 0.0);
+        let flagged = |name: &str| diff.regressions.iter().chain(&diff.improvements).any(|f| f.subject == name);
+        assert!(!flagged("cccccccccccc") && !flagged("ffffffffffff"));
+        assert!(diff.regressions.iter().chain(&diff.improvements).all(|f| f.metric == "CPU share"));
         // The same recording against itself flags nothing.
         let same = super::super::diff(&base, &base, &options);
         assert!(same.regressions.is_empty() && same.improvements.is_empty());

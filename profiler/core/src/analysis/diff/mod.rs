@@ -143,6 +143,9 @@ pub struct FunctionComparison {
 #[derive(Clone, Debug, Serialize)]
 pub struct ContainerComparison {
     pub container: String,
+    /// Whether each side has it: one on one side only is listed, not judged.
+    pub in_base: bool,
+    pub in_new: bool,
     pub base_cpu_percent: f64,
     pub new_cpu_percent: f64,
     pub cpu_z: f64,
