@@ -73,10 +73,17 @@ fn read_names(root: &Path, id: &str) -> Names {
         .map(|namespace| namespace.join(id).join("config.json"))
         .chain([root.join(CRIO_CONTAINERS).join(id).join("userdata/config.json")])
         .chain([root.join(DOCKER_CONTAINERS).join(id).join("config.v2.json")]);
+    // Docker keeps a containerd bundle too (namespace moby), without names: the first state that
+    // names the container wins.
     for path in candidates {
         let Ok(text) = std::fs::read_to_string(&path) else { continue };
         match serde_json::from_str::<Value>(&text) {
-            Ok(config) => return names_in(&config),
+            Ok(config) => {
+                let names = names_in(&config);
+                if names != Names::default() {
+                    return names;
+                }
+            }
             Err(error) => tracing::debug!("cannot read {}: {error}", path.display()),
         }
     }
@@ -139,7 +146,9 @@ mod tests {
             read_names(root.path(), ID),
             Names { container: Some("db".into()), pod: Some("db-0".into()), namespace: Some("data".into()) }
         );
+        // Docker also keeps a containerd bundle, without names.
         let docker = tempfile::tempdir().unwrap();
+        write(docker.path(), &format!("{CONTAINERD_TASKS}/moby/{ID}/config.json"), r#"{"annotations":{}}"#);
         write(
             docker.path(),
             &format!("{DOCKER_CONTAINERS}/{ID}/config.v2.json"),
