@@ -22,6 +22,10 @@
 //! - Emulated guests have frozen (qemu at full CPU, nothing more from the guest) with the sched
 //!   probe loaded. So every boot has a guest heartbeat, a wall-clock timeout, a console log kept on
 //!   disk and, on a freeze, a dump of where each vCPU is (qemu's monitor) before qemu is killed.
+//! - A 6.12 guest oopsed on an int3 in `__schedule` as the profiler detached: the kernel patches a
+//!   tracepoint's static branch with int3 (text_poke_bp), and under software emulation the other
+//!   vCPU ran the int3 unannounced. Such faults, and freezes, get one more boot
+//!   (`--freeze-retries`), reported.
 //! - In the guest: tracefs and debugfs are mounted, cgroup v2 is at /sys/fs/cgroup, and every
 //!   kernel has /sys/kernel/btf/vmlinux.
 
