@@ -142,19 +142,12 @@ impl Sink for ProfileSink {
     }
 }
 
-/// Describes in `window` the processes of `delta`'s stacks that it has no description of.
+/// Describes in `window` the processes of `delta`'s stacks.
 fn add_descriptions(window: &mut Accumulator, delta: &Recording, processes: &HashMap<u32, Process>) {
-    let Some(stacks) = &delta.stacks else { return };
-    let missing: Vec<u32> = stacks
-        .stacks
-        .iter()
-        .map(|stack| stack.tgid)
-        .filter(|tgid| !window.recording().processes.contains_key(tgid))
-        .collect();
-    let described: std::collections::BTreeMap<u32, Process> =
-        missing.into_iter().filter_map(|tgid| Some((tgid, processes.get(&tgid)?.clone()))).collect();
-    if !described.is_empty() {
-        window.add_stacks(&Recording { processes: described, ..Recording::default() });
+    for stack in delta.stacks.iter().flat_map(|stacks| &stacks.stacks) {
+        if let Some(process) = processes.get(&stack.tgid) {
+            window.describe(stack.tgid, process);
+        }
     }
 }
 

@@ -93,9 +93,14 @@ impl Accumulator {
     }
 
     fn add_processes(&mut self, delta: &Recording) {
-        for (tgid, process) in &delta.processes {
-            self.recording.processes.entry(*tgid).or_insert_with(|| process.clone());
+        for (&tgid, process) in &delta.processes {
+            self.describe(tgid, process);
         }
+    }
+
+    /// Describes a process unless it is described already (the first description stays).
+    pub fn describe(&mut self, tgid: u32, process: &Process) {
+        self.recording.processes.entry(tgid).or_insert_with(|| process.clone());
     }
 
     /// Moves everything of each process `from` to its `into`, merging with what `into` has: a
