@@ -52,7 +52,7 @@ impl ProbeSpec for Wakeups {
         &[]
     }
 
-    fn drain(&self) -> Box<dyn Drain> {
+    fn drain(&self, _options: &ProbeOptions) -> Box<dyn Drain> {
         Box::new(WakeupDrain { last: 0 })
     }
 }

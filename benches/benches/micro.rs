@@ -47,7 +47,13 @@ fn benches(c: &mut Criterion) {
         frames,
         modules: Vec::new(),
         stacks: (0..10_000u32)
-            .map(|i| Stack { tgid: i % 20, tid: 0, frames: (0..30).map(|d| (i * 31 + d) % 1000).collect(), count: 1 })
+            .map(|i| Stack {
+                tgid: i % 20,
+                tid: 0,
+                frames: (0..30).map(|d| (i * 31 + d) % 1000).collect(),
+                count: 1,
+                blocks: 0,
+            })
             .collect(),
     };
     c.bench_function("fold 10k stacks of 30 frames", |b| b.iter(|| folded(&recording, &stacks, &Selection::default())));
@@ -66,6 +72,8 @@ fn benches(c: &mut Criterion) {
             user: (0..20u64).map(|d| (code[(d % 4) as usize] as u64) + (i * 20 + d) % 64).collect(),
             end: profiler_common::unwind::StackEnd::Complete,
             count: 1,
+            blocks: 0,
+            wait: None,
         })
         .collect();
     // A fresh symbolizer each time: the first interval's cost, before anything is remembered.

@@ -45,7 +45,7 @@ pub fn synthetic(seed: u64) -> Recording {
         while path.len() < depth {
             path.insert(0, rng.random_range(0..18_000));
         }
-        stacks.push(Stack { tgid: 1000 + (i % 50) as u32, tid: 0, frames: path, count: 1 });
+        stacks.push(Stack { tgid: 1000 + (i % 50) as u32, tid: 0, frames: path, count: 1, blocks: 0 });
     }
     // Distribute the remaining samples with a heavy head, as profiles have.
     for _ in 0..SAMPLES - DISTINCT_STACKS as u64 {

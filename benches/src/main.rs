@@ -6,6 +6,7 @@
 mod analysis;
 mod churn;
 mod floor;
+mod offcpu;
 mod overhead;
 mod recorder;
 mod serve;
@@ -46,6 +47,15 @@ enum What {
     },
     /// flamegraph, report and diff on a large synthetic recording, against inferno.
     Analysis,
+    /// The off-CPU probe: its slowdown of context switches beside offcputime and runqlat, and the
+    /// error of sampled totals against the unsampled truth.
+    Offcpu {
+        #[arg(long, default_value_t = 5)]
+        pairs: usize,
+        /// Length of the run whose totals are compared.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
     /// CPU and memory of `profiler top` in a real terminal, beside perf top.
     Top {
         #[arg(long, default_value_t = 60)]
@@ -92,6 +102,7 @@ fn main() -> Result<()> {
             What::Analysis,
             What::Top { seconds: 60 },
             What::Unwind { seconds: 60, binaries: 200 },
+            What::Offcpu { pairs: 5, seconds: 20 },
         ],
     };
     let mut markdown = format!(
@@ -106,6 +117,7 @@ fn main() -> Result<()> {
             What::Overhead { pairs, only } => overhead::run(&cli.bin, pairs, only.as_deref())?,
             What::Recorder { seconds } => recorder::run(&cli.bin, Duration::from_secs(seconds))?,
             What::Analysis => analysis::run(&cli.bin)?,
+            What::Offcpu { pairs, seconds } => offcpu::run(&cli.bin, pairs, seconds)?,
             What::Top { seconds } => top::run(&cli.bin, Duration::from_secs(seconds))?,
             What::Unwind { seconds, binaries } => unwind::run(&cli.bin, &unwind::Parts { seconds, binaries })?,
             What::Churn { minutes } => churn::run(&cli.bin, Duration::from_secs(minutes * 60))?,

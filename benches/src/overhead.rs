@@ -180,6 +180,23 @@ fn workloads(bin: &Path) -> Vec<Workload> {
             ],
         },
         Workload {
+            name: OFF_CPU,
+            command: words("taskset -c 1 perf bench sched pipe -l 200000"),
+            tracers: vec![
+                tracer("profiler --probes offcpu (stacks of every blocking switch-out)", &ours("offcpu")),
+                tracer(
+                    "profiler --probes offcpu --offcpu-sample 8 (stacks of 1 in 8, at random)",
+                    &format!("{} --offcpu-sample 8", ours("offcpu")),
+                ),
+                tracer(
+                    "profiler --probes offcpu --offcpu-sample 32 (stacks of 1 in 32, at random)",
+                    &format!("{} --offcpu-sample 32", ours("offcpu")),
+                ),
+                tracer("libbpf-tools offcputime (stacks of every switch-out)", "offcputime"),
+                tracer("libbpf-tools runqlat (the target's reference)", "runqlat"),
+            ],
+        },
+        Workload {
             name: "all probes: `taskset -c 1 perf bench sched pipe -l 200000`",
             command: words("taskset -c 1 perf bench sched pipe -l 200000"),
             tracers: vec![tracer(
@@ -319,14 +336,21 @@ impl Drop for TraceFs {
     }
 }
 
-/// `only`: the workloads whose name starts with it (all if none).
+/// The off-CPU probe's rows, run by the `offcpu` part (with its sampling error), not by default.
+pub const OFF_CPU: &str = "off-CPU: `taskset -c 1 perf bench sched pipe -l 200000`";
+
+/// `only`: the workloads whose name starts with it (all but the off-CPU rows if none).
 pub fn run(bin: &Path, pairs: usize, only: Option<&str>) -> Result<String> {
     let _tracefs = TraceFs::ensure()?;
     let mut out = String::from(
         "## Overhead: slowdown of the workload under each tracer\n\nEach row: the workload alone and under the tracer, interleaved, \
          as pairs; the ratio traced/alone of each pair; median and range of the ratios. 1.00 is no slowdown.\n\n",
     );
-    for workload in workloads(bin).into_iter().filter(|w| only.is_none_or(|only| w.name.starts_with(only))) {
+    let chosen = |w: &Workload| match only {
+        Some(only) => w.name.starts_with(only),
+        None => w.name != OFF_CPU,
+    };
+    for workload in workloads(bin).into_iter().filter(chosen) {
         out.push_str(&format!(
             "### {}\n\n| tracer | median slowdown | min–max | pairs |\n|---|---|---|---|\n",
             workload.name

@@ -47,10 +47,18 @@ pub enum Counter {
     SyscallBucketDrops,
     /// Entries created in `SYSCALL_PROCESS_LATENCY`.
     SyscallBucketEntries,
+    /// Blocking switch-outs of selected threads whose stacks were taken (after sampling).
+    OffCpuBlocks,
+    /// Blocking switch-outs left out by sampling (`--offcpu-sample`).
+    OffCpuSampledOut,
+    /// Blocked times not added because the off-CPU time map was full.
+    OffCpuDrops,
+    /// Blocked threads whose stacks were forgotten before they ran again (`BLOCKED` full).
+    OffCpuBlockedDrops,
 }
 
 /// Number of slots in the `COUNTERS` array.
-pub const NUM_COUNTERS: u32 = Counter::SyscallBucketEntries as u32 + 1;
+pub const NUM_COUNTERS: u32 = Counter::OffCpuBlockedDrops as u32 + 1;
 
 /// Per-CPU array of `NUM_COUNTERS` u64, indexed by `Counter`.
 pub const COUNTERS: &str = "COUNTERS";

@@ -4,6 +4,7 @@
 
 pub mod counters;
 pub mod histogram;
+pub mod offcpu;
 pub mod oncpu;
 pub mod process;
 pub mod runqlat;

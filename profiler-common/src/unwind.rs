@@ -195,16 +195,21 @@ pub struct UnwindState {
     pub bp: u64,
     /// The sample's key, filled as the unwinding goes.
     pub key: crate::oncpu::StackKey,
-    /// The index of the sample and frame maps this sample goes to.
+    /// The index of the sample and frame maps this sample goes to, or `OFF_CPU`: the stacks of a
+    /// thread blocking, for the off-CPU probe.
     pub buffer: u32,
     pub tail_calls: u32,
     /// Non-zero: `ip` is where the frame was interrupted (the first frame, or one a signal
     /// interrupted), not a return address, whose call instruction is one byte before.
     pub exact_ip: u32,
-    pub _pad: u32,
+    /// Off CPU: the `offcpu::WaitState` the thread blocks in.
+    pub wait_state: u32,
     /// The frames so far; the kernel stack's, before the user stack's.
     pub stack: StackFrames,
 }
+
+/// `UnwindState::buffer` of a blocking thread's stacks (the cpu probe's buffers are 0 and 1).
+pub const OFF_CPU: u32 = 2;
 
 /// Per-CPU array of one `UnwindState`.
 pub const UNWIND_STATE: &str = "UNWIND_STATE";

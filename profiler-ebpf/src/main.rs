@@ -9,6 +9,7 @@
 // aya's program macros fix the entry points' signatures: the context comes by value.
 #![allow(clippy::needless_pass_by_value)]
 
+mod offcpu;
 mod oncpu;
 mod runqlat;
 mod shared;

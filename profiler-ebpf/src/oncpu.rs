@@ -7,25 +7,26 @@
 //! tables) while it lives, however short its life.
 
 use aya_ebpf::{
-    EbpfContext as _, Global,
+    EbpfContext, Global,
     bindings::{BPF_F_USER_STACK, pt_regs},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf, bpf_get_stack, bpf_probe_read_kernel,
         bpf_task_pt_regs,
     },
     macros::{btf_tracepoint, map, perf_event},
-    maps::{Array, HashMap, LruHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, ProgramArray, RingBuf},
     programs::{BtfTracePointContext, PerfEventContext},
 };
 use profiler_common::{
     counters::Counter,
     oncpu::{MAX_SAMPLED_PROCESSES, MAX_STACK_KEYS, MAX_STACKS, NEW_PROCESSES_BYTES, StackKey},
-    unwind::{FRAME_SLOTS, MAX_FRAMES, StackEnd, StackFrames, UnwindState, hash_frames},
+    unwind::{FRAME_SLOTS, MAX_FRAMES, OFF_CPU, StackEnd, StackFrames, UnwindState, hash_frames},
 };
 
 use crate::{
+    offcpu::OFFCPU_FRAMES,
     shared::{BPF_NOEXIST, count, current_selected, increment, note_process, read_field, task_ids, task_selected},
-    unwind::{PROCESS_MAPPINGS, UNWIND_STATE, count_end, start},
+    unwind::{PROCESS_MAPPINGS, UNWIND_PROGRAMS, UNWIND_STATE, count_end, finish, start},
 };
 
 /// Non-zero: keep threads apart (`--per-thread`).
@@ -78,15 +79,23 @@ pub fn oncpu_sample(ctx: PerfEventContext) -> u32 {
     }
     count(Counter::CpuSamples);
     announce(tgid);
-    let Some(state) = UNWIND_STATE.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: the map's per-CPU value, live while the program runs.
-    let state = unsafe { &mut *state };
-    state.buffer = match STACK_BUFFER.get(0).copied() {
+    let buffer = match STACK_BUFFER.get(0).copied() {
         Some(1) => 1,
         _ => 0,
     };
+    if let Some(state) = begin(tgid, tid, buffer) {
+        take_stacks(&ctx, state, user_registers(&ctx), &UNWIND_PROGRAMS);
+    }
+    0
+}
+
+/// The unwinder's state, reset for a stack of thread `tid` of process `tgid` that goes to `buffer`.
+#[inline(always)]
+pub fn begin(tgid: u32, tid: u32, buffer: u32) -> Option<&'static mut UnwindState> {
+    let state = UNWIND_STATE.get_ptr_mut(0)?;
+    // SAFETY: the map's per-CPU value, live while the program runs.
+    let state = unsafe { &mut *state };
+    state.buffer = buffer;
     state.key = StackKey {
         tgid,
         tid: if SAMPLE_PER_THREAD.load() != 0 { tid } else { 0 },
@@ -96,31 +105,43 @@ pub fn oncpu_sample(ctx: PerfEventContext) -> u32 {
         kernel_lost: 0,
     };
     state.tail_calls = 0;
-    state.key.kernel = kernel_stack(&ctx, state);
+    Some(state)
+}
+
+/// Takes the current task's kernel stack, then its user stack from the user registers `regs`:
+/// with the process's tables, by tail-calling the unwinder in `programs` (of the caller's program
+/// type); without them yet, by frame pointers. The stacks end in `unwind::finish`.
+#[inline(always)]
+pub fn take_stacks<C: EbpfContext>(
+    ctx: &C,
+    state: &mut UnwindState,
+    regs: Option<(u64, u64, u64)>,
+    programs: &ProgramArray,
+) {
+    state.key.kernel = kernel_stack(ctx, state);
     state.stack.len = 0;
-    let Some(regs) = user_registers(&ctx) else {
+    let Some(regs) = regs else {
         finish(state, StackEnd::NoUserStack);
-        return 0;
+        return;
     };
     // SAFETY: only tested for presence.
-    if unsafe { PROCESS_MAPPINGS.get(tgid) }.is_none() {
+    if unsafe { PROCESS_MAPPINGS.get(state.key.tgid) }.is_none() {
         // The process's tables are not loaded yet: the kernel's frame-pointer walk.
-        let len = stack_into(&ctx, state, BPF_F_USER_STACK as u64);
+        let len = stack_into(ctx, state, BPF_F_USER_STACK as u64);
         state.stack.len = len;
         finish(state, StackEnd::FramePointers);
-        return 0;
+        return;
     }
     (state.ip, state.sp, state.bp) = regs;
     state.exact_ip = 1;
-    start(&ctx);
+    start(ctx, programs);
     // The tail call failed: nothing of the user stack was walked.
     finish(state, StackEnd::TailCallLimit);
-    0
 }
 
-/// Announces a process the first time it is sampled (and after each exec).
+/// Announces a process the first time its stacks are taken (and after each exec).
 #[inline(always)]
-fn announce(tgid: u32) {
+pub fn announce(tgid: u32) {
     if SAMPLED_PROCESSES.insert(tgid, 1, BPF_NOEXIST).is_ok() {
         // SAFETY: the helper takes no arguments.
         note_process(unsafe { bpf_get_current_task() } as *const u8, tgid);
@@ -138,7 +159,7 @@ fn output(tgid: u32) {
 /// Fills `state.stack` with a stack the kernel walks (`flags`: 0 kernel, or BPF_F_USER_STACK with
 /// frame pointers); returns its length.
 #[inline(always)]
-fn stack_into(ctx: &PerfEventContext, state: &mut UnwindState, flags: u64) -> u32 {
+fn stack_into<C: EbpfContext>(ctx: &C, state: &mut UnwindState, flags: u64) -> u32 {
     let buffer = (&raw mut state.stack.frames).cast();
     let size = (MAX_FRAMES * 8) as u32;
     // SAFETY: the buffer is the map value's array, at least `size` bytes long.
@@ -148,7 +169,7 @@ fn stack_into(ctx: &PerfEventContext, state: &mut UnwindState, flags: u64) -> u3
 
 /// The kernel stack's hash, once its frames are kept; 0 for a sample taken in user mode.
 #[inline(always)]
-fn kernel_stack(ctx: &PerfEventContext, state: &mut UnwindState) -> u64 {
+fn kernel_stack<C: EbpfContext>(ctx: &C, state: &mut UnwindState) -> u64 {
     let len = stack_into(ctx, state, 0);
     if len == 0 {
         return 0;
@@ -159,39 +180,46 @@ fn kernel_stack(ctx: &PerfEventContext, state: &mut UnwindState) -> u64 {
     hash
 }
 
-/// Keeps `state.stack` in the interval's frame map; returns its hash, or 0 if it could not be
+/// Keeps `state.stack` in the frame map of its buffer; returns its hash, or 0 if it could not be
 /// kept.
 #[inline(always)]
 fn keep(state: &mut UnwindState, salt: u64) -> u64 {
     let hash = hash_frames(&state.stack.frames, state.stack.len as usize, salt);
-    let frames = match state.buffer {
-        1 => &STACK_FRAMES_B,
-        _ => &STACK_FRAMES_A,
-    };
-    // SAFETY: only tested for presence.
-    if unsafe { frames.get(hash) }.is_some() {
-        return hash;
+    // The maps differ in type (the off-CPU one is an LRU map): the same steps for each.
+    macro_rules! keep_in {
+        ($frames:expr, $kept:expr) => {{
+            // SAFETY: only tested for presence.
+            if unsafe { $frames.get(hash) }.is_some() {
+                return hash;
+            }
+            // By reference: the frames are 1 KiB, twice the BPF stack.
+            #[allow(clippy::needless_borrows_for_generic_args)]
+            let kept = $frames.insert(hash, &state.stack, BPF_NOEXIST).is_ok();
+            if kept {
+                $kept;
+                return hash;
+            }
+            // SAFETY: as above; another CPU may have kept the same stack just now.
+            match unsafe { $frames.get(hash) } {
+                Some(_) => hash,
+                None => {
+                    count(Counter::StackErrors);
+                    0
+                }
+            }
+        }};
     }
-    // By reference: the frames are 1 KiB, twice the BPF stack.
-    #[allow(clippy::needless_borrows_for_generic_args)]
-    let kept = frames.insert(hash, &state.stack, BPF_NOEXIST).is_ok();
-    if kept {
-        count(Counter::StackEntries);
-        return hash;
-    }
-    // SAFETY: as above; another CPU may have kept the same stack just now.
-    match unsafe { frames.get(hash) } {
-        Some(_) => hash,
-        None => {
-            count(Counter::StackErrors);
-            0
-        }
+    match state.buffer {
+        OFF_CPU => keep_in!(OFFCPU_FRAMES, ()),
+        1 => keep_in!(STACK_FRAMES_B, count(Counter::StackEntries)),
+        _ => keep_in!(STACK_FRAMES_A, count(Counter::StackEntries)),
     }
 }
 
-/// Ends a sample: keeps its user stack and counts it.
+/// Keeps the user stack of a walk that ended for `end`, and sets the key's end: `Lost` if either
+/// stack could not be kept.
 #[inline(always)]
-pub fn finish(state: &mut UnwindState, end: StackEnd) {
+pub fn seal(state: &mut UnwindState, end: StackEnd) {
     let mut end = end;
     if state.stack.len > 0 {
         state.key.user = keep(state, USER_SALT);
@@ -203,7 +231,13 @@ pub fn finish(state: &mut UnwindState, end: StackEnd) {
         end = StackEnd::Lost;
     }
     state.key.end = end as u32;
-    count_end(end);
+}
+
+/// Ends a sample: keeps its user stack and counts it.
+#[inline(always)]
+pub fn count_sample(state: &mut UnwindState, end: StackEnd) {
+    seal(state, end);
+    count_end(StackEnd::from_u32(state.key.end).unwrap_or(end));
     let samples = match state.buffer {
         1 => &STACK_SAMPLES_B,
         _ => &STACK_SAMPLES_A,
@@ -220,7 +254,12 @@ fn user_registers(ctx: &PerfEventContext) -> Option<(u64, u64, u64)> {
     if cs & 3 == 3 {
         return Some((ip, sp, bp));
     }
-    // In the kernel: the user registers the task entered it with.
+    saved_user_registers()
+}
+
+/// The user registers the current task entered the kernel with, or none (a kernel thread).
+#[inline(always)]
+pub fn saved_user_registers() -> Option<(u64, u64, u64)> {
     let saved = if HAS_TASK_PT_REGS.load() != 0 {
         // SAFETY: the helpers take the current task, which lives while the program runs.
         (unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) }) as *const pt_regs

@@ -5,25 +5,25 @@
 //! address in no executable mapping ends the walk there: it never becomes a frame.
 //!
 //! A run of the program walks `FRAMES_PER_PROGRAM` frames and tail-calls itself for more, so each
-//! program the verifier checks stays small on every kernel.
+//! program the verifier checks stays small on every kernel. A tail call stays within one program
+//! type: the cpu probe's sampler (perf_event) and the off-CPU probe's switch (a BTF tracepoint on
+//! sched_switch) each have an unwinder of their own type, with the same body.
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::bpf_probe_read_user,
-    macros::{map, perf_event},
+    macros::{btf_tracepoint, map, perf_event},
     maps::{Array, HashMap, PerCpuArray, ProgramArray},
-    programs::PerfEventContext,
+    programs::{BtfTracePointContext, PerfEventContext},
 };
 use profiler_common::unwind::{
     CFA_DEREF_RSP, CFA_END, CFA_NONE, CFA_PLT, CFA_RBP, CFA_RSP, CFA_SIGNAL, FRAME_SLOTS, FRAMES_PER_PROGRAM,
-    MAX_FRAMES, MAX_MAPPINGS, MAX_PAGES, MAX_ROWS, MAX_TAIL_CALLS, MAX_UNWOUND_PROCESSES, Mapping, NO_TABLE, PAGE_BITS,
-    PageKey, PageRows, ProcessMappings, RBP_SAVED, SIGFRAME_RBP, SIGFRAME_RIP, SIGFRAME_RSP, STACK_ENDS, StackEnd,
-    UnwindRow, UnwindState,
+    MAX_FRAMES, MAX_MAPPINGS, MAX_PAGES, MAX_ROWS, MAX_TAIL_CALLS, MAX_UNWOUND_PROCESSES, Mapping, NO_TABLE, OFF_CPU,
+    PAGE_BITS, PageKey, PageRows, ProcessMappings, RBP_SAVED, SIGFRAME_RBP, SIGFRAME_RIP, SIGFRAME_RSP, STACK_ENDS,
+    StackEnd, UnwindRow, UnwindState,
 };
 
-use crate::{
-    oncpu::{finish, reannounce},
-    shared::BPF_F_MMAPABLE,
-};
+use crate::{offcpu, oncpu, shared::BPF_F_MMAPABLE};
 
 /// Mappable, so userspace writes the rows through a mapping, not a syscall each.
 #[map]
@@ -34,8 +34,12 @@ static UNWIND_PAGES: HashMap<PageKey, PageRows> = HashMap::with_max_entries(MAX_
 pub static PROCESS_MAPPINGS: HashMap<u32, ProcessMappings> = HashMap::with_max_entries(MAX_UNWOUND_PROCESSES, 0);
 #[map]
 pub static UNWIND_STATE: PerCpuArray<UnwindState> = PerCpuArray::with_max_entries(1, 0);
+/// Index 0: `oncpu_unwind`.
 #[map]
-static UNWIND_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+pub static UNWIND_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+/// Index 0: `offcpu_unwind`.
+#[map]
+pub static OFFCPU_UNWIND_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map]
 static STACK_END_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STACK_ENDS, 0);
 
@@ -48,41 +52,61 @@ pub fn count_end(end: StackEnd) {
     }
 }
 
-/// Starts unwinding the user stack of `state` (its registers set): tail-calls the unwinder.
-/// Returns only if the tail call could not be made.
+/// Starts unwinding the user stack of `state` (its registers set): tail-calls the unwinder in
+/// `programs`, which must be of the caller's program type. Returns only if the tail call could
+/// not be made.
 #[inline(always)]
-pub fn start(ctx: &PerfEventContext) {
-    // SAFETY: index 0 holds the unwinder, a perf_event program like the caller.
-    unsafe { UNWIND_PROGRAMS.tail_call(ctx, 0) };
+pub fn start<C: EbpfContext>(ctx: &C, programs: &ProgramArray) {
+    // SAFETY: index 0 holds an unwinder of the caller's type (the loader puts it there).
+    unsafe { programs.tail_call(ctx, 0) };
+}
+
+/// Ends a walk: hands the stacks to the probe that took them.
+#[inline(always)]
+pub fn finish(state: &mut UnwindState, end: StackEnd) {
+    if state.buffer == OFF_CPU { offcpu::remember_blocked(state, end) } else { oncpu::count_sample(state, end) }
 }
 
 #[perf_event]
 pub fn oncpu_unwind(ctx: PerfEventContext) -> u32 {
+    unwind(&ctx, &UNWIND_PROGRAMS);
+    0
+}
+
+/// Loaded against sched_switch, like the switch that tail-calls it; never attached.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn offcpu_unwind(ctx: BtfTracePointContext) -> i32 {
+    unwind(&ctx, &OFFCPU_UNWIND_PROGRAMS);
+    0
+}
+
+#[inline(always)]
+fn unwind<C: EbpfContext>(ctx: &C, programs: &ProgramArray) {
     let Some(state) = UNWIND_STATE.get_ptr_mut(0) else {
-        return 0;
+        return;
     };
     // SAFETY: the map's per-CPU value, live while the program runs; nothing else on this CPU
-    // touches it until the sample is finished.
+    // touches it until the stack is finished (the sampler runs in the timer interrupt, the switch
+    // with interrupts off).
     let state = unsafe { &mut *state };
     // SAFETY: the value is read while the program runs; userspace replaces it whole.
     let Some(mappings) = (unsafe { PROCESS_MAPPINGS.get(state.key.tgid) }) else {
         finish(state, StackEnd::FramePointers);
-        return 0;
+        return;
     };
     for _ in 0..FRAMES_PER_PROGRAM {
         if let Err(end) = step(state, mappings) {
             finish(state, end);
-            return 0;
+            return;
         }
     }
     if state.tail_calls >= MAX_TAIL_CALLS {
         finish(state, StackEnd::TailCallLimit);
-        return 0;
+        return;
     }
     state.tail_calls += 1;
-    start(&ctx);
+    start(ctx, programs);
     finish(state, StackEnd::TailCallLimit);
-    0
 }
 
 /// Reads a u64 of user memory.
@@ -104,7 +128,7 @@ fn step(state: &mut UnwindState, mappings: &ProcessMappings) -> Result<(), Stack
     let Some(mapping) = find_mapping(mappings, lookup) else {
         // With tables, a frame lands outside the known mappings when the process mapped more since
         // (a library loaded after its exec was announced, JIT code): its maps are read again.
-        reannounce(state.key.tgid);
+        oncpu::reannounce(state.key.tgid);
         return Err(StackEnd::OutsideMapping);
     };
     state.stack.frames[masked(len, FRAME_SLOTS)] = state.ip;

@@ -146,6 +146,10 @@ pub enum ExportCommand {
         file: PathBuf,
         #[arg(short, long, value_name = "OUT.pb.gz")]
         output: PathBuf,
+        /// The off-CPU stacks instead (the offcpu probe's): sample type off_cpu, in nanoseconds,
+        /// with each thread's blocked state as the label thread_state.
+        #[arg(long)]
+        off_cpu: bool,
     },
     /// Folded stacks, as `flamegraph --folded`.
     Folded { file: PathBuf },
@@ -245,6 +249,14 @@ pub struct TargetArgs {
     /// Also record the profiler's own process (left out by default, in the kernel).
     #[arg(long)]
     pub include_self: bool,
+    /// The offcpu probe counts blocks at least this long (e.g. 1us, 500us, 2ms), as offcputime's
+    /// --min-block-time.
+    #[arg(long, value_name = "DURATION", default_value = "1us", value_parser = parse_block_time)]
+    pub offcpu_min: Duration,
+    /// The offcpu probe takes the stacks of one blocking switch-out in N, chosen at random, and
+    /// counts its time N times: totals become estimates, at about 1/N of the cost.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub offcpu_sample: u32,
 }
 
 /// `profiler top`.
@@ -290,12 +302,17 @@ pub struct FlamegraphArgs {
     /// User frames only.
     #[arg(long)]
     pub user_only: bool,
-    /// The title above the graph.
-    #[arg(long, default_value = "CPU flamegraph")]
-    pub title: String,
+    /// The title above the graph; default: "CPU flamegraph", or "Off-CPU time flamegraph".
+    #[arg(long)]
+    pub title: Option<String>,
     /// Print folded stacks (`comm;root;...;leaf count`) instead of an SVG.
     #[arg(long)]
     pub folded: bool,
+    /// Where threads waited (the offcpu probe's stacks), not where they ran: widths are time off
+    /// CPU, and folded counts microseconds (as `offcputime -f` prints them). Each stack's leaf is
+    /// the state the thread blocked in.
+    #[arg(long)]
+    pub off_cpu: bool,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -328,6 +345,8 @@ impl TargetArgs {
             include_self: self.include_self,
             changeable_pid_filter: false,
             syscall_latency_per_process: false,
+            offcpu_min_ns: self.offcpu_min.as_nanos() as u64,
+            offcpu_sample_one_in: self.offcpu_sample,
         })
     }
 }
@@ -395,9 +414,16 @@ impl ServeArgs {
 
 impl FlamegraphArgs {
     pub fn selection(&self) -> Selection {
-        Selection { pids: self.pids.clone(), kernel_only: self.kernel_only, user_only: self.user_only }
+        Selection {
+            pids: self.pids.clone(),
+            kernel_only: self.kernel_only,
+            user_only: self.user_only,
+            count_unit: if self.off_cpu { NS_PER_US } else { 1 },
+        }
     }
 }
+
+const NS_PER_US: u64 = 1000;
 
 /// The longest duration taken: past a month, a number is a typo, not a plan (`serve` is the mode
 /// that runs for good).
@@ -423,6 +449,18 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn too_long() -> String {
     format!("the duration must be at most {}", humantime::format_duration(MAX_DURATION))
+}
+
+/// A minimum block time: 0 counts every block; more than a minute would count almost none.
+fn parse_block_time(text: &str) -> Result<Duration, String> {
+    let duration = match text.parse::<f64>() {
+        Ok(0.0) => Duration::ZERO,
+        _ => parse_duration(text)?,
+    };
+    if duration > Duration::from_secs(60) {
+        return Err("the minimum block time must be at most 1m".into());
+    }
+    Ok(duration)
 }
 
 /// A drain interval: short enough to be useful, long enough that draining is not all it does.

@@ -57,16 +57,17 @@ fn record(args: &RecordArgs, verbose: bool) -> Result<()> {
     })?;
     recording::write_prepared(output, &recording)?;
     // A quiet machine may give no samples at all: the recording stands, the graph is skipped.
-    let svg = match (svg_output, &args.flamegraph) {
-        (Some(svg_output), Some(path)) if recording.stacks.as_ref().is_some_and(|s| !s.stacks.is_empty()) => {
-            write_flamegraph(&recording, &Selection::default(), "CPU flamegraph", svg_output)?;
+    let stacks = recording.stacks.as_ref().filter(|s| !s.stacks.is_empty());
+    let svg = match (svg_output, &args.flamegraph, stacks) {
+        (Some(svg_output), Some(path), Some(stacks)) => {
+            write_flamegraph(&recording, stacks, &Selection::default(), &Graph::CPU, svg_output)?;
             Some(path)
         }
-        (Some(_), _) => {
+        (Some(_), _, _) => {
             eprintln!("profiler: no CPU samples were taken, so no flamegraph was written");
             None
         }
-        (None, _) => None,
+        (None, _, _) => None,
     };
     if !args.quiet {
         print_report(&recording, &args.report)?;
@@ -105,25 +106,41 @@ fn print(text: &str) -> Result<()> {
 fn render_flamegraph(args: &FlamegraphArgs) -> Result<()> {
     let recording = read_recording(&args.file)?;
     let selection = args.selection();
+    let (stacks, graph) = match args.off_cpu {
+        false => (recording_stacks(&recording)?, Graph::CPU),
+        true => (recording_offcpu(&recording)?, Graph::OFF_CPU),
+    };
+    let graph = Graph { title: args.title.as_deref().unwrap_or(graph.title), ..graph };
     if args.folded {
-        return print_folded(&recording, &selection);
+        return print_folded(&recording, stacks, &selection);
     }
     match &args.output {
         Some(path) => {
-            write_flamegraph(&recording, &selection, &args.title, atomic_file::prepare(path, Access::Shared)?)
+            write_flamegraph(&recording, stacks, &selection, &graph, atomic_file::prepare(path, Access::Shared)?)
         }
         None => {
-            let lines = folded(&recording, recording_stacks(&recording)?, &selection);
+            let lines = folded(&recording, stacks, &selection);
             let mut out = std::io::stdout().lock();
-            flamegraph::svg(&lines, &args.title, &mut out)?;
+            flamegraph::svg(&lines, graph.title, graph.count_name, &mut out)?;
             out.flush().context("cannot write to standard output")
         }
     }
 }
 
-fn print_folded(recording: &Recording, selection: &Selection) -> Result<()> {
+/// What a flamegraph shows: its title, and what its widths count.
+struct Graph<'a> {
+    title: &'a str,
+    count_name: &'static str,
+}
+
+impl Graph<'static> {
+    const CPU: Graph<'static> = Graph { title: "CPU flamegraph", count_name: "samples" };
+    const OFF_CPU: Graph<'static> = Graph { title: "Off-CPU time flamegraph", count_name: "us" };
+}
+
+fn print_folded(recording: &Recording, stacks: &Stacks, selection: &Selection) -> Result<()> {
     let mut text = String::new();
-    for line in folded(recording, recording_stacks(recording)?, selection) {
+    for line in folded(recording, stacks, selection) {
         text.push_str(&line);
         text.push('\n');
     }
@@ -131,12 +148,18 @@ fn print_folded(recording: &Recording, selection: &Selection) -> Result<()> {
 }
 
 /// Renders to a temporary file renamed into place, so a failed render leaves no partial SVG.
-fn write_flamegraph(recording: &Recording, selection: &Selection, title: &str, output: Prepared) -> Result<()> {
-    let lines = folded(recording, recording_stacks(recording)?, selection);
+fn write_flamegraph(
+    recording: &Recording,
+    stacks: &Stacks,
+    selection: &Selection,
+    graph: &Graph<'_>,
+    output: Prepared,
+) -> Result<()> {
+    let lines = folded(recording, stacks, selection);
     if lines.is_empty() {
         anyhow::bail!("no stacks to draw: no samples match");
     }
-    output.write(|out| flamegraph::svg(&lines, title, out))
+    output.write(|out| flamegraph::svg(&lines, graph.title, graph.count_name, out))
 }
 
 fn compare(args: &DiffArgs) -> Result<ExitCode> {
@@ -170,12 +193,18 @@ fn export(command: ExportCommand) -> Result<()> {
                 None => print(&text),
             }
         }
-        ExportCommand::Pprof { file, output } => {
+        ExportCommand::Pprof { file, output, off_cpu } => {
             let recording = read_recording(&file)?;
-            let profile = pprof::encode(&recording, recording_stacks(&recording)?);
+            let profile = match off_cpu {
+                false => pprof::encode(&recording, recording_stacks(&recording)?),
+                true => pprof::encode_off_cpu(&recording, recording_offcpu(&recording)?),
+            };
             atomic_file::write(&output, Access::Shared, |out| Ok(out.write_all(&profile)?))
         }
-        ExportCommand::Folded { file } => print_folded(&read_recording(&file)?, &Selection::default()),
+        ExportCommand::Folded { file } => {
+            let recording = read_recording(&file)?;
+            print_folded(&recording, recording_stacks(&recording)?, &Selection::default())
+        }
     }
 }
 
@@ -223,4 +252,11 @@ fn read_recording(path: &Path) -> Result<Recording> {
 
 fn recording_stacks(recording: &Recording) -> Result<&Stacks> {
     recording.stacks.as_ref().context("the recording has no stacks: record with the cpu probe (--probes cpu)")
+}
+
+fn recording_offcpu(recording: &Recording) -> Result<&Stacks> {
+    recording
+        .offcpu
+        .as_ref()
+        .context("the recording has no off-CPU stacks: record with the offcpu probe (--probes offcpu)")
 }

@@ -62,6 +62,11 @@ pub const GUEST_TESTS: &[(&str, &str)] = &[
     ("containers", "container_and_pod_filters_record_only_theirs"),
     // `top` loads the changeable pid filter, a variant of every program.
     ("top", "plain_snapshots_when_the_output_is_not_a_terminal"),
+    // The switch tail-calls the unwinder from a BTF tracepoint; prev_state comes from the task
+    // before 5.18.
+    ("offcpu", "blocked_time_in_named_functions_is_each_threads_share_as_offcputime_sees_it"),
+    ("offcpu", "fsync_waits_in_uninterruptible_sleep"),
+    ("offcpu", "preempted_time_is_not_off_cpu_time"),
 ];
 
 /// The kernel series, by the Debian release that ships each (its main suite and its security

@@ -142,12 +142,23 @@ fn run(task: Task) -> Result<()> {
     }
 }
 
-/// Debian packages the tests use: real peers (Prometheus, Go's pprof, strace), a real debuginfod
-/// server, and what the unwinding tests build and strip their workloads with; libc6-dbg names
-/// libc's local functions (`__libc_start_call_main`), as on a developer's machine; tmux is the real
-/// terminal `top` is tested in.
-const TEST_PACKAGES: [&str; 8] =
-    ["prometheus", "golang-go", "strace", "debuginfod", "libc6-dbg", "gcc", "binutils", "tmux"];
+/// Debian packages the tests use: real peers (Prometheus, Go's pprof, strace, libbpf-tools'
+/// offcputime), a real debuginfod server, and what the unwinding tests build and strip their
+/// workloads with; libc6-dbg names libc's local functions (`__libc_start_call_main`), as on a
+/// developer's machine; tmux is the real terminal `top` is tested in; e2fsprogs makes the
+/// filesystem whose fsyncs the off-CPU tests wait on.
+const TEST_PACKAGES: [&str; 10] = [
+    "prometheus",
+    "golang-go",
+    "strace",
+    "debuginfod",
+    "libc6-dbg",
+    "gcc",
+    "binutils",
+    "tmux",
+    "libbpf-tools",
+    "e2fsprogs",
+];
 /// Debian packages the benchmarks compare against (and the terminal `top` is measured in).
 const BENCH_PACKAGES: [&str; 5] = ["linux-perf", "bpftrace", "libbpf-tools", "bpfcc-tools", "tmux"];
 

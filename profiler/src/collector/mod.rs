@@ -22,7 +22,7 @@ use tokio::{
 };
 
 use crate::{
-    probes::{self, ProbeOptions, ProbeSelection, Probes},
+    probes::{self, ProbeOptions, ProbeSelection, ProbeSpec as _, Probes},
     recording::{LeftOutProbe, Metadata, RecordOptions, Recording},
 };
 use processes::ProcessTable;
@@ -97,7 +97,7 @@ pub struct Session {
     probes: Probes,
     signals: [Signal; 3],
     new_processes: Option<AsyncFd<RingBuf<MapData>>>,
-    /// With the cpu probe.
+    /// With the cpu or offcpu probe.
     stacks: Option<StackNaming>,
     processes: ProcessTable,
     /// Processes seen exited at the last drain: their last samples may be in the next one, so
@@ -277,7 +277,9 @@ impl Session {
         self.processes.add_from_kernel(self.probes.take_process_names()?);
         let mut delta = drained.recording;
         if let Some(stacks) = self.stacks.as_mut() {
-            delta.stacks = Some(stacks.name(&mut self.probes.ebpf, &drained.stacks));
+            let (oncpu, offcpu) = stacks.name(&mut self.probes.ebpf, &drained.stacks, &drained.offcpu);
+            delta.stacks = self.probes.runs(probes::oncpu::Cpu.name()).then_some(oncpu);
+            delta.offcpu = self.probes.runs(probes::offcpu::OffCpu.name()).then_some(offcpu);
         }
         delta.processes = self.processes.describe(delta.tgids(), self.last_feed);
         let interval = Interval {
@@ -316,6 +318,8 @@ impl Session {
                 frequency_hz: config.options.frequency_hz,
                 per_thread: config.options.per_thread,
                 excluded_self: !config.options.include_self,
+                offcpu_min_ns: config.options.offcpu_min_ns,
+                offcpu_sample_one_in: config.options.offcpu_sample_one_in.max(1),
             },
             left_out: probes
                 .left_out()

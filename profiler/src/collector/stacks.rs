@@ -59,15 +59,18 @@ impl StackNaming {
         refreshed.gone
     }
 
-    /// Names an interval's stacks.
-    pub fn name(&mut self, ebpf: &mut Ebpf, raw: &[RawStack]) -> Stacks {
-        self.active = raw.iter().map(|stack| stack.tgid).chain(self.announced.drain()).collect();
-        for stack in raw {
+    /// Names an interval's stacks: its CPU samples and its off-CPU blocks.
+    pub fn name(&mut self, ebpf: &mut Ebpf, oncpu: &[RawStack], offcpu: &[RawStack]) -> (Stacks, Stacks) {
+        self.active = oncpu.iter().chain(offcpu).map(|stack| stack.tgid).chain(self.announced.drain()).collect();
+        for stack in oncpu.iter().chain(offcpu) {
             if !self.maps.knows(stack.tgid) {
                 self.announce(ebpf, stack.tgid);
             }
         }
-        self.symbolizer.symbolize(raw, &self.maps, Some(&self.unwinder))
+        let oncpu = self.symbolizer.symbolize(oncpu, &self.maps, Some(&self.unwinder));
+        let offcpu = self.symbolizer.symbolize(offcpu, &self.maps, Some(&self.unwinder));
+        self.symbolizer.end_interval(&self.maps);
+        (oncpu, offcpu)
     }
 
     /// Forgets processes whose last samples are named.

@@ -10,6 +10,7 @@ use aya::{
 };
 use profiler_common::{
     counters::{COUNTERS, Counter, NUM_COUNTERS},
+    offcpu::OFFCPU_START,
     process::{self, MAX_THREAD_SLOTS, ProcessName},
     runqlat, syscalls as sc,
 };
@@ -20,7 +21,7 @@ use super::{
     cgroup::cgroup_id,
     links::Links,
     oncpu, privileges,
-    program::{self, Attach, Program},
+    program::{self, Attach, Caller, Program},
     verifier,
 };
 use crate::recording::{Counters, Drops};
@@ -69,7 +70,10 @@ fn plan(
         match fit(probe, features, btf) {
             Ok(chosen) => {
                 probes.push(probe);
-                programs.extend(chosen);
+                // A program two probes need (the exec tracepoint of both stack probes) runs once.
+                let new: Vec<_> =
+                    chosen.into_iter().filter(|p| !programs.iter().any(|q: &&Program| q.name == p.name)).collect();
+                programs.extend(new);
             }
             Err(reason) if selection.named => bail!("the {} probe cannot run here: {reason}", probe.name()),
             Err(reason) => left_out.push(LeftOut { probe, reason }),
@@ -100,7 +104,7 @@ impl Probes {
             attach_program(&mut ebpf, program, &aya_btf, options, &mut links)?;
         }
         let opened = links.open();
-        let drains = probes.iter().map(|probe| probe.0.drain()).collect();
+        let drains = probes.iter().map(|probe| probe.0.drain(options)).collect();
         Ok(Self {
             ebpf,
             probes,
@@ -156,8 +160,10 @@ impl Probes {
         for program in std::mem::take(&mut self.programs) {
             let Some(loaded) = self.ebpf.program_mut(program.name) else { continue };
             match program.attach {
-                Attach::Tracepoint(_) => <&mut BtfTracePoint>::try_from(loaded)?.unload()?,
-                Attach::CpuClock | Attach::TailCall { .. } => {
+                Attach::Tracepoint(_) | Attach::TailCall { of: Caller::Tracepoint(_), .. } => {
+                    <&mut BtfTracePoint>::try_from(loaded)?.unload()?;
+                }
+                Attach::CpuClock | Attach::TailCall { of: Caller::PerfEvent, .. } => {
                     <&mut aya::programs::PerfEvent>::try_from(loaded)?.unload()?;
                 }
             }
@@ -263,7 +269,7 @@ fn load_object(
     let slots_shared = u8::from(pid_max > MAX_THREAD_SLOTS);
     loader.override_global("THREAD_SLOTS_SHARED", &slots_shared, true);
     let runs = |name: &str| running.iter().any(|p| p.name() == name);
-    for (probe, array) in [("sched", runqlat::RUNQ_START), ("syscalls", sc::SYSCALL_START)] {
+    for (probe, array) in [("sched", runqlat::RUNQ_START), ("syscalls", sc::SYSCALL_START), ("offcpu", OFFCPU_START)] {
         loader.map_max_entries(array, if runs(probe) { pid_max.min(MAX_THREAD_SLOTS) } else { 1 });
     }
     if runs("syscalls") || runs("syscall-counts") {
@@ -293,6 +299,9 @@ fn load_object(
     let has_task_pt_regs = u8::from(features.has(Feature::TaskPtRegs));
     loader.override_global("HAS_TASK_PT_REGS", &has_task_pt_regs, true);
     loader.override_global("THREAD_SIZE", &layout.thread_size, true);
+    loader.override_global("OFFCPU_MIN_NS", &options.offcpu_min_ns, true);
+    let offcpu_sample_one_in = options.offcpu_sample_one_in.max(1);
+    loader.override_global("OFFCPU_SAMPLE_ONE_IN", &offcpu_sample_one_in, true);
     loader.load(EBPF_OBJECT).map_err(|error| match error {
         aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
             if verifier::is_permission_error(&io_error) =>
@@ -327,13 +336,22 @@ fn attach_program(
             Ok(())
         }
         Attach::CpuClock => oncpu::attach_sampler(ebpf, program.name, options, links),
-        Attach::TailCall { array, index } => {
-            let loaded: &mut aya::programs::PerfEvent = ebpf
+        Attach::TailCall { array, index, of } => {
+            let loaded = ebpf
                 .program_mut(program.name)
-                .ok_or_else(|| anyhow!("program {} missing from the eBPF object", program.name))?
-                .try_into()?;
-            loaded.load().map_err(|e| verifier::explain(program.name, e, keep_log))?;
-            let fd = loaded.fd()?.try_clone()?;
+                .ok_or_else(|| anyhow!("program {} missing from the eBPF object", program.name))?;
+            let fd = match of {
+                Caller::PerfEvent => {
+                    let loaded: &mut aya::programs::PerfEvent = loaded.try_into()?;
+                    loaded.load().map_err(|e| verifier::explain(program.name, e, keep_log))?;
+                    loaded.fd()?.try_clone()?
+                }
+                Caller::Tracepoint(tp) => {
+                    let loaded: &mut BtfTracePoint = loaded.try_into()?;
+                    loaded.load(tp.name, btf).map_err(|e| verifier::explain(program.name, e, keep_log))?;
+                    loaded.fd()?.try_clone()?
+                }
+            };
             let mut programs = aya::maps::ProgramArray::try_from(map_mut(ebpf, array)?)?;
             programs.set(*index, &fd, 0).with_context(|| format!("cannot put program {} in {array}", program.name))?;
             Ok(())
@@ -353,6 +371,8 @@ fn counters(values: &[u64]) -> Counters {
         syscalls: 0,
         cpu_samples: get(Counter::CpuSamples),
         idle_samples: get(Counter::IdleSamples),
+        offcpu_blocks: get(Counter::OffCpuBlocks),
+        offcpu_sampled_out: get(Counter::OffCpuSampledOut),
         drops: Drops {
             runq_process: get(Counter::RunqProcessDrops),
             syscall_process: get(Counter::SyscallProcessDrops),
@@ -365,6 +385,8 @@ fn counters(values: &[u64]) -> Counters {
             samples: get(Counter::SampleDrops),
             new_processes: get(Counter::NewProcessDrops),
             syscall_latency_process: get(Counter::SyscallBucketDrops),
+            offcpu_times: get(Counter::OffCpuDrops),
+            offcpu_blocked: get(Counter::OffCpuBlockedDrops),
         },
         // From the stack probe's own counters, when it drains.
         stack_ends: Default::default(),

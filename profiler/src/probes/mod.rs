@@ -13,6 +13,7 @@ mod counter_map;
 mod features;
 mod links;
 mod loader;
+pub mod offcpu;
 pub mod oncpu;
 mod privileges;
 pub mod program;
@@ -54,8 +55,8 @@ pub trait ProbeSpec: Sync {
     fn excludes(&self) -> &'static [&'static str] {
         &[]
     }
-    /// A fresh drain for one session.
-    fn drain(&self) -> Box<dyn Drain>;
+    /// A fresh drain for one session with these options.
+    fn drain(&self, options: &ProbeOptions) -> Box<dyn Drain>;
 }
 
 /// Takes what a probe's maps aggregated since the last call.
@@ -86,12 +87,15 @@ pub struct Drained {
     pub recording: Recording,
     /// Stack samples, raw: the collector symbolizes them.
     pub stacks: Vec<RawStack>,
+    /// Off-CPU stacks, raw, each with its blocked nanoseconds as its count.
+    pub offcpu: Vec<RawStack>,
     /// How full each bounded map is (entries over capacity), by map name.
     pub fills: Vec<(&'static str, f64)>,
 }
 
 /// Every probe this build has.
-pub static REGISTRY: [&dyn ProbeSpec; 4] = [&sched::Sched, &syscalls::Syscalls, &syscalls::SyscallCounts, &oncpu::Cpu];
+pub static REGISTRY: [&dyn ProbeSpec; 5] =
+    [&sched::Sched, &syscalls::Syscalls, &syscalls::SyscallCounts, &oncpu::Cpu, &offcpu::OffCpu];
 
 /// A probe of the registry, by value: compared, ordered and printed by name.
 #[derive(Clone, Copy)]
@@ -224,6 +228,10 @@ pub struct ProbeOptions {
     /// Keep a syscall latency histogram per (process, syscall), not only per syscall: a hash
     /// update on every timed call, so only when asked for.
     pub syscall_latency_per_process: bool,
+    /// Off-CPU blocks shorter than this are not counted (the `offcpu` probe).
+    pub offcpu_min_ns: u64,
+    /// Take the stacks of one blocking switch-out in this many, at random (0 or 1: all).
+    pub offcpu_sample_one_in: u32,
 }
 
 #[cfg(test)]
@@ -246,7 +254,7 @@ mod tests {
     /// Every map name the loader and the drains use exists in the eBPF object.
     #[test]
     fn map_names_exist_in_the_object() {
-        use profiler_common::{counters, oncpu, process, runqlat, syscalls, unwind};
+        use profiler_common::{counters, offcpu, oncpu, process, runqlat, syscalls, unwind};
         let object = aya_obj::Object::parse(loader::EBPF_OBJECT).unwrap();
         let names = [
             counters::COUNTERS,
@@ -275,6 +283,13 @@ mod tests {
             unwind::PROCESS_MAPPINGS,
             unwind::UNWIND_PROGRAMS,
             unwind::STACK_END_COUNTS,
+            offcpu::OFFCPU_TIME[0],
+            offcpu::OFFCPU_TIME[1],
+            offcpu::OFFCPU_BUFFER,
+            offcpu::OFFCPU_FRAMES,
+            offcpu::BLOCKED,
+            offcpu::OFFCPU_START,
+            offcpu::OFFCPU_UNWIND_PROGRAMS,
         ];
         for name in names {
             assert!(object.maps.contains_key(name), "map {name} is not in the eBPF object");

@@ -15,6 +15,7 @@ use aya::{
 };
 use profiler_common::{
     counters::{COUNTERS, Counter},
+    offcpu::WaitState,
     oncpu::{MAX_STACKS, NEW_PROCESSES, SAMPLED_PROCESSES, STACK_BUFFER, STACK_FRAMES, STACK_SAMPLES, StackKey},
     unwind::{
         PROCESS_MAPPINGS, STACK_END_COUNTS, STACK_ENDS, StackEnd, StackFrames, UNWIND_PAGES, UNWIND_PROGRAMS,
@@ -26,7 +27,7 @@ use super::{
     Drain, Drained, Feature, Kernel, ProbeOptions, ProbeSpec, Probes,
     links::Links,
     loader::{map, map_mut},
-    program::{Alternatives, Attach, Program, TASK, tracepoint},
+    program::{Alternatives, Attach, Caller, Program, TASK, tracepoint},
     verifier,
 };
 use crate::symbolize::RawStack;
@@ -35,14 +36,21 @@ pub struct Cpu;
 
 const PROGRAMS: &[Alternatives] = &[
     // Before the sampler: the sampler's first tail call needs it.
-    &[Program { name: "oncpu_unwind", attach: Attach::TailCall { array: UNWIND_PROGRAMS, index: 0 } }],
+    &[Program {
+        name: "oncpu_unwind",
+        attach: Attach::TailCall { array: UNWIND_PROGRAMS, index: 0, of: Caller::PerfEvent },
+    }],
     &[Program { name: "oncpu_sample", attach: Attach::CpuClock }],
-    &[Program { name: "oncpu_sched_process_exec", attach: tracepoint("sched", "sched_process_exec", &[TASK]) }],
+    &[EXEC],
 ];
+
+/// The exec tracepoint, which both stack probes need (it runs once if both do).
+pub(super) const EXEC: Program =
+    Program { name: "oncpu_sched_process_exec", attach: tracepoint("sched", "sched_process_exec", &[TASK]) };
 
 /// How long a sample that read the old buffer index may still be counting into that buffer after
 /// the flip: a perf_event program runs for microseconds, in interrupt context.
-const FLIP_GRACE: Duration = Duration::from_millis(5);
+pub(super) const FLIP_GRACE: Duration = Duration::from_millis(5);
 
 impl ProbeSpec for Cpu {
     fn name(&self) -> &'static str {
@@ -75,7 +83,7 @@ impl ProbeSpec for Cpu {
         ]
     }
 
-    fn drain(&self) -> Box<dyn Drain> {
+    fn drain(&self, _options: &ProbeOptions) -> Box<dyn Drain> {
         Box::new(StackDrain { active: 0, ends: [0; STACK_ENDS as usize], entries_at_flip: 0 })
     }
 }
@@ -104,10 +112,10 @@ pub(super) fn attach_sampler(ebpf: &mut Ebpf, name: &str, options: &ProbeOptions
     Ok(())
 }
 
-/// The ring buffer on which the kernel announces processes as they are first sampled, when the
-/// cpu probe runs.
+/// The ring buffer on which the kernel announces processes as their stacks are first taken, when
+/// the cpu or offcpu probe runs.
 pub fn new_processes(probes: &mut Probes) -> Result<Option<RingBuf<MapData>>> {
-    if !probes.runs(Cpu.name()) {
+    if !probes.runs(Cpu.name()) && !probes.runs(super::offcpu::OffCpu.name()) {
         return Ok(None);
     }
     let map = probes.ebpf.take_map(NEW_PROCESSES).with_context(|| format!("map {NEW_PROCESSES} missing"))?;
@@ -150,32 +158,43 @@ impl Drain for StackDrain {
         for hash in stacks.keys() {
             frames.remove(hash)?;
         }
-        interval.stacks.extend(entries.into_iter().map(|(key, count)| {
-            // A hash whose frames are not in the map (a sample counted as the map was emptied)
-            // is a lost stack, drawn as such, never as a stack without that half.
-            let frames_of = |hash: u64| match hash {
-                0 => Some(Vec::new()),
-                hash => stacks.get(&hash).cloned(),
-            };
-            let (kernel, user) = (frames_of(key.kernel), frames_of(key.user));
-            let end = match (&kernel, &user) {
-                (Some(_), Some(_)) => StackEnd::from_u32(key.end).unwrap_or(StackEnd::Unsupported),
-                _ => StackEnd::Lost,
-            };
-            RawStack {
-                tgid: key.tgid,
-                tid: key.tid,
-                kernel: kernel.unwrap_or_default(),
-                user: user.unwrap_or_default(),
-                end,
-                count,
-            }
-        }));
+        let frames_of = |hash: u64| stacks.get(&hash).cloned();
+        interval.stacks.extend(entries.into_iter().map(|(key, count)| raw_stack(&key, (count, 0), None, frames_of)));
         self.drain_ends(kernel, interval)
     }
 
     fn fullest(&self, counters: &[u64]) -> f64 {
         self.frames_fill(counters)
+    }
+}
+
+/// A stack as the kernel keyed it, with the frames of its hashes found by `frames_of`: a hash
+/// whose frames are not there (a sample counted as the map was emptied, frames evicted) is a lost
+/// stack, drawn as such, never as a stack without that half.
+pub(super) fn raw_stack(
+    key: &StackKey,
+    (count, blocks): (u64, u64),
+    wait: Option<WaitState>,
+    frames_of: impl Fn(u64) -> Option<Vec<u64>>,
+) -> RawStack {
+    let frames_of = |hash: u64| match hash {
+        0 => Some(Vec::new()),
+        hash => frames_of(hash),
+    };
+    let (kernel, user) = (frames_of(key.kernel), frames_of(key.user));
+    let end = match (&kernel, &user) {
+        (Some(_), Some(_)) => StackEnd::from_u32(key.end).unwrap_or(StackEnd::Unsupported),
+        _ => StackEnd::Lost,
+    };
+    RawStack {
+        tgid: key.tgid,
+        tid: key.tid,
+        kernel: kernel.unwrap_or_default(),
+        user: user.unwrap_or_default(),
+        end,
+        count,
+        blocks,
+        wait,
     }
 }
 

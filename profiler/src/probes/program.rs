@@ -20,9 +20,18 @@ pub enum Attach {
     Tracepoint(Tracepoint),
     /// The software CPU clock of every online CPU (a perf_event program).
     CpuClock,
-    /// Not attached: a perf_event program that others tail-call, at `index` of program array
-    /// `array`.
-    TailCall { array: &'static str, index: u32 },
+    /// Not attached: a program that others tail-call, at `index` of program array `array`, of
+    /// their program type.
+    TailCall { array: &'static str, index: u32, of: Caller },
+}
+
+/// The program type a tail-called program shares with its callers.
+#[derive(Debug)]
+pub enum Caller {
+    /// perf_event programs (the CPU clock's).
+    PerfEvent,
+    /// BTF tracepoint programs of this tracepoint: loaded against it, never attached.
+    Tracepoint(Tracepoint),
 }
 
 /// A BTF tracepoint and the arguments the program reads from it.
@@ -58,19 +67,19 @@ pub const TASK: Arg = Arg::StructPtr("task_struct");
 pub type Alternatives = &'static [Program];
 
 impl Program {
-    /// The tracepoint, for BTF tracepoint programs.
+    /// The tracepoint, for BTF tracepoint programs (attached or tail-called).
     pub fn tracepoint(&self) -> Option<&Tracepoint> {
         match &self.attach {
-            Attach::Tracepoint(tp) => Some(tp),
-            Attach::CpuClock | Attach::TailCall { .. } => None,
+            Attach::Tracepoint(tp) | Attach::TailCall { of: Caller::Tracepoint(tp), .. } => Some(tp),
+            Attach::CpuClock | Attach::TailCall { of: Caller::PerfEvent, .. } => None,
         }
     }
 
     /// Whether the program fits the running kernel; why not, if not.
     pub fn check(&self, btf: &Btf) -> Result<()> {
-        match &self.attach {
-            Attach::Tracepoint(tp) => tp.check(btf),
-            Attach::CpuClock | Attach::TailCall { .. } => Ok(()),
+        match self.tracepoint() {
+            Some(tp) => tp.check(btf),
+            None => Ok(()),
         }
     }
 }

@@ -9,7 +9,7 @@ use profiler_common::{
 };
 
 use super::{
-    Drain, Drained, Feature, Kernel, ProbeSpec,
+    Drain, Drained, Feature, Kernel, ProbeOptions, ProbeSpec,
     counter_map::{CounterMap, Values, dense_growth, histograms},
     loader::map,
     program::{Alternatives, Arg, Program, TASK, tracepoint},
@@ -59,7 +59,7 @@ impl ProbeSpec for Sched {
         &[RUNQ_LATENCY, RUNQ_PROCESS_LATENCY]
     }
 
-    fn drain(&self) -> Box<dyn Drain> {
+    fn drain(&self, _options: &ProbeOptions) -> Box<dyn Drain> {
         Box::new(SchedDrain {
             per_cpu: Vec::new(),
             per_process: CounterMap::new(

@@ -24,7 +24,7 @@ use profiler_common::{
 };
 
 use super::{
-    Drain, Drained, Feature, Kernel, ProbeSpec,
+    Drain, Drained, Feature, Kernel, ProbeOptions, ProbeSpec,
     counter_map::{Beside, CounterMap, Growth, Values, dense_growth, histograms},
     loader::map,
     program::{Alternatives, Arg, Program, TASK, tracepoint},
@@ -79,7 +79,7 @@ impl ProbeSpec for Syscalls {
         &[SYSCALL_STATS, SYSCALL_SLOTS, SYSCALL_ERRNOS, SYSCALL_LATENCY, SYSCALL_PROCESS_LATENCY]
     }
 
-    fn drain(&self) -> Box<dyn Drain> {
+    fn drain(&self, _options: &ProbeOptions) -> Box<dyn Drain> {
         Box::new(SyscallDrain::new(true))
     }
 }
@@ -113,7 +113,7 @@ impl ProbeSpec for SyscallCounts {
         &["syscalls"]
     }
 
-    fn drain(&self) -> Box<dyn Drain> {
+    fn drain(&self, _options: &ProbeOptions) -> Box<dyn Drain> {
         Box::new(SyscallDrain::new(false))
     }
 }

@@ -16,12 +16,12 @@ use blazesym::symbolize::{
 };
 
 use crate::{
-    recording::{Frame, Module, Stack, Stacks},
+    recording::{Frame, Module, Stack, Stacks, wait_state_frame},
     unwind::Unwinder,
 };
 use files::{FileNames, names};
 use maps::{FileKey, MapsCache};
-use profiler_common::unwind::StackEnd;
+use profiler_common::{offcpu::WaitState, unwind::StackEnd};
 
 /// A sample's stacks as the kernel gave them: instruction pointers, leaf first, and why the user
 /// stack ends where it does.
@@ -32,7 +32,12 @@ pub struct RawStack {
     pub kernel: Vec<u64>,
     pub user: Vec<u64>,
     pub end: StackEnd,
+    /// Samples; off CPU, nanoseconds blocked.
     pub count: u64,
+    /// Off CPU: times blocked.
+    pub blocks: u64,
+    /// Off CPU: the state the thread blocked in, drawn as the stack's leaf.
+    pub wait: Option<WaitState>,
 }
 
 /// Builds interned frames and modules.
@@ -110,10 +115,17 @@ impl StackSymbolizer {
         let (raw, cut): (Vec<RawStack>, Vec<bool>) = raw.into_iter().unzip();
         self.name_kernel_addresses(&raw);
         self.name_user_addresses(&raw, maps, unwinder);
-        let mut merged: HashMap<(u32, u32, Vec<u32>), u64> = HashMap::new();
+        let mut merged: HashMap<(u32, u32, Vec<u32>), (u64, u64)> = HashMap::new();
         for (stack, cut) in raw.iter().zip(cut) {
-            let mut frames = Vec::with_capacity(stack.kernel.len() + stack.user.len() + 1);
-            for addr in &stack.kernel {
+            let mut frames = Vec::with_capacity(stack.kernel.len() + stack.user.len() + 2);
+            if let Some(wait) = stack.wait {
+                let function = wait_state_frame(wait).to_string();
+                frames.push(self.interner.frame(Frame { function, module: None, kernel: false, inlined: false }));
+            }
+            // Off CPU, the kernel stack was taken in the switch's BPF program: its frames up to
+            // __schedule are the tracing machinery, not where the thread waits.
+            let tracing = if stack.wait.is_some() { self.tracing_frames(&stack.kernel) } else { 0 };
+            for addr in &stack.kernel[tracing..] {
                 frames.extend_from_slice(&self.kernel_frames[addr]);
             }
             for addr in &stack.user {
@@ -124,21 +136,41 @@ impl StackSymbolizer {
                 // never read as the process's outermost function.
                 frames.push(self.interner.frame(Frame { function, module: None, kernel: false, inlined: false }));
             }
-            *merged.entry((stack.tgid, stack.tid, frames)).or_default() += stack.count;
+            let (count, blocks) = merged.entry((stack.tgid, stack.tid, frames)).or_default();
+            *count += stack.count;
+            *blocks += stack.blocks;
         }
         let mut tables = LocalTables::default();
         let mut stacks: Vec<Stack> = merged
             .into_iter()
-            .map(|((tgid, tid, frames), count)| {
+            .map(|((tgid, tid, frames), (count, blocks))| {
                 let frames = frames.iter().map(|&id| tables.frame(&self.interner, id)).collect();
-                Stack { tgid, tid, frames, count }
+                Stack { tgid, tid, frames, count, blocks }
             })
             .collect();
         stacks.sort_by(|a, b| {
             b.count.cmp(&a.count).then_with(|| (a.tgid, a.tid, &a.frames).cmp(&(b.tgid, b.tid, &b.frames)))
         });
-        self.files.end_interval(|key| maps.file(key).is_some());
         Stacks { frames: tables.frames, modules: tables.modules, stacks }
+    }
+
+    /// Ends an interval (after its stacks of every kind are named): what files no longer mapped
+    /// are called is forgotten after a while.
+    pub fn end_interval(&mut self, maps: &MapsCache) {
+        self.files.end_interval(|key| maps.file(key).is_some());
+    }
+
+    /// How many of a kernel stack's leaf addresses are the tracing machinery that ran the BPF
+    /// program that took it (the program, `bpf_trace_run4`, `__bpf_trace_*`, `__traceiter_*`).
+    fn tracing_frames(&self, kernel: &[u64]) -> usize {
+        const MACHINERY: [&str; 4] = ["bpf_prog_", "bpf_trace_run", "__bpf_trace_", "__traceiter_"];
+        kernel
+            .iter()
+            .take_while(|addr| {
+                let first = self.kernel_frames[addr].first().and_then(|&id| self.interner.frames.get(id as usize));
+                first.is_some_and(|frame| MACHINERY.iter().any(|prefix| frame.function.starts_with(prefix)))
+            })
+            .count()
     }
 
     /// Forgets what user addresses of these processes are called (they exited).

@@ -261,7 +261,7 @@ pub(super) mod tests {
             kernel,
             inlined: false,
         };
-        let stack = |tgid, frame, count| Stack { tgid, tid: 0, frames: vec![frame], count };
+        let stack = |tgid, frame, count| Stack { tgid, tid: 0, frames: vec![frame], count, blocks: 0 };
         let nr = |sysno: syscalls::Sysno| sysno.id() as u32;
         let delta = Recording {
             stacks: Some(Stacks {

@@ -13,6 +13,9 @@ pub struct Selection {
     pub pids: Vec<u32>,
     pub kernel_only: bool,
     pub user_only: bool,
+    /// Each path's count is divided by this (1000: off-CPU nanoseconds to microseconds), after
+    /// the paths are merged; paths that come to 0 are left out. 0 or 1: counts as they are.
+    pub count_unit: u64,
 }
 
 /// Folded stacks, one line per distinct path: `comm;root;...;leaf count`, sorted.
@@ -64,11 +67,13 @@ pub fn folded(recording: &Recording, stacks: &Stacks, selection: &Selection) -> 
         }
         same
     });
+    let unit = selection.count_unit.max(1);
     lines
         .into_iter()
+        .filter(|&(_, count)| count / unit > 0)
         .map(|(mut line, count)| {
             use std::fmt::Write as _;
-            let _ = write!(line, " {count}");
+            let _ = write!(line, " {}", count / unit);
             line
         })
         .collect()
@@ -96,8 +101,8 @@ pub(crate) mod tests {
                 Module { path: "[kernel.kallsyms]".into(), build_id: None },
             ],
             stacks: vec![
-                Stack { tgid: 7, tid: 0, frames: vec![3, 2, 1, 0], count: 5 },
-                Stack { tgid: 7, tid: 0, frames: vec![1, 0], count: 2 },
+                Stack { tgid: 7, tid: 0, frames: vec![3, 2, 1, 0], count: 5, blocks: 0 },
+                Stack { tgid: 7, tid: 0, frames: vec![1, 0], count: 2, blocks: 0 },
             ],
         };
         let mut recording = Recording::default();
@@ -115,5 +120,9 @@ pub(crate) mod tests {
         let kernel = folded(&recording, &stacks, &Selection { kernel_only: true, ..Default::default() });
         assert_eq!(kernel, ["app 2", "app;entry_SYSCALL_64_[k];vfs_read_[k] 5"]);
         assert!(folded(&recording, &stacks, &Selection { pids: vec![8], ..Default::default() }).is_empty());
+        // Nanoseconds to microseconds, after merging: 7 and 2 ns are 0 us, left out.
+        assert!(folded(&recording, &stacks, &Selection { count_unit: 1000, ..Default::default() }).is_empty());
+        let halves = folded(&recording, &stacks, &Selection { count_unit: 2, user_only: true, ..Default::default() });
+        assert_eq!(halves, ["app;main;read_file 3"]);
     }
 }

@@ -200,8 +200,8 @@ mod tests {
             modules: vec![Module { path: "/bin/app".into(), build_id: None }],
             stacks: vec![
                 // leaf <- work <- work <- main (recursive work)
-                Stack { tgid: 1, tid: 0, frames: vec![2, 1, 1, 0], count: 30 },
-                Stack { tgid: 1, tid: 0, frames: vec![1, 0], count: 70 },
+                Stack { tgid: 1, tid: 0, frames: vec![2, 1, 1, 0], count: 30, blocks: 0 },
+                Stack { tgid: 1, tid: 0, frames: vec![1, 0], count: 70, blocks: 0 },
             ],
         };
         let mut recording = Recording::default();

@@ -5,6 +5,7 @@ pub mod fold;
 pub mod histogram;
 pub mod hotpaths;
 pub mod summary;
+pub mod waits;
 
 /// `part` as a percentage of `whole`; 0 when `whole` is 0.
 pub fn percent(part: u64, whole: u64) -> f64 {

@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::{
     histogram::{Percentiles, percentiles},
     hotpaths::HotPaths,
+    waits::Waits,
 };
 use crate::recording::{Container, Drops, LatencyHistogram, LeftOutProbe, Recording, UnwindTables};
 
@@ -66,6 +67,8 @@ pub struct Summary {
     pub runq: Option<RunqSummary>,
     pub syscalls: Option<SyscallSummary>,
     pub cpu: Option<HotPaths>,
+    /// Where threads waited (the `offcpu` probe).
+    pub waits: Option<Waits>,
     /// How the sampled user stacks ended, commonest first.
     pub stack_ends: Vec<(String, u64)>,
     pub unwind: Option<UnwindTables>,
@@ -350,6 +353,7 @@ impl Summary {
             }),
             syscalls: None,
             cpu: recording.stacks.as_ref().map(|stacks| HotPaths::new(recording, stacks, top)),
+            waits: recording.offcpu.as_ref().map(|stacks| Waits::new(recording, stacks, top)),
             outliers: Outliers { runq_processes: runq_outliers(recording), failing_syscalls: Vec::new() },
         };
         summary.containers = containers(recording);

@@ -3,7 +3,10 @@
 use std::fmt::Write as _;
 
 use crate::analysis::{
-    diff::{ContainerComparison, Diff, FunctionComparison, LatencyComparison, PathComparison, SyscallComparison},
+    diff::{
+        ContainerComparison, Diff, FunctionComparison, LatencyComparison, OffCpuComparison, PathComparison,
+        SyscallComparison,
+    },
     histogram::format_ns,
 };
 use crate::text::shown;
@@ -38,6 +41,9 @@ pub fn text(diff: &Diff) -> String {
     }
     if !diff.containers.is_empty() {
         containers(&mut out, &diff.containers);
+    }
+    if !diff.offcpu.is_empty() {
+        offcpu(&mut out, &diff.offcpu);
     }
     out
 }
@@ -154,6 +160,15 @@ fn containers(w: &mut String, containers: &[ContainerComparison]) {
             _ => "",
         };
         let _ = writeln!(w, "  cpu {cpu} (z {:>5.1})  syscalls {rates}  {}{side}", c.cpu_z, shown(&c.container));
+    }
+}
+
+fn offcpu(w: &mut String, offcpu: &[OffCpuComparison]) {
+    let _ = writeln!(w, "\nOff-CPU time (milliseconds blocked per second, under each user function and in each state)");
+    for c in offcpu {
+        let rates =
+            format!("{:>10} → {:<10}", format!("{:.1}", c.base_ms_per_second), format!("{:.1}", c.new_ms_per_second));
+        let _ = writeln!(w, "  {rates} (z {:>5.1})  {}", c.z, shown(&c.subject));
     }
 }
 

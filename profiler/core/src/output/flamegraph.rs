@@ -26,12 +26,13 @@ pub fn differential_svg(base: &[String], new: &[String], title: &str, out: impl 
     flamegraph::from_lines(&mut options, merged.lines(), out).context("cannot render the flamegraph")
 }
 
-/// Renders sorted folded lines (as `folded` returns them).
-pub fn svg(lines: &[String], title: &str, out: impl Write) -> Result<()> {
+/// Renders sorted folded lines (as `folded` returns them), whose counts are `count_name`
+/// ("samples"; "us" off CPU).
+pub fn svg(lines: &[String], title: &str, count_name: &str, out: impl Write) -> Result<()> {
     let mut options = Options::default();
     options.no_sort = true;
     options.title = title.to_string();
-    options.count_name = "samples".to_string();
+    options.count_name = count_name.to_string();
     options.colors = Palette::Multi(MultiPalette::Java);
     flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), out).context("cannot render the flamegraph")
 }
@@ -45,7 +46,7 @@ mod tests {
     fn svg_names_the_frames() {
         let (recording, stacks) = recording();
         let mut out = Vec::new();
-        svg(&folded(&recording, &stacks, &Selection::default()), "test", &mut out).unwrap();
+        svg(&folded(&recording, &stacks, &Selection::default()), "test", "samples", &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("<?xml") && text.contains("read_file") && text.contains("vfs_read"));
     }

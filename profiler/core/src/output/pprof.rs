@@ -128,18 +128,42 @@ impl Strings {
 
 /// The gzipped profile.
 pub fn encode(recording: &Recording, stacks: &Stacks) -> Vec<u8> {
-    let profile = build(recording, stacks);
+    gzip(&build(recording, stacks, Kind::Cpu))
+}
+
+/// The off-CPU stacks as a gzipped pprof profile: one sample type, `off_cpu` in nanoseconds, and
+/// the state each thread blocked in as its sample's `thread_state` label (not as a frame).
+pub fn encode_off_cpu(recording: &Recording, stacks: &Stacks) -> Vec<u8> {
+    gzip(&build(recording, stacks, Kind::OffCpu))
+}
+
+/// What a profile's samples count.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Cpu,
+    OffCpu,
+}
+
+fn gzip(profile: &proto::Profile) -> Vec<u8> {
     let mut gz = GzEncoder::new(Vec::new(), Compression::default());
     gz.write_all(&profile.encode_to_vec()).expect("writing into memory cannot fail");
     gz.finish().expect("writing into memory cannot fail")
 }
 
-fn build(recording: &Recording, stacks: &Stacks) -> proto::Profile {
+fn build(recording: &Recording, stacks: &Stacks, kind: Kind) -> proto::Profile {
     let mut strings = Strings::new();
-    let frequency = recording.meta.options.frequency_hz.max(1);
-    let period = 1_000_000_000 / i64::from(frequency);
-    let samples_type = proto::ValueType { r#type: strings.get("samples"), unit: strings.get("count") };
-    let cpu_type = proto::ValueType { r#type: strings.get("cpu"), unit: strings.get("nanoseconds") };
+    let (sample_type, period_type, period) = match kind {
+        Kind::Cpu => {
+            let frequency = recording.meta.options.frequency_hz.max(1);
+            let samples_type = proto::ValueType { r#type: strings.get("samples"), unit: strings.get("count") };
+            let cpu_type = proto::ValueType { r#type: strings.get("cpu"), unit: strings.get("nanoseconds") };
+            (vec![samples_type, cpu_type.clone()], cpu_type, 1_000_000_000 / i64::from(frequency))
+        }
+        Kind::OffCpu => {
+            let off_cpu_type = proto::ValueType { r#type: strings.get("off_cpu"), unit: strings.get("nanoseconds") };
+            (vec![off_cpu_type.clone()], off_cpu_type, 1)
+        }
+    };
 
     let mapping = main_first(stacks)
         .into_iter()
@@ -168,6 +192,7 @@ fn build(recording: &Recording, stacks: &Stacks) -> proto::Profile {
         });
     }
     let (pid_key, comm_key, thread_key) = (strings.get("pid"), strings.get("comm"), strings.get("thread id"));
+    let state_key = strings.get("thread_state");
     let sample = stacks
         .stacks
         .iter()
@@ -186,16 +211,26 @@ fn build(recording: &Recording, stacks: &Stacks) -> proto::Profile {
                 label.push(proto::Label { key: strings.get(key), str: strings.get(value), num: 0 });
             }
             let count = i64::try_from(stack.count).unwrap_or(i64::MAX);
+            let (frames, value) = match kind {
+                Kind::Cpu => (&stack.frames[..], vec![count, count.saturating_mul(period)]),
+                Kind::OffCpu => {
+                    // The leaf is the state the thread blocked in: a label, not code.
+                    let state = stack.frames.first().and_then(|&f| stacks.frame(f)).map_or("", |f| &f.function);
+                    let state = state.trim_start_matches('[').trim_end_matches(']');
+                    label.push(proto::Label { key: state_key, str: strings.get(state), num: 0 });
+                    (stack.frames.get(1..).unwrap_or_default(), vec![count])
+                }
+            };
             proto::Sample {
                 // Leaf first, as in our stacks.
-                location_id: stack.frames.iter().map(|&f| u64::from(f) + 1).collect(),
-                value: vec![count, count.saturating_mul(period)],
+                location_id: frames.iter().map(|&f| u64::from(f) + 1).collect(),
+                value,
                 label,
             }
         })
         .collect();
     proto::Profile {
-        sample_type: vec![samples_type, cpu_type.clone()],
+        sample_type,
         sample,
         mapping,
         location,
@@ -203,7 +238,7 @@ fn build(recording: &Recording, stacks: &Stacks) -> proto::Profile {
         string_table: strings.table,
         time_nanos: i64::try_from(recording.meta.start_unix_ns).unwrap_or(0),
         duration_nanos: i64::try_from(recording.meta.duration_ns).unwrap_or(0),
-        period_type: Some(cpu_type),
+        period_type: Some(period_type),
         period,
     }
 }
@@ -253,7 +288,30 @@ mod tests {
     use std::io::Read as _;
 
     use super::*;
-    use crate::recording::{Frame, Module, Stack};
+    use crate::recording::{Frame, Module, Stack, WAIT_STATE_FRAMES};
+
+    #[test]
+    fn off_cpu_profiles_carry_nanoseconds_and_the_state_as_a_label() {
+        let frame = |name: &str| Frame { function: name.into(), module: Some(0), kernel: false, inlined: false };
+        let stacks = Stacks {
+            frames: vec![frame("main"), frame("read"), Frame { module: None, ..frame(WAIT_STATE_FRAMES[1]) }],
+            modules: vec![Module { path: "/bin/app".into(), build_id: None }],
+            stacks: vec![Stack { tgid: 9, tid: 0, frames: vec![2, 1, 0], count: 1_500_000, blocks: 0 }],
+        };
+        let profile = build(&Recording::default(), &stacks, Kind::OffCpu);
+        let text = |i: i64| profile.string_table[i as usize].as_str();
+        assert_eq!(profile.sample_type.len(), 1);
+        assert_eq!(
+            (text(profile.sample_type[0].r#type), text(profile.sample_type[0].unit)),
+            ("off_cpu", "nanoseconds")
+        );
+        let sample = &profile.sample[0];
+        assert_eq!(sample.value, vec![1_500_000]);
+        let leaf = &profile.function[sample.location_id[0] as usize - 1];
+        assert_eq!(text(leaf.name), "read", "the state is no frame");
+        let state = sample.label.iter().find(|l| text(l.key) == "thread_state").unwrap();
+        assert_eq!(text(state.str), "D uninterruptible");
+    }
 
     #[test]
     fn round_trips_through_protobuf() {
@@ -261,7 +319,7 @@ mod tests {
         let stacks = Stacks {
             frames: vec![frame("main"), frame("work")],
             modules: vec![Module { path: "/bin/app".into(), build_id: Some("abcd".into()) }],
-            stacks: vec![Stack { tgid: 9, tid: 0, frames: vec![1, 0], count: 3 }],
+            stacks: vec![Stack { tgid: 9, tid: 0, frames: vec![1, 0], count: 3, blocks: 0 }],
         };
         let mut recording = Recording::default();
         recording.meta.options.frequency_hz = 100;
@@ -296,12 +354,12 @@ mod tests {
                 Module { path: "/usr/lib/libc.so.6".into(), build_id: None },
             ],
             stacks: vec![
-                Stack { tgid: 9, tid: 0, frames: vec![0, 1, 3], count: 50 },
-                Stack { tgid: 9, tid: 0, frames: vec![2, 3], count: 10 },
-                Stack { tgid: 9, tid: 0, frames: vec![0, 2], count: 5 },
+                Stack { tgid: 9, tid: 0, frames: vec![0, 1, 3], count: 50, blocks: 0 },
+                Stack { tgid: 9, tid: 0, frames: vec![2, 3], count: 10, blocks: 0 },
+                Stack { tgid: 9, tid: 0, frames: vec![0, 2], count: 5, blocks: 0 },
             ],
         };
-        let profile = build(&Recording::default(), &stacks);
+        let profile = build(&Recording::default(), &stacks, Kind::Cpu);
         let paths: Vec<&str> =
             profile.mapping.iter().map(|m| profile.string_table[m.filename as usize].as_str()).collect();
         assert_eq!(paths, ["/usr/bin/server", "/usr/lib/libc.so.6", "[kernel.kallsyms]"]);

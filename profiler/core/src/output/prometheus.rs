@@ -240,6 +240,8 @@ impl Exposition {
             ("sample_map_full", d.samples),
             ("new_process_ring_full", d.new_processes),
             ("syscall_latency_process_map_full", d.syscall_latency_process),
+            ("offcpu_time_map_full", d.offcpu_times),
+            ("offcpu_blocked_map_full", d.offcpu_blocked),
         ];
     }
 

@@ -8,6 +8,7 @@ use crate::{
         hotpaths::HotPaths,
         percent,
         summary::{ContainerSummary, Outliers, RunqSummary, Summary, SyscallSummary, syscall_name},
+        waits::Waits,
     },
     recording::{LatencyHistogram, Recording},
     text::shown,
@@ -22,6 +23,9 @@ pub fn text(summary: &Summary) -> String {
     if let Some(cpu) = &summary.cpu {
         hot_paths(&mut out, cpu);
         user_stacks(&mut out, summary);
+    }
+    if let Some(waits) = &summary.waits {
+        where_threads_wait(&mut out, waits);
     }
     containers(&mut out, summary);
     outliers(&mut out, &summary.outliers);
@@ -60,7 +64,7 @@ fn header(w: &mut String, summary: &Summary) {
         let d = &summary.drops;
         let _ = writeln!(
             w,
-            "  drops: run-queue per-process {}, syscall per-process {}, errno {}, start times {}, process names {}, stack collisions {}, stack errors {}, samples {}, new processes {}, syscall latency per-process {}",
+            "  drops: run-queue per-process {}, syscall per-process {}, errno {}, start times {}, process names {}, stack collisions {}, stack errors {}, samples {}, new processes {}, syscall latency per-process {}, off-CPU times {}, blocked threads {}",
             d.runq_process,
             d.syscall_process,
             d.syscall_errno,
@@ -70,7 +74,9 @@ fn header(w: &mut String, summary: &Summary) {
             d.stack_errors,
             d.samples,
             d.new_processes,
-            d.syscall_latency_process
+            d.syscall_latency_process,
+            d.offcpu_times,
+            d.offcpu_blocked
         );
     }
 }
@@ -248,19 +254,96 @@ fn hot_paths(w: &mut String, cpu: &HotPaths) {
     if !cpu.heaviest_paths.is_empty() {
         let _ = writeln!(w, "  heaviest call paths (leafmost frames):");
         for path in &cpu.heaviest_paths {
-            const SHOWN: usize = 6;
-            let skip = path.frames.len().saturating_sub(SHOWN);
-            let tail: Vec<Cow<str>> = path.frames[skip..].iter().map(|f| shown(f)).collect();
-            let ellipsis = if skip > 0 { "… ← " } else { "" };
             let _ = writeln!(
                 w,
-                "  {:>6.1}%  {}: {ellipsis}{}",
+                "  {:>6.1}%  {}: {}",
                 path.percent,
                 process_label(&path.comm, path.tgid, path.processes),
-                tail.join(" → ")
+                leafmost(&path.frames, 6)
             );
         }
     }
+}
+
+/// The off-CPU section: how long threads were blocked, in which state, where.
+fn where_threads_wait(w: &mut String, waits: &Waits) {
+    let estimate = match waits.estimate_error_percent {
+        Some(error) => format!(
+            ", estimated from 1 in {} blocks (about ±{error:.1}% for blocks of equal length)",
+            waits.sample_one_in
+        ),
+        None => String::new(),
+    };
+    let _ = writeln!(
+        w,
+        "\nWhere threads wait (off CPU): {} blocked in {} blocks of at least {}{estimate}",
+        format_ns(waits.blocked_ns),
+        waits.blocks,
+        format_ns(waits.min_block_ns)
+    );
+    let states: Vec<String> =
+        waits.states.iter().map(|s| format!("{} {} ({:.1}%)", s.state, format_ns(s.ns), s.percent)).collect();
+    if !states.is_empty() {
+        let _ = writeln!(w, "  by state: {}", states.join(", "));
+    }
+    if !waits.processes.is_empty() {
+        let _ = writeln!(w, "  processes by time blocked:");
+        let _ = writeln!(w, "  {:>10} {:>6} {:>10}  process", "blocked", "", "in D");
+        for p in &waits.processes {
+            let _ = writeln!(
+                w,
+                "  {:>10} {:>5.1}% {:>10}  {}",
+                format_ns(p.ns),
+                p.percent,
+                format_ns(p.uninterruptible_ns),
+                process_label(&p.comm, p.tgid, p.processes)
+            );
+        }
+    }
+    if !waits.functions.is_empty() {
+        let _ = writeln!(w, "  user functions threads blocked under:");
+        for f in &waits.functions {
+            let module = f.module.as_deref().map(|m| m.rsplit('/').next().unwrap_or(m)).unwrap_or("?");
+            let _ = writeln!(
+                w,
+                "  {:>10} {:>5.1}%  {} ({})",
+                format_ns(f.ns),
+                f.percent,
+                shown(&f.function),
+                shown(module)
+            );
+        }
+    }
+    if !waits.heaviest_paths.is_empty() {
+        let _ = writeln!(w, "  heaviest blocking paths (leafmost user frames ⇒ kernel frames that wait):");
+        for path in &waits.heaviest_paths {
+            // The scheduler's own frames are in every path: the frames above them tell the waits apart.
+            let kernel: Vec<Cow<str>> = path
+                .kernel
+                .iter()
+                .filter(|f| !matches!(f.as_str(), "schedule" | "__schedule"))
+                .map(|f| shown(f))
+                .collect();
+            let _ = writeln!(
+                w,
+                "  {:>10} {:>5.1}%  {}: {} ⇒ {} {}",
+                format_ns(path.ns),
+                path.percent,
+                process_label(&path.comm, path.tgid, path.processes),
+                leafmost(&path.user, 3),
+                kernel[kernel.len().saturating_sub(4)..].join(" → "),
+                shown(&path.state)
+            );
+        }
+    }
+}
+
+/// The last `count` frames of a path, root first, as the heaviest paths show them.
+fn leafmost(frames: &[String], count: usize) -> String {
+    let skip = frames.len().saturating_sub(count);
+    let tail: Vec<Cow<str>> = frames[skip..].iter().map(|f| shown(f)).collect();
+    let ellipsis = if skip > 0 { "… ← " } else { "" };
+    format!("{ellipsis}{}", tail.join(" → "))
 }
 
 /// The containers and pods the processes ran in, with their share of the samples and calls.

@@ -39,11 +39,61 @@ impl FoldedNames {
 pub struct Accumulator {
     recording: Recording,
     syscall_rows: HashMap<(u32, u32), usize>,
+    /// Indexes of `recording.stacks` (on CPU) and `recording.offcpu`.
+    oncpu: StackIndexes,
+    offcpu: StackIndexes,
+}
+
+/// What makes adding to one kept `Stacks` proportional to the delta: its frames, modules and
+/// stacks by content.
+#[derive(Default)]
+struct StackIndexes {
     frame_ids: HashMap<Frame, u32>,
     module_ids: HashMap<Module, u32>,
     stack_ids: StackIndex,
     /// The frames of one stack being added, reused so that a stack already kept allocates nothing.
     frames_scratch: Vec<u32>,
+}
+
+impl StackIndexes {
+    /// Adds `delta`'s stacks to `kept`, re-interning their frames.
+    fn add(&mut self, kept: &mut Stacks, delta: &Stacks) {
+        let mut interned = Interning { frame_ids: &mut self.frame_ids, module_ids: &mut self.module_ids, kept };
+        let frame_map: Vec<u32> = delta.frames.iter().map(|frame| interned.frame(delta, frame)).collect();
+        for stack in &delta.stacks {
+            self.frames_scratch.clear();
+            self.frames_scratch.extend(stack.frames.iter().filter_map(|&f| frame_map.get(f as usize).copied()));
+            let kept = &mut interned.kept.stacks;
+            match self.stack_ids.position_or_insert(kept, stack.tgid, stack.tid, &self.frames_scratch) {
+                Some(index) => kept[index].absorb(stack),
+                None => {
+                    let frames = self.frames_scratch.clone();
+                    kept.push(Stack {
+                        tgid: stack.tgid,
+                        tid: stack.tid,
+                        frames,
+                        count: stack.count,
+                        blocks: stack.blocks,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Moves the stacks of each process `from` to its `into` (see `Accumulator::fold`).
+    fn fold(&mut self, stacks: &mut Stacks, moves: &HashMap<u32, u32>) {
+        if !stacks.stacks.iter().any(|stack| moves.contains_key(&stack.tgid)) {
+            return;
+        }
+        self.stack_ids.clear();
+        let index = &mut self.stack_ids;
+        stacks.stacks.iter_mut().for_each(|stack| stack.tgid = moves.get(&stack.tgid).copied().unwrap_or(stack.tgid));
+        merge_in_place(
+            &mut stacks.stacks,
+            |kept, stack| index.position_or_insert(kept, stack.tgid, stack.tid, &stack.frames),
+            |into, stack| into.absorb(stack),
+        );
+    }
 }
 
 impl Accumulator {
@@ -73,21 +123,10 @@ impl Accumulator {
     pub fn add_stacks(&mut self, delta: &Recording) {
         let recording = &mut self.recording;
         if let Some(stacks) = &delta.stacks {
-            let kept = recording.stacks.get_or_insert_with(Default::default);
-            let mut interned = Interning { frame_ids: &mut self.frame_ids, module_ids: &mut self.module_ids, kept };
-            let frame_map: Vec<u32> = stacks.frames.iter().map(|frame| interned.frame(stacks, frame)).collect();
-            for stack in &stacks.stacks {
-                self.frames_scratch.clear();
-                self.frames_scratch.extend(stack.frames.iter().filter_map(|&f| frame_map.get(f as usize).copied()));
-                let kept = &mut interned.kept.stacks;
-                match self.stack_ids.position_or_insert(kept, stack.tgid, stack.tid, &self.frames_scratch) {
-                    Some(index) => kept[index].count = kept[index].count.saturating_add(stack.count),
-                    None => {
-                        let frames = self.frames_scratch.clone();
-                        kept.push(Stack { tgid: stack.tgid, tid: stack.tid, frames, count: stack.count });
-                    }
-                }
-            }
+            self.oncpu.add(recording.stacks.get_or_insert_with(Default::default), stacks);
+        }
+        if let Some(stacks) = &delta.offcpu {
+            self.offcpu.add(recording.offcpu.get_or_insert_with(Default::default), stacks);
         }
         self.add_processes(delta);
     }
@@ -141,17 +180,11 @@ impl Accumulator {
                 |into, row| into.absorb(row),
             );
         }
-        if let Some(stacks) = recording.stacks.as_mut()
-            && stacks.stacks.iter().any(|stack| moves.contains_key(&stack.tgid))
-        {
-            self.stack_ids.clear();
-            let index = &mut self.stack_ids;
-            stacks.stacks.iter_mut().for_each(|stack| stack.tgid = target(stack.tgid).unwrap_or(stack.tgid));
-            merge_in_place(
-                &mut stacks.stacks,
-                |kept, stack| index.position_or_insert(kept, stack.tgid, stack.tid, &stack.frames),
-                |into, stack| into.count = into.count.saturating_add(stack.count),
-            );
+        if let Some(stacks) = recording.stacks.as_mut() {
+            self.oncpu.fold(stacks, moves);
+        }
+        if let Some(stacks) = recording.offcpu.as_mut() {
+            self.offcpu.fold(stacks, moves);
         }
         for (&from, &into) in moves {
             let Some(process) = recording.processes.remove(&from) else { continue };
@@ -169,7 +202,7 @@ impl Accumulator {
     /// The recording, with stacks commonest first and syscall rows by process.
     pub fn finish(self) -> Recording {
         let mut recording = self.recording;
-        if let Some(stacks) = recording.stacks.as_mut() {
+        for stacks in recording.stacks.iter_mut().chain(recording.offcpu.iter_mut()) {
             stacks.stacks.sort_by(|a, b| {
                 b.count.cmp(&a.count).then_with(|| (a.tgid, a.tid, &a.frames).cmp(&(b.tgid, b.tid, &b.frames)))
             });
@@ -304,7 +337,7 @@ mod tests {
         let stacks = Stacks {
             frames: vec![Frame { function: function.into(), module: Some(0), ..Default::default() }],
             modules: vec![Module { path: "/bin/app".into(), build_id: None }],
-            stacks: vec![Stack { tgid: 7, tid: 0, frames: vec![0], count }],
+            stacks: vec![Stack { tgid: 7, tid: 0, frames: vec![0], count, blocks: 0 }],
         };
         let syscalls = Syscalls {
             latency: [(39, LatencyHistogram::from_values([latency_ns]))].into(),

@@ -13,7 +13,10 @@ pub use format::{FORMAT_VERSION, MAGIC, RecordingError, frame, read, read_file, 
 
 use std::collections::BTreeMap;
 
-use profiler_common::histogram::{NUM_BUCKETS, bucket_bounds};
+use profiler_common::{
+    histogram::{NUM_BUCKETS, bucket_bounds},
+    offcpu::WaitState,
+};
 use serde::{Deserialize, Serialize};
 
 /// One recording, as stored in the file.
@@ -28,6 +31,10 @@ pub struct Recording {
     pub syscalls: Option<Syscalls>,
     /// Present when the `cpu` probe ran.
     pub stacks: Option<Stacks>,
+    /// Present when the `offcpu` probe ran: where threads waited. Each stack's `count` is
+    /// nanoseconds off CPU (scaled up when switch-outs were sampled), and its leaf frame the state
+    /// the thread blocked in (`WAIT_STATE_FRAMES`).
+    pub offcpu: Option<Stacks>,
     /// Names of every process that appears anywhere above, by tgid.
     pub processes: BTreeMap<u32, Process>,
 }
@@ -37,7 +44,7 @@ impl Recording {
     pub fn tgids(&self) -> std::collections::BTreeSet<u32> {
         let runq = self.runq.iter().flat_map(|r| r.per_process.keys().copied());
         let syscalls = self.syscalls.iter().flat_map(|s| s.per_process.iter().map(|row| row.tgid));
-        let stacks = self.stacks.iter().flat_map(|s| s.stacks.iter().map(|stack| stack.tgid));
+        let stacks = self.stacks.iter().chain(&self.offcpu).flat_map(|s| s.stacks.iter().map(|stack| stack.tgid));
         runq.chain(syscalls).chain(stacks).collect()
     }
 
@@ -129,6 +136,11 @@ pub struct RecordOptions {
     pub per_thread: bool,
     /// The profiler's own process was left out (recordings before this field kept it).
     pub excluded_self: bool,
+    /// Off-CPU blocks shorter than this were not counted (the `offcpu` probe).
+    pub offcpu_min_ns: u64,
+    /// One blocking switch-out in this many was taken, at random, and its time counted this many
+    /// times: off-CPU totals are estimates when it is above 1.
+    pub offcpu_sample_one_in: u32,
 }
 
 /// Event and drop counts, summed over CPUs.
@@ -144,6 +156,9 @@ pub struct Counters {
     pub cpu_samples: u64,
     /// CPU samples that found a CPU idle.
     pub idle_samples: u64,
+    /// Blocking switch-outs whose stacks the offcpu probe took, and those sampling left out.
+    pub offcpu_blocks: u64,
+    pub offcpu_sampled_out: u64,
     pub drops: Drops,
     /// How the user stacks of the samples ended, by reason ("complete", "depth limit", ...).
     pub stack_ends: BTreeMap<String, u64>,
@@ -151,9 +166,17 @@ pub struct Counters {
 
 impl Counters {
     pub fn events(&self) -> u64 {
-        [self.sched_switches, self.wakeups, self.syscalls, self.cpu_samples, self.idle_samples]
-            .into_iter()
-            .fold(0u64, u64::saturating_add)
+        [
+            self.sched_switches,
+            self.wakeups,
+            self.syscalls,
+            self.cpu_samples,
+            self.idle_samples,
+            self.offcpu_blocks,
+            self.offcpu_sampled_out,
+        ]
+        .into_iter()
+        .fold(0u64, u64::saturating_add)
     }
 
     /// Adds another period's counts.
@@ -166,6 +189,8 @@ impl Counters {
             syscalls,
             cpu_samples,
             idle_samples,
+            offcpu_blocks,
+            offcpu_sampled_out,
             drops,
             stack_ends,
         } = other;
@@ -177,6 +202,8 @@ impl Counters {
             (&mut self.syscalls, syscalls),
             (&mut self.cpu_samples, cpu_samples),
             (&mut self.idle_samples, idle_samples),
+            (&mut self.offcpu_blocks, offcpu_blocks),
+            (&mut self.offcpu_sampled_out, offcpu_sampled_out),
         ] {
             *mine = mine.saturating_add(*theirs);
         }
@@ -214,15 +241,19 @@ pub struct Drops {
     pub new_processes: u64,
     /// Syscall latencies missing from per-process histograms (map full).
     pub syscall_latency_process: u64,
+    /// Off-CPU times not counted (time map full).
+    pub offcpu_times: u64,
+    /// Blocked threads whose stacks were forgotten before they ran again (too many blocked).
+    pub offcpu_blocked: u64,
 }
 
 impl Drops {
     /// Every count, in declaration order.
-    fn counts(&self) -> [u64; 10] {
+    fn counts(&self) -> [u64; 12] {
         self.clone().counts_mut().map(|count| *count)
     }
 
-    fn counts_mut(&mut self) -> [&mut u64; 10] {
+    fn counts_mut(&mut self) -> [&mut u64; 12] {
         let Drops {
             runq_process,
             syscall_process,
@@ -234,6 +265,8 @@ impl Drops {
             samples,
             new_processes,
             syscall_latency_process,
+            offcpu_times,
+            offcpu_blocked,
         } = self;
         [
             runq_process,
@@ -246,6 +279,8 @@ impl Drops {
             samples,
             new_processes,
             syscall_latency_process,
+            offcpu_times,
+            offcpu_blocked,
         ]
     }
 
@@ -357,6 +392,18 @@ pub struct Module {
     pub build_id: Option<String>,
 }
 
+/// The leaf frame of an off-CPU stack: the state its thread blocked in, as `ps` shows it.
+pub fn wait_state_frame(state: WaitState) -> &'static str {
+    match state {
+        WaitState::Sleeping => WAIT_STATE_FRAMES[0],
+        WaitState::Uninterruptible => WAIT_STATE_FRAMES[1],
+        WaitState::Other => WAIT_STATE_FRAMES[2],
+    }
+}
+
+/// Every state's leaf frame, in `WaitState` order.
+pub const WAIT_STATE_FRAMES: [&str; 3] = ["[S sleeping]", "[D uninterruptible]", "[stopped or idle]"];
+
 /// One distinct stack of one process (or thread) and how often it was sampled.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -366,7 +413,23 @@ pub struct Stack {
     pub tid: u32,
     /// Indices into `Stacks::frames`, leaf first: kernel frames, then user frames.
     pub frames: Vec<u32>,
+    /// Samples; off CPU, nanoseconds blocked.
     pub count: u64,
+    /// Off CPU: how many times threads blocked there (estimated, as `count`, when sampled).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub blocks: u64,
+}
+
+impl Stack {
+    /// Adds the counts of the same stack from another interval or process.
+    pub fn absorb(&mut self, other: &Stack) {
+        self.count = self.count.saturating_add(other.count);
+        self.blocks = self.blocks.saturating_add(other.blocks);
+    }
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

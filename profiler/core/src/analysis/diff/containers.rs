@@ -139,7 +139,7 @@ mod tests {
             recording
                 .processes
                 .insert(tgid, Process { comm: "app".into(), container: Some(container), ..Default::default() });
-            stacks.stacks.push(Stack { tgid, tid: 0, frames: vec![0], count: samples });
+            stacks.stacks.push(Stack { tgid, tid: 0, frames: vec![0], count: samples, blocks: 0 });
         }
         recording.stacks = Some(stacks);
         recording

@@ -7,12 +7,15 @@
 //!   significant when the two intervals do not overlap.
 //! - Syscall rates: the conditional binomial test for two Poisson rates (recordings may differ in
 //!   length). Error rates and function and container CPU shares: the two-proportion z-test.
+//! - Off-CPU time per second under each user function and in each state: a z-test of two compound
+//!   Poisson rates (`offcpu`).
 //! - Within each family of comparisons the confidence is Bonferroni-corrected, so comparing
 //!   hundreds of functions does not produce false alarms by chance.
 
 mod containers;
 mod functions;
 mod latency;
+mod offcpu;
 mod paths;
 pub mod stats;
 mod syscalls;
@@ -41,6 +44,8 @@ pub struct Diff {
     pub functions: Vec<FunctionComparison>,
     pub growing_paths: Vec<PathComparison>,
     pub containers: Vec<ContainerComparison>,
+    /// Off-CPU time, where both recordings have it.
+    pub offcpu: Vec<OffCpuComparison>,
 }
 
 /// What kind of thing changed.
@@ -58,6 +63,8 @@ pub enum FindingKind {
     Function,
     #[serde(rename = "container")]
     Container,
+    #[serde(rename = "off-CPU time")]
+    OffCpu,
 }
 
 impl std::fmt::Display for FindingKind {
@@ -70,6 +77,7 @@ impl std::fmt::Display for FindingKind {
             FindingKind::SyscallRate => "syscall rate",
             FindingKind::Function => "function",
             FindingKind::Container => "container",
+            FindingKind::OffCpu => "off-CPU time",
         })
     }
 }
@@ -154,6 +162,18 @@ pub struct ContainerComparison {
     pub syscall_z: f64,
 }
 
+/// Time blocked under a user function, or in a state, per second of each recording.
+#[derive(Clone, Debug, Serialize)]
+pub struct OffCpuComparison {
+    /// A user function, or a state ("[D uninterruptible]").
+    pub subject: String,
+    pub state: bool,
+    pub base_ms_per_second: f64,
+    pub new_ms_per_second: f64,
+    /// Positive: grew.
+    pub z: f64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct PathComparison {
     pub path: String,
@@ -226,6 +246,10 @@ pub fn diff(base: &Recording, new: &Recording, options: &DiffOptions) -> Diff {
         _ => (Vec::new(), Vec::new()),
     };
     let containers = containers::compare(base, new, &mut findings);
+    let offcpu = match (&base.offcpu, &new.offcpu) {
+        (Some(b), Some(n)) => offcpu::compare((base, b), (new, n), options.top, &mut findings),
+        _ => Vec::new(),
+    };
     let order = |a: &Finding, b: &Finding| b.change_percent.abs().total_cmp(&a.change_percent.abs());
     findings.regressions.sort_by(order);
     findings.improvements.sort_by(order);
@@ -238,13 +262,15 @@ pub fn diff(base: &Recording, new: &Recording, options: &DiffOptions) -> Diff {
         functions,
         growing_paths,
         containers,
+        offcpu,
     }
 }
 
 /// Used by `--help` and the README.
 pub const METHOD: &str = "Percentiles: distribution-free confidence intervals from binomial order statistics on the \
 kernel's buckets; significant when the two intervals do not overlap. Syscall rates: conditional binomial test for \
-two Poisson rates. Error rates and function and container shares: two-proportion z-test. Confidence is Bonferroni-corrected within \
+two Poisson rates. Error rates and function and container shares: two-proportion z-test. Off-CPU time per second: \
+z-test of two compound Poisson rates (variance 2T²/n for n blocks). Confidence is Bonferroni-corrected within \
 each family of comparisons. A change is flagged when it is significant and larger than --threshold.";
 
 #[cfg(test)]
