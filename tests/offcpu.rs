@@ -130,13 +130,18 @@ fn through(function: &'static str) -> impl Fn(&[&str]) -> bool {
 }
 
 /// libbpf-tools' offcputime, system-wide (its -p filter matches nothing on this version), until
-/// SIGINT: microseconds off CPU by thread id.
+/// SIGINT: microseconds off CPU by thread id. It counts every switch-out, preemptions too, unless
+/// told a state, which a thread's state must equal (2: TASK_UNINTERRUPTIBLE, D; sleeps in S carry
+/// more bits, TASK_FREEZABLE among them).
 struct Offcputime(Child);
 
 impl Offcputime {
-    fn start() -> Offcputime {
+    fn start(state: Option<u32>) -> Offcputime {
+        let state: Vec<String> = state.map(|s| vec!["--state".to_string(), s.to_string()]).unwrap_or_default();
         let child = Command::new("offcputime")
-            .args(["-u", "--stack-storage-size", "16384", "600"])
+            .args(["-u", "--stack-storage-size", "16384"])
+            .args(&state)
+            .arg("600")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -189,6 +194,10 @@ impl LoopMount {
         assert!(status.success(), "mkfs.ext4 failed");
         let dir = parent.join("mnt");
         std::fs::create_dir(&dir).unwrap();
+        // Debian's kernels build loop as a module, loaded on first use by udev rules a guest lacks.
+        if !Path::new("/dev/loop-control").exists() {
+            let _ = Command::new("modprobe").arg("loop").status();
+        }
         let status = Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&dir).status().expect("mount");
         assert!(status.success(), "cannot mount {} on a loop device", image.display());
         LoopMount { dir }
@@ -211,7 +220,8 @@ fn blocked_time_in_named_functions_is_each_threads_share_as_offcputime_sees_it()
     let dir = temp_dir();
     let binary = offcpu_binary(dir.path());
     let workload = Workload::spawn(&binary, &["threads", "6"]);
-    let peer = Offcputime::start();
+    // These threads are seldom preempted: offcputime's every switch-out is their blocks.
+    let peer = Offcputime::start(None);
     let (reports, recording) = record_offcpu(dir.path(), workload, &[]);
     let theirs = peer.finish();
     let stacks = offcpu(&recording);
@@ -262,7 +272,8 @@ fn fsync_waits_in_uninterruptible_sleep() {
     let disk = LoopMount::new(dir.path());
     let file = disk.dir.join("synced");
     let workload = Workload::spawn(&binary, &["sync", file.to_str().unwrap(), "4"]);
-    let peer = Offcputime::start();
+    // Its waits for the disk, in D; not its preemptions (many, in an emulated guest).
+    let peer = Offcputime::start(Some(2));
     let (reports, recording) = record_offcpu(dir.path(), workload, &[]);
     let theirs = peer.finish();
     drop(disk);
@@ -272,18 +283,16 @@ fn fsync_waits_in_uninterruptible_sleep() {
         names.first() == Some(&WAIT_STATE_FRAMES[1]) && names.contains(&"sync_to_disk")
     });
     let all = seconds(stacks, syncer.tid, through("sync_to_disk"));
-    // The thread is on CPU or in sync_to_disk's waits: what it did not run, it waited there (the
-    // filesystem's own work in fsync runs on its CPU time).
+    // What it did not run, it waited: for the disk, or for a CPU once woken or preempted.
     let waited = syncer.ran_s - syncer.cpu_s;
     let peer = theirs.get(&syncer.tid).copied().unwrap_or(0.0);
     eprintln!(
-        "syncer: ran {:.3} s, on CPU {:.3} s; profiler {all:.3} s off CPU in sync_to_disk, {in_d:.3} s of them in D; offcputime {peer:.3} s",
+        "syncer: ran {:.3} s, on CPU {:.3} s; profiler {all:.3} s off CPU in sync_to_disk, {in_d:.3} s of them in D; offcputime --state 2 {peer:.3} s",
         syncer.ran_s, syncer.cpu_s
     );
-    assert!(within(all, peer, 10.0), "{all:.3} s off CPU, offcputime {peer:.3} s");
     assert!(waited >= syncer.ran_s * 0.2, "the disk was too fast to wait on: {syncer:?}");
     assert!(in_d >= all * 0.8, "{in_d:.3} of {all:.3} s waiting for the disk are in D");
-    assert!(within(all, waited, 10.0), "{all:.3} s off CPU in sync_to_disk, {waited:.3} s off CPU by its clock");
+    assert!(within(in_d, peer, 10.0), "{in_d:.3} s in D, offcputime {peer:.3} s");
 }
 
 #[test]

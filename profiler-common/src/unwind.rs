@@ -204,6 +204,9 @@ pub struct UnwindState {
     pub exact_ip: u32,
     /// Off CPU: the `offcpu::WaitState` the thread blocks in.
     pub wait_state: u32,
+    /// Off CPU: when the thread switched out (before its stacks were walked, which takes long
+    /// under emulation), in `bpf_ktime_get_ns` nanoseconds.
+    pub blocked_at: u64,
     /// The frames so far; the kernel stack's, before the user stack's.
     pub stack: StackFrames,
 }

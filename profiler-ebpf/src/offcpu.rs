@@ -112,6 +112,7 @@ fn block(ctx: &BtfTracePointContext, prev_state: u32) {
         return;
     };
     state.wait_state = wait_state(prev_state) as u32;
+    state.blocked_at = now_ns();
     take_stacks(ctx, state, saved_user_registers(), &OFFCPU_UNWIND_PROGRAMS);
 }
 
@@ -137,7 +138,7 @@ pub fn remember_blocked(state: &mut UnwindState, end: StackEnd) {
         count(Counter::OffCpuBlockedDrops);
         return;
     }
-    OFFCPU_STARTS.store(tid, now_ns());
+    OFFCPU_STARTS.store(tid, state.blocked_at);
 }
 
 #[inline(always)]

@@ -151,6 +151,7 @@ pub struct Args {
     command: Vec<String>,
 }
 
+pub mod hold;
 mod matrix;
 
 /// The id of the support-matrix recording among a boot's results.
@@ -647,8 +648,12 @@ cat /proc/cmdline > "$R/cmdline"
         Workload::Tests { tests, profiler } => {
             // cargo runs a package's tests in the package's directory.
             let package_dir = workspace_root().join("profiler");
+            let xtask = std::env::current_exe().expect("the running xtask's path");
             script += &format!(
                 r#"mkdir -p "$R/tests"
+# The probes' tracepoints stay enabled from here to the end (kernels/hold.rs: emulated int3 patching).
+{} hold-tracepoints > "$R/hold.log" 2>&1 &
+HOLD=$!
 cd {}
 failed=0
 run() {{
@@ -661,6 +666,7 @@ run() {{
     echo "$1	$rc	$(( $(date +%s) - start ))" >> "$R/tests.tsv"
 }}
 "#,
+                sh_quote(&xtask.display().to_string()),
                 sh_quote(&package_dir.display().to_string())
             );
             for test in tests {
@@ -687,7 +693,7 @@ echo "{MATRIX_ID}	$rc	$(( $(date +%s) - start ))" >> "$R/tests.tsv"
 "#,
                 p = sh_quote(&profiler.display().to_string())
             );
-            script += "rm -f \"$R/current\"\nstatus=$(( failed > 0 ))\n";
+            script += "kill $HOLD\nrm -f \"$R/current\"\nstatus=$(( failed > 0 ))\n";
         }
     }
     script += r#"dmesg > "$R/dmesg" 2>&1

@@ -59,6 +59,10 @@ enum Task {
     /// target/dist/profiler-VERSION-x86_64-linux/ (binary, man page, shell completions, README), its
     /// .tar.gz and sha256; `--check` then runs it in a Debian 11 chroot (glibc 2.31).
     Dist(dist::Args),
+    /// Inside an emulated guest: hold the probes' tracepoints enabled until killed (see
+    /// xtask/src/kernels/hold.rs).
+    #[command(hide = true)]
+    HoldTracepoints,
 }
 
 /// Versions that build here (Debian 12, rustup with stable 1.95 and a nightly, both on LLVM 22):
@@ -139,6 +143,7 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Kernels(args) => kernels::run(&args),
         Task::Dist(args) => dist::run(args),
+        Task::HoldTracepoints => match kernels::hold::run()? {},
     }
 }
 

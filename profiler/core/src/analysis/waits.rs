@@ -166,3 +166,56 @@ impl Waits {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recording::{Frame, Process, Stack};
+
+    #[test]
+    fn blocked_time_by_state_process_function_and_path() {
+        let user = |name: &str| Frame { function: name.into(), module: None, kernel: false, inlined: false };
+        let kernel = |name: &str| Frame { kernel: true, ..user(name) };
+        let stacks = Stacks {
+            frames: vec![
+                user(WAIT_STATE_FRAMES[0]),
+                user(WAIT_STATE_FRAMES[1]),
+                kernel("__schedule"),
+                kernel("do_fsync"),
+                user("save"),
+                user("main"),
+                kernel("futex_wait"),
+                user("lock"),
+            ],
+            modules: Vec::new(),
+            stacks: vec![
+                // app: 3 s in D under save, 1 s in S under lock; db: 4 s in S under lock.
+                Stack { tgid: 1, tid: 0, frames: vec![1, 2, 3, 4, 5], count: 3_000_000_000, blocks: 300 },
+                Stack { tgid: 1, tid: 0, frames: vec![0, 2, 6, 7, 5], count: 1_000_000_000, blocks: 10 },
+                Stack { tgid: 2, tid: 0, frames: vec![0, 2, 6, 7, 5], count: 4_000_000_000, blocks: 40 },
+            ],
+        };
+        let mut recording = Recording::default();
+        recording.processes.insert(1, Process { comm: "app".into(), ..Default::default() });
+        recording.processes.insert(2, Process { comm: "db".into(), ..Default::default() });
+        recording.counters.offcpu_blocks = 350;
+        recording.meta.options.offcpu_sample_one_in = 4;
+        let waits = Waits::new(&recording, &stacks, 10);
+        assert_eq!(waits.blocked_ns, 8_000_000_000);
+        let states: Vec<(&str, u64)> = waits.states.iter().map(|s| (s.state.as_str(), s.ns)).collect();
+        assert_eq!(states, [(WAIT_STATE_FRAMES[0], 5_000_000_000), (WAIT_STATE_FRAMES[1], 3_000_000_000)]);
+        let processes: Vec<(&str, u64, u64)> =
+            waits.processes.iter().map(|p| (p.comm.as_str(), p.ns, p.uninterruptible_ns)).collect();
+        assert_eq!(processes, [("app", 4_000_000_000, 3_000_000_000), ("db", 4_000_000_000, 0)]);
+        // User functions only, no state frames: main under everything, then lock, then save.
+        let functions: Vec<(&str, u64)> = waits.functions.iter().map(|f| (f.function.as_str(), f.ns)).collect();
+        assert_eq!(functions, [("main", 8_000_000_000), ("lock", 5_000_000_000), ("save", 3_000_000_000)]);
+        let heaviest = &waits.heaviest_paths[0];
+        assert_eq!((heaviest.comm.as_str(), heaviest.state.as_str()), ("db", WAIT_STATE_FRAMES[0]));
+        assert_eq!(heaviest.user, ["main", "lock"]);
+        assert_eq!(heaviest.kernel, ["futex_wait", "__schedule"]);
+        // 1 in 4 of about 1 400 blocks: sqrt(3 / 1400).
+        let error = waits.estimate_error_percent.unwrap();
+        assert!((error - 100.0 * (3.0f64 / 1400.0).sqrt()).abs() < 1e-9, "{error}");
+    }
+}
