@@ -90,9 +90,21 @@ fn record_offcpu(dir: &Path, workload: Workload, extra: &[&str]) -> (Vec<ThreadR
 }
 
 fn record_offcpu_into(rec: &Path, workload: Workload, extra: &[&str]) -> (Vec<ThreadReport>, Recording) {
+    // Every block (not the default 1 in 8): totals exact, to compare with the truth.
+    record_offcpu_sampled(rec, workload, "1", extra)
+}
+
+fn record_offcpu_sampled(
+    rec: &Path,
+    workload: Workload,
+    one_in: &str,
+    extra: &[&str],
+) -> (Vec<ThreadReport>, Recording) {
     let pid = workload.0.id().to_string();
-    let args: Vec<&str> =
-        ["-p", &pid, "--probes", "offcpu", "--per-thread"].into_iter().chain(extra.iter().copied()).collect();
+    let args: Vec<&str> = ["-p", &pid, "--probes", "offcpu", "--per-thread", "--offcpu-sample", one_in]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
     let recorder = Recorder::start(rec, &args);
     let reports = workload.run();
     (reports, recorder.finish())
@@ -383,4 +395,32 @@ fn flamegraph_report_pprof_and_diff_show_where_threads_wait() {
     let flagged = off_cpu_findings(&grown);
     assert!(flagged.iter().any(|s| s == "sleep_three_milliseconds"), "four sleepers for one: {flagged:?}");
     assert!(!flagged.iter().any(|s| s == "wait_for_pipe"), "the reader did not change: {flagged:?}");
+}
+
+#[test]
+fn sampled_totals_are_estimates_within_their_reported_error() {
+    let dir = temp_dir();
+    let binary = offcpu_binary(dir.path());
+    let rec = dir.path().join("sampled.rec");
+    // Eight sleepers: about 12 000 blocks in 6 s, one in 8 taken after each thread's first 16. For
+    // blocks of one length the estimate's relative standard error is sqrt(7 / 12 000) = 2.4 %:
+    // 10 % is four of them.
+    let workload = Workload::spawn(&binary, &["threads", "6", "8"]);
+    let (reports, recording) = record_offcpu_sampled(&rec, workload, "8", &[]);
+    let stacks = offcpu(&recording);
+    let sleepers: Vec<&ThreadReport> = reports.iter().filter(|r| r.name == "sleeper").collect();
+    assert_eq!(sleepers.len(), 8);
+    let truth: f64 = sleepers.iter().map(|r| r.blocked_s).sum();
+    let estimate: f64 = sleepers.iter().map(|r| seconds(stacks, r.tid, through("sleep_three_milliseconds"))).sum();
+    let summary = profiler::analysis::waits::Waits::new(&recording, stacks, 10);
+    let error = summary.estimate_error_percent.expect("sampled totals carry their error");
+    let off = (estimate - truth) * 100.0 / truth;
+    eprintln!(
+        "sleepers: {estimate:.3} s estimated, {truth:.3} s by their clock ({off:+.1} %); the report's standard error ±{error:.2} %"
+    );
+    assert!(recording.counters.offcpu_sampled_out > recording.counters.offcpu_blocks, "most blocks were left out");
+    assert!(error > 0.0 && error < 5.0, "±{error} %");
+    assert!(off.abs() <= 10.0, "{off:.1} % off, against a reported ±{error:.2} %");
+    let report = profiler_output(&["report", rec.to_str().unwrap()]);
+    assert!(report.contains("estimated from 1 in 8 blocks (standard error ±"), "{report}");
 }

@@ -183,11 +183,11 @@ fn workloads(bin: &Path) -> Vec<Workload> {
             name: OFF_CPU,
             command: words("taskset -c 1 perf bench sched pipe -l 200000"),
             tracers: vec![
-                tracer("profiler --probes offcpu (stacks of every blocking switch-out)", &ours("offcpu")),
                 tracer(
-                    "profiler --probes offcpu --offcpu-sample 8 (stacks of 1 in 8, at random)",
-                    &format!("{} --offcpu-sample 8", ours("offcpu")),
+                    "profiler --probes offcpu --offcpu-sample 1 (stacks of every blocking switch-out)",
+                    &format!("{} --offcpu-sample 1", ours("offcpu")),
                 ),
+                tracer("profiler --probes offcpu (default: stacks of 1 in 8, at random)", &ours("offcpu")),
                 tracer(
                     "profiler --probes offcpu --offcpu-sample 32 (stacks of 1 in 32, at random)",
                     &format!("{} --offcpu-sample 32", ours("offcpu")),

@@ -46,9 +46,31 @@ pub struct OffCpuTime {
     pub ns: u64,
     /// Times the thread blocked.
     pub blocks: u64,
+    /// The lengths squared of the blocks taken as one in N (not of those counted once), in
+    /// microseconds², each up to `MAX_SQUARED_BLOCK_US`: what the error of the total is estimated
+    /// from.
+    pub us_squared: u64,
 }
 
-crate::user_pod!(OffCpuKey, OffCpuTime);
+/// Blocks count in `OffCpuTime::us_squared` up to this long (17 minutes), so that the sum keeps
+/// room for many of them.
+pub const MAX_SQUARED_BLOCK_US: u64 = 1_000_000_000;
+
+/// Value of `BLOCKED`: a blocked thread's key, and what its block counts for: 1, or N when it was
+/// taken as one in N.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Blocked {
+    pub key: OffCpuKey,
+    pub weight: u64,
+}
+
+/// With sampling, each thread's first blocks are all taken (counted once), and only later ones one
+/// in N: a thread that blocks a few times, each for long (a main thread joining, an idle worker),
+/// is counted exactly rather than all or nothing.
+pub const EXACT_BLOCKS_PER_THREAD: u32 = 16;
+
+crate::user_pod!(OffCpuKey, OffCpuTime, Blocked);
 
 /// Capacity of each of `OFFCPU_TIME_A` and `OFFCPU_TIME_B`.
 pub const MAX_OFFCPU_KEYS: u32 = 32768;
@@ -63,9 +85,11 @@ pub const OFFCPU_TIME: [&str; 2] = ["OFFCPU_TIME_A", "OFFCPU_TIME_B"];
 pub const OFFCPU_BUFFER: &str = "OFFCPU_BUFFER";
 /// LRU hash map, hash -> `unwind::StackFrames`: the off-CPU stacks' frames.
 pub const OFFCPU_FRAMES: &str = "OFFCPU_FRAMES";
-/// LRU hash map, thread id -> `OffCpuKey`: the stacks of each blocked thread.
+/// LRU hash map, thread id -> `Blocked`: the stacks of each blocked thread.
 pub const BLOCKED: &str = "BLOCKED";
 /// Per-thread array of switch-out times (see the eBPF `PerThread`).
 pub const OFFCPU_START: &str = "OFFCPU_START";
+/// Array of u32 by thread id (its low bits): blocks each thread made, for `EXACT_BLOCKS_PER_THREAD`.
+pub const OFFCPU_THREAD_BLOCKS: &str = "OFFCPU_THREAD_BLOCKS";
 /// Program array: index 0 is the off-CPU unwinder.
 pub const OFFCPU_UNWIND_PROGRAMS: &str = "OFFCPU_UNWIND_PROGRAMS";

@@ -204,6 +204,9 @@ pub struct UnwindState {
     pub exact_ip: u32,
     /// Off CPU: the `offcpu::WaitState` the thread blocks in.
     pub wait_state: u32,
+    /// Off CPU: what the block counts for (`offcpu::Blocked::weight`).
+    pub weight: u32,
+    pub _pad: u32,
     /// Off CPU: when the thread switched out (before its stacks were walked, which takes long
     /// under emulation), in `bpf_ktime_get_ns` nanoseconds.
     pub blocked_at: u64,

@@ -15,7 +15,10 @@ use aya_ebpf::{
 };
 use profiler_common::{
     counters::Counter,
-    offcpu::{MAX_BLOCKED, MAX_OFFCPU_KEYS, MAX_OFFCPU_STACKS, OffCpuKey, OffCpuTime, WaitState},
+    offcpu::{
+        Blocked, EXACT_BLOCKS_PER_THREAD, MAX_BLOCKED, MAX_OFFCPU_KEYS, MAX_OFFCPU_STACKS, MAX_SQUARED_BLOCK_US,
+        OffCpuKey, OffCpuTime, WaitState,
+    },
     process::DEFAULT_PID_MAX,
     unwind::{OFF_CPU, StackEnd, StackFrames, UnwindState},
 };
@@ -23,7 +26,8 @@ use profiler_common::{
 use crate::{
     oncpu::{announce, begin, saved_user_registers, seal, take_stacks},
     shared::{
-        BPF_ANY, BPF_NOEXIST, PerThread, Taken, atomic_add, count, current_selected, now_ns, task_ids, task_state,
+        BPF_ANY, BPF_NOEXIST, PerThread, THREAD_SLOT_BITS, Taken, atomic_add, count, current_selected, now_ns,
+        task_ids, task_state,
     },
     unwind::OFFCPU_UNWIND_PROGRAMS,
 };
@@ -47,9 +51,13 @@ static OFFCPU_BUFFER: Array<u32> = Array::with_max_entries(1, 0);
 /// must outlive them: never emptied, the least recently used go first.
 #[map]
 pub static OFFCPU_FRAMES: LruHashMap<u64, StackFrames> = LruHashMap::with_max_entries(MAX_OFFCPU_STACKS, 0);
-/// The stacks and state of each blocked thread whose stacks were taken, by thread id.
+/// The stacks, state and weight of each blocked thread whose stacks were taken, by thread id.
 #[map]
-static BLOCKED: LruHashMap<u32, OffCpuKey> = LruHashMap::with_max_entries(MAX_BLOCKED, 0);
+static BLOCKED: LruHashMap<u32, Blocked> = LruHashMap::with_max_entries(MAX_BLOCKED, 0);
+/// Blocks each thread made, by the low bits of its id (threads that share a slot share a count:
+/// the chance a block is taken is still known when it is taken). Sized by the loader.
+#[map]
+static OFFCPU_THREAD_BLOCKS: Array<u32> = Array::with_max_entries(DEFAULT_PID_MAX, 0);
 /// When each blocked thread whose stacks were taken switched out (0: none), by thread id: the
 /// switch-in of every thread looks here first, an array index rather than a hash lookup.
 #[map]
@@ -101,10 +109,14 @@ fn block(ctx: &BtfTracePointContext, prev_state: u32) {
         return;
     }
     let one_in = OFFCPU_SAMPLE_ONE_IN.load();
-    // SAFETY: the helper takes no arguments.
-    if one_in > 1 && unsafe { bpf_get_prandom_u32() } % one_in != 0 {
-        count(Counter::OffCpuSampledOut);
-        return;
+    let mut weight = 1;
+    if one_in > 1 && !among_first_blocks(tid) {
+        // SAFETY: the helper takes no arguments.
+        if unsafe { bpf_get_prandom_u32() } % one_in != 0 {
+            count(Counter::OffCpuSampledOut);
+            return;
+        }
+        weight = one_in;
     }
     count(Counter::OffCpuBlocks);
     announce(tgid);
@@ -112,8 +124,27 @@ fn block(ctx: &BtfTracePointContext, prev_state: u32) {
         return;
     };
     state.wait_state = wait_state(prev_state) as u32;
+    state.weight = weight;
     state.blocked_at = now_ns();
     take_stacks(ctx, state, saved_user_registers(), &OFFCPU_UNWIND_PROGRAMS);
+}
+
+/// Counts a block of thread `tid`; whether it is among the thread's first
+/// `EXACT_BLOCKS_PER_THREAD`.
+#[inline(always)]
+fn among_first_blocks(tid: u32) -> bool {
+    let Some(blocks) = OFFCPU_THREAD_BLOCKS.get_ptr_mut(tid & ((1 << THREAD_SLOT_BITS) - 1)) else {
+        return false;
+    };
+    // SAFETY: the map's slot, live while the program runs. Only this thread's switch-outs (one at
+    // a time) and those of threads sharing its slot write it: a lost increment only delays sampling.
+    unsafe {
+        if *blocks >= EXACT_BLOCKS_PER_THREAD {
+            return false;
+        }
+        *blocks += 1;
+    }
+    true
 }
 
 #[inline(always)]
@@ -133,8 +164,11 @@ pub fn remember_blocked(state: &mut UnwindState, end: StackEnd) {
     seal(state, end);
     // The current task is still the thread that blocks (the unwinder's tail calls included).
     let tid = bpf_get_current_pid_tgid() as u32;
-    let key = OffCpuKey { stack: state.key, state: state.wait_state, _pad: 0 };
-    if BLOCKED.insert(tid, key, BPF_ANY).is_err() {
+    let blocked = Blocked {
+        key: OffCpuKey { stack: state.key, state: state.wait_state, _pad: 0 },
+        weight: u64::from(state.weight),
+    };
+    if BLOCKED.insert(tid, blocked, BPF_ANY).is_err() {
         count(Counter::OffCpuBlockedDrops);
         return;
     }
@@ -153,7 +187,7 @@ fn switch_in(next: *const u8) {
         return;
     };
     // SAFETY: the value is copied out at once.
-    let Some(key) = (unsafe { BLOCKED.get(tid) }).copied() else {
+    let Some(blocked) = (unsafe { BLOCKED.get(tid) }).copied() else {
         // Evicted by other threads' blocks (the map was full).
         count(Counter::OffCpuBlockedDrops);
         return;
@@ -167,24 +201,31 @@ fn switch_in(next: *const u8) {
         Some(1) => &OFFCPU_TIME_B,
         _ => &OFFCPU_TIME_A,
     };
-    add(times, &key, now - start);
+    add(times, &blocked, now - start);
 }
 
-/// Adds one block of `ns` to the entry of `key`.
+/// Adds one block of `ns`, as much as its weight says, to the entry of its key.
 #[inline(always)]
-fn add(times: &HashMap<OffCpuKey, OffCpuTime>, key: &OffCpuKey, ns: u64) {
+fn add(times: &HashMap<OffCpuKey, OffCpuTime>, blocked: &Blocked, ns: u64) {
+    let (key, weight) = (&blocked.key, blocked.weight);
+    let us = (ns / 1000).min(MAX_SQUARED_BLOCK_US);
+    let squared = if weight > 1 { us * us } else { 0 };
+    // A sampled block counts up to 2^43 ns (2.4 hours) times its weight (at most 2^20): the
+    // product fits, with no 128-bit multiply (which BPF lacks) to check it.
+    let ns = if weight > 1 { ns.min(1 << 43) * weight } else { ns };
     let add_to = |time: *mut OffCpuTime| {
         // SAFETY: the map's value, live while the program runs; other CPUs add atomically too.
         unsafe {
             atomic_add(&raw mut (*time).ns, ns);
-            atomic_add(&raw mut (*time).blocks, 1);
+            atomic_add(&raw mut (*time).blocks, weight);
+            atomic_add(&raw mut (*time).us_squared, squared);
         }
     };
     if let Some(time) = times.get_ptr_mut(key) {
         add_to(time);
         return;
     }
-    if times.insert(key, &OffCpuTime { ns, blocks: 1 }, BPF_NOEXIST).is_ok() {
+    if times.insert(key, &OffCpuTime { ns, blocks: weight, us_squared: squared }, BPF_NOEXIST).is_ok() {
         return;
     }
     // Another CPU created it between our lookup and insert, or the map is full.

@@ -254,8 +254,10 @@ pub struct TargetArgs {
     #[arg(long, value_name = "DURATION", default_value = "1us", value_parser = parse_block_time)]
     pub offcpu_min: Duration,
     /// The offcpu probe takes the stacks of one blocking switch-out in N, chosen at random, and
-    /// counts its time N times: totals become estimates, at about 1/N of the cost.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    /// counts its time N times: totals are estimates (the report gives their standard error), at
+    /// a fraction of the cost. 1 takes every block, exact, and costs about twice as much as 8 on
+    /// a machine that switches often.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_OFFCPU_SAMPLE, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub offcpu_sample: u32,
 }
 
@@ -424,6 +426,10 @@ impl FlamegraphArgs {
 }
 
 const NS_PER_US: u64 = 1000;
+
+/// One blocking switch-out in 8: `perf bench sched pipe` slows 1.30× (every one: 2.25×), within
+/// 1.1× of libbpf runqlat's 1.25× (benches/results/OFFCPU.md).
+const DEFAULT_OFFCPU_SAMPLE: u32 = 8;
 
 /// The longest duration taken: past a month, a number is a typo, not a plan (`serve` is the mode
 /// that runs for good).

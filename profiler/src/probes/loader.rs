@@ -10,7 +10,7 @@ use aya::{
 };
 use profiler_common::{
     counters::{COUNTERS, Counter, NUM_COUNTERS},
-    offcpu::OFFCPU_START,
+    offcpu::{OFFCPU_START, OFFCPU_THREAD_BLOCKS},
     process::{self, MAX_THREAD_SLOTS, ProcessName},
     runqlat, syscalls as sc,
 };
@@ -269,7 +269,13 @@ fn load_object(
     let slots_shared = u8::from(pid_max > MAX_THREAD_SLOTS);
     loader.override_global("THREAD_SLOTS_SHARED", &slots_shared, true);
     let runs = |name: &str| running.iter().any(|p| p.name() == name);
-    for (probe, array) in [("sched", runqlat::RUNQ_START), ("syscalls", sc::SYSCALL_START), ("offcpu", OFFCPU_START)] {
+    let per_thread_arrays = [
+        ("sched", runqlat::RUNQ_START),
+        ("syscalls", sc::SYSCALL_START),
+        ("offcpu", OFFCPU_START),
+        ("offcpu", OFFCPU_THREAD_BLOCKS),
+    ];
+    for (probe, array) in per_thread_arrays {
         loader.map_max_entries(array, if runs(probe) { pid_max.min(MAX_THREAD_SLOTS) } else { 1 });
     }
     if runs("syscalls") || runs("syscall-counts") {
@@ -373,6 +379,8 @@ fn counters(values: &[u64]) -> Counters {
         idle_samples: get(Counter::IdleSamples),
         offcpu_blocks: get(Counter::OffCpuBlocks),
         offcpu_sampled_out: get(Counter::OffCpuSampledOut),
+        // From the time maps, when they drain.
+        offcpu_us_squared: 0,
         drops: Drops {
             runq_process: get(Counter::RunqProcessDrops),
             syscall_process: get(Counter::SyscallProcessDrops),

@@ -289,6 +289,7 @@ mod tests {
             offcpu::OFFCPU_FRAMES,
             offcpu::BLOCKED,
             offcpu::OFFCPU_START,
+            offcpu::OFFCPU_THREAD_BLOCKS,
             offcpu::OFFCPU_UNWIND_PROGRAMS,
         ];
         for name in names {

@@ -79,8 +79,8 @@ impl ProbeSpec for OffCpu {
         false
     }
 
-    fn drain(&self, options: &ProbeOptions) -> Box<dyn Drain> {
-        Box::new(OffCpuDrain { active: 0, weight: u64::from(options.offcpu_sample_one_in.max(1)) })
+    fn drain(&self, _options: &ProbeOptions) -> Box<dyn Drain> {
+        Box::new(OffCpuDrain { active: 0 })
     }
 }
 
@@ -89,8 +89,6 @@ impl ProbeSpec for OffCpu {
 struct OffCpuDrain {
     /// The index of the time map the probe writes.
     active: usize,
-    /// What each counted block stands for: one in this many switch-outs is taken.
-    weight: u64,
 }
 
 impl Drain for OffCpuDrain {
@@ -114,10 +112,12 @@ impl Drain for OffCpuDrain {
             let stack = frames.get(&hash, 0).ok()?;
             Some(stack.frames[..(stack.len as usize).min(stack.frames.len())].to_vec())
         };
+        let us_squared = entries.iter().fold(0u64, |sum, (_, time)| sum.saturating_add(time.us_squared));
+        interval.recording.counters.offcpu_us_squared = us_squared;
         interval.offcpu.extend(entries.into_iter().map(|(key, time)| {
             let wait = WaitState::from_u32(key.state).unwrap_or(WaitState::Other);
-            let (ns, blocks) = (time.ns.saturating_mul(self.weight), time.blocks.saturating_mul(self.weight));
-            raw_stack(&key.stack, (ns, blocks), Some(wait), frames_of)
+            // Blocks taken as one in N are counted N times already, in the kernel.
+            raw_stack(&key.stack, (time.ns, time.blocks), Some(wait), frames_of)
         }));
         Ok(())
     }

@@ -18,8 +18,8 @@ pub struct Waits {
     pub min_block_ns: u64,
     /// One blocking switch-out in this many was taken: above 1, every time is an estimate.
     pub sample_one_in: u32,
-    /// With sampling, the total's relative standard error in percent, were every block of equal
-    /// length (blocks of unequal lengths make it larger).
+    /// With sampling, the total's relative standard error in percent, estimated from the lengths
+    /// of the blocks taken: a few long blocks, each taken or missed whole, make it large.
     pub estimate_error_percent: Option<f64>,
     pub states: Vec<StateWait>,
     pub processes: Vec<ProcessWait>,
@@ -147,11 +147,13 @@ impl Waits {
         let options = &recording.meta.options;
         let sample_one_in = options.offcpu_sample_one_in.max(1);
         let blocks = recording.counters.offcpu_blocks;
-        // Each of M blocks is kept with probability 1/N (M is about N times the blocks kept): for
-        // blocks of equal length the total's relative standard error is sqrt((N - 1) / M).
-        let estimate_error_percent = (sample_one_in > 1).then(|| {
-            let all_blocks = blocks.max(1) as f64 * f64::from(sample_one_in);
-            100.0 * (f64::from(sample_one_in - 1) / all_blocks).sqrt()
+        // A block of length b taken with probability 1/N is counted N times: the total's variance
+        // is (N - 1)·Σb² over all such blocks, estimated as N·(N - 1)·Σb² over those taken (the
+        // counter sums them only; each thread's first blocks are all taken, and add nothing).
+        let estimate_error_percent = (sample_one_in > 1 && blocked_ns > 0).then(|| {
+            let n = f64::from(sample_one_in);
+            let variance_us2 = n * (n - 1.0) * recording.counters.offcpu_us_squared as f64;
+            100.0 * variance_us2.sqrt() / (blocked_ns as f64 / 1e3)
         });
         Waits {
             blocked_ns,
@@ -199,6 +201,8 @@ mod tests {
         recording.processes.insert(1, Process { comm: "app".into(), ..Default::default() });
         recording.processes.insert(2, Process { comm: "db".into(), ..Default::default() });
         recording.counters.offcpu_blocks = 350;
+        // The blocks taken: 75 of 10 ms, 12 of 100 ms, 5 of 1 s (their lengths squared, in µs²).
+        recording.counters.offcpu_us_squared = 75 * 10_000u64.pow(2) + 12 * 100_000u64.pow(2) + 5 * 1_000_000u64.pow(2);
         recording.meta.options.offcpu_sample_one_in = 4;
         let waits = Waits::new(&recording, &stacks, 10);
         assert_eq!(waits.blocked_ns, 8_000_000_000);
@@ -214,8 +218,10 @@ mod tests {
         assert_eq!((heaviest.comm.as_str(), heaviest.state.as_str()), ("db", WAIT_STATE_FRAMES[0]));
         assert_eq!(heaviest.user, ["main", "lock"]);
         assert_eq!(heaviest.kernel, ["futex_wait", "__schedule"]);
-        // 1 in 4 of about 1 400 blocks: sqrt(3 / 1400).
+        // sqrt(4 · 3 · Σb²) over the 8 s blocked in all.
+        let sum_of_squares: f64 = 75.0 * 1e8 + 12.0 * 1e10 + 5.0 * 1e12;
+        let expected = 100.0 * (12.0 * sum_of_squares).sqrt() / 8e6;
         let error = waits.estimate_error_percent.unwrap();
-        assert!((error - 100.0 * (3.0f64 / 1400.0).sqrt()).abs() < 1e-9, "{error}");
+        assert!((error - expected).abs() < 1e-9, "{error} against {expected}");
     }
 }

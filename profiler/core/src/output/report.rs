@@ -268,10 +268,7 @@ fn hot_paths(w: &mut String, cpu: &HotPaths) {
 /// The off-CPU section: how long threads were blocked, in which state, where.
 fn where_threads_wait(w: &mut String, waits: &Waits) {
     let estimate = match waits.estimate_error_percent {
-        Some(error) => format!(
-            ", estimated from 1 in {} blocks (about ±{error:.1}% for blocks of equal length)",
-            waits.sample_one_in
-        ),
+        Some(error) => format!(", estimated from 1 in {} blocks (standard error ±{error:.1}%)", waits.sample_one_in),
         None => String::new(),
     };
     let _ = writeln!(

@@ -159,6 +159,9 @@ pub struct Counters {
     /// Blocking switch-outs whose stacks the offcpu probe took, and those sampling left out.
     pub offcpu_blocks: u64,
     pub offcpu_sampled_out: u64,
+    /// The lengths of the blocks taken as one in N, squared, summed, in microseconds²: what the
+    /// error of sampled totals is estimated from.
+    pub offcpu_us_squared: u64,
     pub drops: Drops,
     /// How the user stacks of the samples ended, by reason ("complete", "depth limit", ...).
     pub stack_ends: BTreeMap<String, u64>,
@@ -191,6 +194,7 @@ impl Counters {
             idle_samples,
             offcpu_blocks,
             offcpu_sampled_out,
+            offcpu_us_squared,
             drops,
             stack_ends,
         } = other;
@@ -204,6 +208,7 @@ impl Counters {
             (&mut self.idle_samples, idle_samples),
             (&mut self.offcpu_blocks, offcpu_blocks),
             (&mut self.offcpu_sampled_out, offcpu_sampled_out),
+            (&mut self.offcpu_us_squared, offcpu_us_squared),
         ] {
             *mine = mine.saturating_add(*theirs);
         }
