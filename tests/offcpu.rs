@@ -271,8 +271,10 @@ fn blocked_time_in_named_functions_is_each_threads_share_as_offcputime_sees_it()
     let partial = seconds(stacks, sleeper.tid, through("sleep_three_milliseconds"));
     assert!(whole >= partial * 0.95, "{whole:.3} of {partial:.3} s reach start_thread");
     // The sleeps are interruptible: S, not D.
-    let sleeping = seconds(stacks, sleeper.tid, |names| names.first() == Some(&WAIT_STATE_FRAMES[0]));
-    assert!(within(sleeping, partial, 5.0) || sleeping >= partial, "{sleeping:.3} s in S of {partial:.3}");
+    let sleeping = seconds(stacks, sleeper.tid, |names| {
+        names.first() == Some(&WAIT_STATE_FRAMES[0]) && names.contains(&"sleep_three_milliseconds")
+    });
+    assert!(sleeping >= partial * 0.95, "{sleeping:.3} s of {partial:.3} s in sleep_three_milliseconds are in S");
 }
 
 #[test]
@@ -304,7 +306,12 @@ fn fsync_waits_in_uninterruptible_sleep() {
     );
     assert!(waited >= syncer.ran_s * 0.2, "the disk was too fast to wait on: {syncer:?}");
     assert!(in_d >= all * 0.8, "{in_d:.3} of {all:.3} s waiting for the disk are in D");
-    assert!(within(in_d, peer, 10.0), "{in_d:.3} s in D, offcputime {peer:.3} s");
+    // offcputime --state 2 also counts the switch-outs of a thread preempted in D (between setting
+    // its state and calling schedule(), still runnable): 3 % more here, 13 % in an emulated 6.1
+    // guest where the loop device's workers preempt it. It bounds ours from above, and from below
+    // by that much.
+    assert!(in_d <= peer * 1.1, "{in_d:.3} s in D, more than offcputime's {peer:.3} s");
+    assert!(in_d >= peer * 0.8, "{in_d:.3} s in D, offcputime {peer:.3} s");
 }
 
 #[test]
@@ -333,14 +340,18 @@ fn preempted_time_is_not_off_cpu_time() {
 fn flamegraph_report_pprof_and_diff_show_where_threads_wait() {
     let dir = temp_dir();
     let binary = offcpu_binary(dir.path());
-    let record = |name: &str, args: &[&str]| {
+    let record_one_in = |name: &str, args: &[&str], one_in: &str| {
         let rec = dir.path().join(name);
-        let (reports, _) = record_offcpu_into(&rec, Workload::spawn(&binary, args), &[]);
+        let (reports, _) = record_offcpu_sampled(&rec, Workload::spawn(&binary, args), one_in, &[]);
         (rec, reports)
     };
+    let record = |name: &str, args: &[&str]| record_one_in(name, args, "1");
     let (base, reports) = record("base.rec", &["threads", "3"]);
     let (same, _) = record("same.rec", &["threads", "3"]);
     let (more, _) = record("more.rec", &["threads", "3", "4"]);
+    // Two more, at the default 1 in 8: their comparison must allow for the sampling.
+    let (sampled, _) = record_one_in("sampled.rec", &["threads", "3"], "8");
+    let (sampled_again, _) = record_one_in("sampled-again.rec", &["threads", "3"], "8");
     let base_path = base.to_str().unwrap();
 
     // Folded, in microseconds as offcputime -f prints them: the reader's wait is its whole life.
@@ -376,9 +387,11 @@ fn flamegraph_report_pprof_and_diff_show_where_threads_wait() {
         assert!(top.contains(function), "{function} missing from go tool pprof:\n{top}");
     }
 
-    let diff = |new: &Path| -> serde_json::Value {
-        serde_json::from_str(&profiler_output(&["diff", base_path, new.to_str().unwrap(), "--json"])).unwrap()
+    let diff_of = |base: &Path, new: &Path| -> serde_json::Value {
+        let json = profiler_output(&["diff", base.to_str().unwrap(), new.to_str().unwrap(), "--json"]);
+        serde_json::from_str(&json).unwrap()
     };
+    let diff = |new: &Path| diff_of(&base, new);
     let off_cpu_findings = |json: &serde_json::Value| -> Vec<String> {
         json["regressions"]
             .as_array()
@@ -391,6 +404,8 @@ fn flamegraph_report_pprof_and_diff_show_where_threads_wait() {
     };
     let steady = diff(&same);
     assert!(off_cpu_findings(&steady).is_empty(), "the same workload flagged: {:#}", steady["regressions"]);
+    let steady = diff_of(&sampled, &sampled_again);
+    assert!(off_cpu_findings(&steady).is_empty(), "the same workload, sampled, flagged: {:#}", steady["regressions"]);
     let grown = diff(&more);
     let flagged = off_cpu_findings(&grown);
     assert!(flagged.iter().any(|s| s == "sleep_three_milliseconds"), "four sleepers for one: {flagged:?}");

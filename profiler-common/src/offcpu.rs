@@ -16,7 +16,8 @@ pub enum WaitState {
     Sleeping = 0,
     /// D: uninterruptible sleep, usually I/O.
     Uninterruptible,
-    /// Stopped, traced, or a kernel thread's idle wait (TASK_IDLE).
+    /// Stopped, traced, a kernel thread's idle wait (TASK_IDLE), or (before Linux 5.18, whose
+    /// sched_switch passes the state the scheduler saw) a wait whose waker changed the state first.
     Other,
 }
 
@@ -52,9 +53,9 @@ pub struct OffCpuTime {
     pub us_squared: u64,
 }
 
-/// Blocks count in `OffCpuTime::us_squared` up to this long (17 minutes), so that the sum keeps
-/// room for many of them.
-pub const MAX_SQUARED_BLOCK_US: u64 = 1_000_000_000;
+/// Blocks count in `OffCpuTime::us_squared` up to this long (100 s): an entry's sum over one
+/// drain interval has room for 1 800 of them.
+pub const MAX_SQUARED_BLOCK_US: u64 = 100_000_000;
 
 /// Value of `BLOCKED`: a blocked thread's key, and what its block counts for: 1, or N when it was
 /// taken as one in N.

@@ -96,7 +96,10 @@ pub fn offcpu_sched_switch_task_state(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 fn switch(ctx: &BtfTracePointContext, preempt: bool, next: *const u8, prev_state: u32) {
     switch_in(next);
-    if !preempt && prev_state != TASK_RUNNING && prev_state & TASK_DEAD == 0 {
+    if prev_state & TASK_DEAD != 0 {
+        // Its last switch-out: a thread that reuses its id starts with its first blocks again.
+        forget_blocks(bpf_get_current_pid_tgid() as u32);
+    } else if !preempt && prev_state != TASK_RUNNING {
         block(ctx, prev_state);
     }
 }
@@ -129,11 +132,25 @@ fn block(ctx: &BtfTracePointContext, prev_state: u32) {
     take_stacks(ctx, state, saved_user_registers(), &OFFCPU_UNWIND_PROGRAMS);
 }
 
+/// The slot of `OFFCPU_THREAD_BLOCKS` that counts thread `tid`'s blocks.
+#[inline(always)]
+fn thread_blocks(tid: u32) -> Option<*mut u32> {
+    OFFCPU_THREAD_BLOCKS.get_ptr_mut(tid & ((1 << THREAD_SLOT_BITS) - 1))
+}
+
+#[inline(always)]
+fn forget_blocks(tid: u32) {
+    if let Some(blocks) = thread_blocks(tid) {
+        // SAFETY: the map's slot, live while the program runs; a plain store of a u32.
+        unsafe { *blocks = 0 };
+    }
+}
+
 /// Counts a block of thread `tid`; whether it is among the thread's first
 /// `EXACT_BLOCKS_PER_THREAD`.
 #[inline(always)]
 fn among_first_blocks(tid: u32) -> bool {
-    let Some(blocks) = OFFCPU_THREAD_BLOCKS.get_ptr_mut(tid & ((1 << THREAD_SLOT_BITS) - 1)) else {
+    let Some(blocks) = thread_blocks(tid) else {
         return false;
     };
     // SAFETY: the map's slot, live while the program runs. Only this thread's switch-outs (one at

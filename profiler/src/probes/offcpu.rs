@@ -5,8 +5,8 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap};
 use profiler_common::{
     offcpu::{
-        BLOCKED, MAX_OFFCPU_KEYS, OFFCPU_BUFFER, OFFCPU_FRAMES, OFFCPU_TIME, OFFCPU_UNWIND_PROGRAMS, OffCpuKey,
-        OffCpuTime, WaitState,
+        BLOCKED, Blocked, MAX_OFFCPU_KEYS, OFFCPU_BUFFER, OFFCPU_FRAMES, OFFCPU_TIME, OFFCPU_UNWIND_PROGRAMS,
+        OffCpuKey, OffCpuTime, WaitState,
     },
     oncpu::SAMPLED_PROCESSES,
     unwind::{PROCESS_MAPPINGS, StackFrames, UNWIND_PAGES, UNWIND_ROWS},
@@ -14,7 +14,7 @@ use profiler_common::{
 
 use super::{
     Drain, Drained, Feature, Kernel, ProbeOptions, ProbeSpec,
-    loader::map_mut,
+    loader::{map, map_mut},
     oncpu::{EXEC, FLIP_GRACE, raw_stack},
     program::{Alternatives, Arg, Attach, Caller, Program, TASK, Tracepoint, tracepoint},
 };
@@ -80,7 +80,7 @@ impl ProbeSpec for OffCpu {
     }
 
     fn drain(&self, _options: &ProbeOptions) -> Box<dyn Drain> {
-        Box::new(OffCpuDrain { active: 0 })
+        Box::new(OffCpuDrain { active: 0, held: std::collections::HashMap::new() })
     }
 }
 
@@ -89,6 +89,10 @@ impl ProbeSpec for OffCpu {
 struct OffCpuDrain {
     /// The index of the time map the probe writes.
     active: usize,
+    /// The frames of the stacks of threads blocked at the last drain, read then: a thread blocked
+    /// for long leaves its stacks untouched in the LRU map, the first to be evicted, and reading
+    /// them from userspace does not count as a use.
+    held: std::collections::HashMap<u64, Vec<u64>>,
 }
 
 impl Drain for OffCpuDrain {
@@ -107,11 +111,20 @@ impl Drain for OffCpuDrain {
         }
         interval.fills.push((OFFCPU_TIME[draining], entries.len() as f64 / f64::from(MAX_OFFCPU_KEYS)));
         // aya reads an LRU hash map as a hash map.
-        let frames: HashMap<_, u64, StackFrames> = HashMap::try_from(map_mut(kernel.ebpf, OFFCPU_FRAMES)?)?;
-        let frames_of = |hash: u64| {
+        let blocked: HashMap<_, u32, Blocked> = HashMap::try_from(map(kernel.ebpf, BLOCKED)?)?;
+        let pending: Vec<u64> = blocked
+            .iter()
+            .filter_map(Result::ok)
+            .flat_map(|(_, blocked)| [blocked.key.stack.kernel, blocked.key.stack.user])
+            .filter(|&hash| hash != 0)
+            .collect();
+        let frames: HashMap<_, u64, StackFrames> = HashMap::try_from(map(kernel.ebpf, OFFCPU_FRAMES)?)?;
+        let read = |hash: u64| {
             let stack = frames.get(&hash, 0).ok()?;
             Some(stack.frames[..(stack.len as usize).min(stack.frames.len())].to_vec())
         };
+        let held = &self.held;
+        let frames_of = |hash: u64| read(hash).or_else(|| held.get(&hash).cloned());
         let us_squared = entries.iter().fold(0u64, |sum, (_, time)| sum.saturating_add(time.us_squared));
         interval.recording.counters.offcpu_us_squared = us_squared;
         interval.offcpu.extend(entries.into_iter().map(|(key, time)| {
@@ -119,6 +132,9 @@ impl Drain for OffCpuDrain {
             // Blocks taken as one in N are counted N times already, in the kernel.
             raw_stack(&key.stack, (time.ns, time.blocks), Some(wait), frames_of)
         }));
+        let held: std::collections::HashMap<u64, Vec<u64>> =
+            pending.into_iter().filter_map(|hash| Some((hash, frames_of(hash)?))).collect();
+        self.held = held;
         Ok(())
     }
 }

@@ -161,16 +161,18 @@ impl StackSymbolizer {
     }
 
     /// How many of a kernel stack's leaf addresses are the tracing machinery that ran the BPF
-    /// program that took it (the program, `bpf_trace_run4`, `__bpf_trace_*`, `__traceiter_*`).
+    /// program that took it: all before the first `__schedule` (the program, `bpf_trace_run4`,
+    /// `__bpf_trace_*`, `__traceiter_*`), or, when no frame is named `__schedule` (hidden kernel
+    /// symbols), those named as the machinery.
     fn tracing_frames(&self, kernel: &[u64]) -> usize {
         const MACHINERY: [&str; 4] = ["bpf_prog_", "bpf_trace_run", "__bpf_trace_", "__traceiter_"];
-        kernel
-            .iter()
-            .take_while(|addr| {
-                let first = self.kernel_frames[addr].first().and_then(|&id| self.interner.frames.get(id as usize));
-                first.is_some_and(|frame| MACHINERY.iter().any(|prefix| frame.function.starts_with(prefix)))
-            })
-            .count()
+        let name = |addr: &u64| {
+            let first = self.kernel_frames[addr].first().and_then(|&id| self.interner.frames.get(id as usize));
+            first.map_or("", |frame| frame.function.as_str())
+        };
+        kernel.iter().position(|addr| name(addr) == "__schedule").unwrap_or_else(|| {
+            kernel.iter().take_while(|addr| MACHINERY.iter().any(|prefix| name(addr).starts_with(prefix))).count()
+        })
     }
 
     /// Forgets what user addresses of these processes are called (they exited).

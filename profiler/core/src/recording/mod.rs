@@ -407,7 +407,7 @@ pub fn wait_state_frame(state: WaitState) -> &'static str {
 }
 
 /// Every state's leaf frame, in `WaitState` order.
-pub const WAIT_STATE_FRAMES: [&str; 3] = ["[S sleeping]", "[D uninterruptible]", "[stopped or idle]"];
+pub const WAIT_STATE_FRAMES: [&str; 3] = ["[S sleeping]", "[D uninterruptible]", "[other wait]"];
 
 /// One distinct stack of one process (or thread) and how often it was sampled.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -270,7 +270,7 @@ pub fn diff(base: &Recording, new: &Recording, options: &DiffOptions) -> Diff {
 pub const METHOD: &str = "Percentiles: distribution-free confidence intervals from binomial order statistics on the \
 kernel's buckets; significant when the two intervals do not overlap. Syscall rates: conditional binomial test for \
 two Poisson rates. Error rates and function and container shares: two-proportion z-test. Off-CPU time per second: \
-z-test of two compound Poisson rates (variance 2T²/n for n blocks). Confidence is Bonferroni-corrected within \
+z-test of two compound Poisson rates (variance 2T²/n for n blocks, (N+1)T²/n sampled 1 in N). Confidence is Bonferroni-corrected within \
 each family of comparisons. A change is flagged when it is significant and larger than --threshold.";
 
 #[cfg(test)]

@@ -3,8 +3,10 @@
 //!
 //! Blocked time is a sum of blocks, modelled as a compound Poisson process: blocks come at some
 //! rate and each lasts a random time. Its variance is n·E[b²] for n blocks; with block lengths
-//! spread as an exponential's (E[b²] = 2·mean²) that is 2T²/n. The z statistic compares the two
-//! sides' rates T/d with those variances.
+//! spread as an exponential's (E[b²] = 2·mean²) that is 2T²/n. A side whose blocks were taken one
+//! in N (and counted N times) adds the sampling's (N - 1)·Σb², (N - 1)·T²/n for blocks of equal
+//! length: (N + 1)·T²/n in all (a little more than the truth, as each thread's first blocks are
+//! all taken). The z statistic compares the two sides' rates T/d with those variances.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -15,9 +17,11 @@ use crate::recording::{Recording, Stacks, WAIT_STATE_FRAMES};
 /// too small to flag.
 const MIN_OFFCPU_SHARE: f64 = 0.01;
 
-/// One side: its length, its off-CPU total, and each subject's (nanoseconds, blocks).
+/// One side: its length, how it sampled, its off-CPU total, and each subject's (nanoseconds,
+/// blocks).
 struct Side {
     seconds: f64,
+    sample_one_in: u32,
     total_ns: u64,
     subjects: BTreeMap<String, (u64, u64)>,
 }
@@ -43,7 +47,12 @@ impl Side {
                 *blocks = blocks.saturating_add(stack.blocks);
             }
         }
-        Side { seconds: (recording.meta.duration_ns as f64 / 1e9).max(1e-9), total_ns, subjects }
+        Side {
+            seconds: (recording.meta.duration_ns as f64 / 1e9).max(1e-9),
+            sample_one_in: recording.meta.options.offcpu_sample_one_in.max(1),
+            total_ns,
+            subjects,
+        }
     }
 
     fn blocked(&self, subject: &str) -> (u64, u64) {
@@ -54,7 +63,8 @@ impl Side {
     fn rate(&self, subject: &str) -> (f64, f64) {
         let (ns, blocks) = self.blocked(subject);
         let ms = ns as f64 / 1e6;
-        let variance = if blocks == 0 { 0.0 } else { 2.0 * ms * ms / blocks as f64 };
+        let spread = 1.0 + f64::from(self.sample_one_in);
+        let variance = if blocks == 0 { 0.0 } else { spread * ms * ms / blocks as f64 };
         (ms / self.seconds, variance / (self.seconds * self.seconds))
     }
 }
