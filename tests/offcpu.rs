@@ -83,28 +83,17 @@ impl Workload {
     }
 }
 
-/// Records the workload's run with the offcpu probe, per thread; returns its threads' reports and
-/// the recording.
-fn record_offcpu(dir: &Path, workload: Workload, extra: &[&str]) -> (Vec<ThreadReport>, Recording) {
-    record_offcpu_into(&dir.join("offcpu.rec"), workload, extra)
+/// Records the workload's run with the offcpu probe taking every block (not the default 1 in 8),
+/// per thread: totals exact, to compare with the truth. Returns its threads' reports and the
+/// recording.
+fn record_offcpu(dir: &Path, workload: Workload) -> (Vec<ThreadReport>, Recording) {
+    record_offcpu_sampled(&dir.join("offcpu.rec"), workload, "1")
 }
 
-fn record_offcpu_into(rec: &Path, workload: Workload, extra: &[&str]) -> (Vec<ThreadReport>, Recording) {
-    // Every block (not the default 1 in 8): totals exact, to compare with the truth.
-    record_offcpu_sampled(rec, workload, "1", extra)
-}
-
-fn record_offcpu_sampled(
-    rec: &Path,
-    workload: Workload,
-    one_in: &str,
-    extra: &[&str],
-) -> (Vec<ThreadReport>, Recording) {
+/// As `record_offcpu`, into `rec`, taking one block in `one_in`.
+fn record_offcpu_sampled(rec: &Path, workload: Workload, one_in: &str) -> (Vec<ThreadReport>, Recording) {
     let pid = workload.0.id().to_string();
-    let args: Vec<&str> = ["-p", &pid, "--probes", "offcpu", "--per-thread", "--offcpu-sample", one_in]
-        .into_iter()
-        .chain(extra.iter().copied())
-        .collect();
+    let args = ["-p", &pid, "--probes", "offcpu", "--per-thread", "--offcpu-sample", one_in];
     let recorder = Recorder::start(rec, &args);
     let reports = workload.run();
     (reports, recorder.finish())
@@ -234,7 +223,7 @@ fn blocked_time_in_named_functions_is_each_threads_share_as_offcputime_sees_it()
     let workload = Workload::spawn(&binary, &["threads", "6"]);
     // These threads are seldom preempted: offcputime's every switch-out is their blocks.
     let peer = Offcputime::start(None);
-    let (reports, recording) = record_offcpu(dir.path(), workload, &[]);
+    let (reports, recording) = record_offcpu(dir.path(), workload);
     let theirs = peer.finish();
     let stacks = offcpu(&recording);
     let expectations = [
@@ -288,7 +277,7 @@ fn fsync_waits_in_uninterruptible_sleep() {
     let workload = Workload::spawn(&binary, &["sync", file.to_str().unwrap(), "4"]);
     // Its waits for the disk, in D; not its preemptions (many, in an emulated guest).
     let peer = Offcputime::start(Some(2));
-    let (reports, recording) = record_offcpu(dir.path(), workload, &[]);
+    let (reports, recording) = record_offcpu(dir.path(), workload);
     let theirs = peer.finish();
     drop(disk);
     let syncer = reports.iter().find(|r| r.name == "syncer").expect("syncer");
@@ -319,7 +308,7 @@ fn preempted_time_is_not_off_cpu_time() {
     let dir = temp_dir();
     let binary = offcpu_binary(dir.path());
     let workload = Workload::spawn(&binary, &["spin", "4"]);
-    let (reports, recording) = record_offcpu(dir.path(), workload, &[]);
+    let (reports, recording) = record_offcpu(dir.path(), workload);
     let stacks = offcpu(&recording);
     for spinner in reports.iter().filter(|r| r.name == "spinner") {
         let waited = spinner.ran_s - spinner.cpu_s;
@@ -342,7 +331,7 @@ fn flamegraph_report_pprof_and_diff_show_where_threads_wait() {
     let binary = offcpu_binary(dir.path());
     let record_one_in = |name: &str, args: &[&str], one_in: &str| {
         let rec = dir.path().join(name);
-        let (reports, _) = record_offcpu_sampled(&rec, Workload::spawn(&binary, args), one_in, &[]);
+        let (reports, _) = record_offcpu_sampled(&rec, Workload::spawn(&binary, args), one_in);
         (rec, reports)
     };
     let record = |name: &str, args: &[&str]| record_one_in(name, args, "1");
@@ -421,7 +410,7 @@ fn sampled_totals_are_estimates_within_their_reported_error() {
     // blocks of one length the estimate's relative standard error is sqrt(7 / 12 000) = 2.4 %:
     // 10 % is four of them.
     let workload = Workload::spawn(&binary, &["threads", "6", "8"]);
-    let (reports, recording) = record_offcpu_sampled(&rec, workload, "8", &[]);
+    let (reports, recording) = record_offcpu_sampled(&rec, workload, "8");
     let stacks = offcpu(&recording);
     let sleepers: Vec<&ThreadReport> = reports.iter().filter(|r| r.name == "sleeper").collect();
     assert_eq!(sleepers.len(), 8);
@@ -438,4 +427,37 @@ fn sampled_totals_are_estimates_within_their_reported_error() {
     assert!(off.abs() <= 10.0, "{off:.1} % off, against a reported ±{error:.2} %");
     let report = profiler_output(&["report", rec.to_str().unwrap()]);
     assert!(report.contains("estimated from 1 in 8 blocks (standard error ±"), "{report}");
+}
+
+#[test]
+fn debian_gzip_waiting_on_its_input_has_whole_stacks() {
+    use std::io::Write as _;
+    let dir = temp_dir();
+    // Debian's gzip: stripped, no frame pointers; it blocks reading a pipe fed in bursts.
+    let mut gzip = Command::new("gzip").arg("-c").stdin(Stdio::piped()).stdout(Stdio::null()).spawn().expect("gzip");
+    let pid = gzip.id();
+    let pid_text = pid.to_string();
+    let recorder = Recorder::start(
+        &dir.path().join("gzip.rec"),
+        &["-p", &pid_text, "--probes", "offcpu", "--per-thread", "--offcpu-sample", "1"],
+    );
+    let started = Instant::now();
+    let mut input = gzip.stdin.take().unwrap();
+    let chunk: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    for _ in 0..10 {
+        input.write_all(&chunk).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(input);
+    assert!(gzip.wait().unwrap().success());
+    let lifetime = started.elapsed().as_secs_f64();
+    let recording = recorder.finish();
+    let stacks = offcpu(&recording);
+    let all = seconds(stacks, pid, |_| true);
+    let whole = seconds(stacks, pid, |names| names.contains(&"read") && names.contains(&"__libc_start_call_main"));
+    eprintln!(
+        "gzip: {all:.3} s off CPU over {lifetime:.3} s, {whole:.3} s of it in read() under __libc_start_call_main"
+    );
+    assert!(all >= lifetime * 0.8, "gzip waits for its input most of the time: {all:.3} of {lifetime:.3} s");
+    assert!(whole >= all * 0.9, "{whole:.3} of {all:.3} s have whole stacks through read()");
 }

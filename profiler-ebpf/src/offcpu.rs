@@ -27,7 +27,7 @@ use crate::{
     oncpu::{announce, begin, saved_user_registers, seal, take_stacks},
     shared::{
         BPF_ANY, BPF_NOEXIST, PerThread, THREAD_SLOT_BITS, Taken, atomic_add, count, current_selected, now_ns,
-        task_ids, task_state,
+        task_state, task_tid,
     },
     unwind::OFFCPU_UNWIND_PROGRAMS,
 };
@@ -194,7 +194,8 @@ pub fn remember_blocked(state: &mut UnwindState, end: StackEnd) {
 
 #[inline(always)]
 fn switch_in(next: *const u8) {
-    let Some((tid, _)) = task_ids(next) else {
+    // Every switch-in passes here: one read of the task, its thread id only.
+    let Some(tid) = task_tid(next) else {
         return;
     };
     if tid == 0 {

@@ -233,12 +233,17 @@ pub fn read_field<T>(base: *const u8, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.ok()
 }
 
+/// Thread id of a task.
+#[inline(always)]
+pub fn task_tid(task: *const u8) -> Option<u32> {
+    read_field::<i32>(task, TASK_PID_OFFSET.load()).map(|pid| pid as u32)
+}
+
 /// Thread id and process id of a task.
 #[inline(always)]
 pub fn task_ids(task: *const u8) -> Option<(u32, u32)> {
-    let pid: i32 = read_field(task, TASK_PID_OFFSET.load())?;
     let tgid: i32 = read_field(task, TASK_TGID_OFFSET.load())?;
-    Some((pid as u32, tgid as u32))
+    Some((task_tid(task)?, tgid as u32))
 }
 
 /// The scheduler state of a task (0: runnable), for kernels whose sched_switch does not pass it.

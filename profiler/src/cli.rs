@@ -427,7 +427,7 @@ impl FlamegraphArgs {
 
 const NS_PER_US: u64 = 1000;
 
-/// One blocking switch-out in 8: `perf bench sched pipe` slows 1.30× (every one: 2.25×), within
+/// One blocking switch-out in 8: `perf bench sched pipe` slows 1.26× (every one: 2.23×), within
 /// 1.1× of libbpf runqlat's 1.25× (benches/results/OFFCPU.md).
 const DEFAULT_OFFCPU_SAMPLE: u32 = 8;
 
