@@ -2,6 +2,7 @@
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
+#![feature(asm_experimental_arch)]
 #![allow(internal_features)]
 // Beyond the workspace's lints: every unsafe block here says why it holds, since the verifier checks
 // memory safety but not that the program reads what it means to.

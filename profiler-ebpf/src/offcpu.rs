@@ -243,7 +243,7 @@ fn add(times: &HashMap<OffCpuKey, OffCpuTime>, blocked: &Blocked, ns: u64) {
         add_to(time);
         return;
     }
-    if times.insert(key, &OffCpuTime { ns, blocks: weight, us_squared: squared }, BPF_NOEXIST).is_ok() {
+    if times.insert(key, OffCpuTime { ns, blocks: weight, us_squared: squared }, BPF_NOEXIST).is_ok() {
         return;
     }
     // Another CPU created it between our lookup and insert, or the map is full.

@@ -187,7 +187,7 @@ fn keep(state: &mut UnwindState, salt: u64) -> u64 {
     let hash = hash_frames(&state.stack.frames, state.stack.len as usize, salt);
     // The maps differ in type (the off-CPU one is an LRU map): the same steps for each.
     macro_rules! keep_in {
-        ($frames:expr, $kept:expr) => {{
+        ($frames:expr $(, $kept:expr)?) => {{
             // SAFETY: only tested for presence.
             if unsafe { $frames.get(hash) }.is_some() {
                 return hash;
@@ -196,7 +196,7 @@ fn keep(state: &mut UnwindState, salt: u64) -> u64 {
             #[allow(clippy::needless_borrows_for_generic_args)]
             let kept = $frames.insert(hash, &state.stack, BPF_NOEXIST).is_ok();
             if kept {
-                $kept;
+                $($kept;)?
                 return hash;
             }
             // SAFETY: as above; another CPU may have kept the same stack just now.
@@ -210,7 +210,7 @@ fn keep(state: &mut UnwindState, salt: u64) -> u64 {
         }};
     }
     match state.buffer {
-        OFF_CPU => keep_in!(OFFCPU_FRAMES, ()),
+        OFF_CPU => keep_in!(OFFCPU_FRAMES),
         1 => keep_in!(STACK_FRAMES_B, count(Counter::StackEntries)),
         _ => keep_in!(STACK_FRAMES_A, count(Counter::StackEntries)),
     }

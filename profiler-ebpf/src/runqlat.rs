@@ -9,13 +9,14 @@ use aya_ebpf::{
 };
 use profiler_common::{
     counters::Counter,
-    histogram::{Histogram, bucket_index},
+    histogram::{Histogram, bucket_index_by_table},
     process::DEFAULT_PID_MAX,
     runqlat::{MAX_PROCESS_BUCKETS, ProcessBucket},
 };
 
 use crate::shared::{
-    PerThread, Taken, count, histogram_slot, increment, note_process, now_ns, task_ids, task_selected, task_state,
+    PerThread, Taken, count, histogram_slot, increment, note_process, now_ns, opaque, task_ids, task_selected,
+    task_state,
 };
 
 /// When each runnable thread was enqueued (0: not waiting), by thread id (see `PerThread`).
@@ -115,7 +116,7 @@ fn switch_in(next: *const u8) {
     if now < ts {
         return;
     }
-    let bucket = bucket_index(now - ts);
+    let bucket = bucket_index_by_table(now - ts, opaque);
     if let Some(histogram) = RUNQ_LATENCY.get_ptr_mut(0) {
         // SAFETY: a per-CPU slot, and programs do not migrate while they run: a plain add is race-free.
         unsafe { *histogram_slot(histogram, bucket) += 1 };

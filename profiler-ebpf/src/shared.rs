@@ -116,12 +116,24 @@ pub fn increment<K>(map: &HashMap<K, u64>, key: &K, dropped: Counter) -> bool {
     false
 }
 
+/// `v`, with whatever the compiler knew of it forgotten: a mask applied to the result stays in the
+/// program, for verifiers that do not carry a bound over from a copy of the register. Costs one
+/// register copy, where `core::hint::black_box` stores the value to the stack and loads it back (an
+/// empty template would do, but leaves two line-info records on one instruction, which the kernel
+/// rejects).
+#[inline(always)]
+pub fn opaque(mut v: u64) -> u64 {
+    // SAFETY: copies a register onto itself; no memory is touched.
+    unsafe { core::arch::asm!("{0} = {0}", inout(reg) v, options(pure, nomem, nostack)) };
+    v
+}
+
 /// The slot of `histogram` that counts `bucket`. The index is masked to the array's power-of-two
 /// length on the register that addresses the slot, which every verifier from Linux 5.10 on follows;
-/// `black_box` keeps LLVM from dropping a mask it can prove redundant (`bucket_index` is bounded).
+/// `opaque` keeps LLVM from dropping a mask it can prove redundant (`bucket_index` is bounded).
 #[inline(always)]
 pub fn histogram_slot(histogram: *mut Histogram, bucket: u32) -> *mut u64 {
-    let index = core::hint::black_box(bucket as usize) & (HISTOGRAM_SLOTS - 1);
+    let index = opaque(u64::from(bucket)) as usize & (HISTOGRAM_SLOTS - 1);
     // SAFETY: `histogram` points into a map value; `index` < HISTOGRAM_SLOTS, the length of `buckets`.
     unsafe { (&raw mut (*histogram).buckets).cast::<u64>().add(index) }
 }

@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use profiler_common::{
     counters::Counter,
-    histogram::{Histogram, bucket_index},
+    histogram::{Histogram, bucket_index_by_table},
     process::DEFAULT_PID_MAX,
     syscalls::{
         MAX_PROCESS_SYSCALLS, MAX_SYSCALL_BUCKETS, MAX_SYSCALL_ERRNOS, MAX_SYSCALL_NR, ProcessSyscall,
@@ -26,7 +26,7 @@ use profiler_common::{
 
 use crate::shared::{
     BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST, PerThread, THREAD_VALUE_MASK, Taken, atomic_add, count,
-    current_selected, histogram_slot, increment, note_process, now_ns, task_ids, thread_slots_shared,
+    current_selected, histogram_slot, increment, note_process, now_ns, opaque, task_ids, thread_slots_shared,
 };
 
 /// When each thread entered which syscall (0: not in a syscall), by thread id (see `PerThread`).
@@ -128,7 +128,7 @@ pub fn syscall_sys_exit(ctx: BtfTracePointContext) -> i32 {
     };
     let nr = (start & NR_MASK) as u32;
     let latency = now_ns().wrapping_sub(start >> NR_BITS) & TIME_MASK;
-    let bucket = bucket_index(latency);
+    let bucket = bucket_index_by_table(latency, opaque);
     if let Some(histogram) = SYSCALL_LATENCY.get_ptr_mut(nr) {
         atomic_add(histogram_slot(histogram, bucket), 1);
     }
