@@ -128,12 +128,17 @@ pub fn opaque(mut v: u64) -> u64 {
     v
 }
 
-/// The slot of `histogram` that counts `bucket`. The index is masked to the array's power-of-two
-/// length on the register that addresses the slot, which every verifier from Linux 5.10 on follows;
-/// `opaque` keeps LLVM from dropping a mask it can prove redundant (`bucket_index` is bounded).
+/// `index` bounded to `slots` (a power of two) on the register that addresses the slot, which every
+/// verifier from 5.10 on follows; `opaque` keeps LLVM from dropping a mask it can prove redundant.
+#[inline(always)]
+pub fn masked(index: usize, slots: usize) -> usize {
+    opaque(index as u64) as usize & (slots - 1)
+}
+
+/// The slot of `histogram` that counts `bucket` (`bucket_index` is bounded, but see `masked`).
 #[inline(always)]
 pub fn histogram_slot(histogram: *mut Histogram, bucket: u32) -> *mut u64 {
-    let index = opaque(u64::from(bucket)) as usize & (HISTOGRAM_SLOTS - 1);
+    let index = masked(bucket as usize, HISTOGRAM_SLOTS);
     // SAFETY: `histogram` points into a map value; `index` < HISTOGRAM_SLOTS, the length of `buckets`.
     unsafe { (&raw mut (*histogram).buckets).cast::<u64>().add(index) }
 }

@@ -23,7 +23,10 @@ use profiler_common::unwind::{
     StackEnd, UnwindRow, UnwindState,
 };
 
-use crate::{offcpu, oncpu, shared::BPF_F_MMAPABLE};
+use crate::{
+    offcpu, oncpu,
+    shared::{BPF_F_MMAPABLE, masked},
+};
 
 /// Mappable, so userspace writes the rows through a mapping, not a syscall each.
 #[map]
@@ -189,13 +192,6 @@ fn signal_frame(state: &mut UnwindState) -> Result<(), StackEnd> {
     state.bp = read_user(frame.wrapping_add(SIGFRAME_RBP))?;
     state.exact_ip = 1;
     Ok(())
-}
-
-/// `index` bounded to `slots` (a power of two) on the register that addresses the slot, which every
-/// verifier from 5.10 on follows; `black_box` keeps LLVM from dropping a mask it can prove redundant.
-#[inline(always)]
-pub fn masked(index: usize, slots: usize) -> usize {
-    core::hint::black_box(index) & (slots - 1)
 }
 
 /// The executable mapping holding `address`: a binary search of the sorted mappings.
