@@ -48,22 +48,23 @@ fn loaded_map_ids() -> std::collections::BTreeSet<u32> {
     aya::maps::loaded_maps().filter_map(Result::ok).map(|map| map.id()).collect()
 }
 
-/// Capacities of the maps called `name` loaded since `before` was taken (the kernel keeps the
-/// first 15 bytes of a name).
-fn new_map_capacity(name: &str, before: &std::collections::BTreeSet<u32>) -> Vec<u32> {
+/// Capacities and value sizes of the maps called `name` loaded since `before` was taken (the
+/// kernel keeps the first 15 bytes of a name).
+fn new_maps(name: &str, before: &std::collections::BTreeSet<u32>) -> Vec<(u32, u32)> {
     let kernel_name = &name[..name.len().min(15)];
     aya::maps::loaded_maps()
         .filter_map(Result::ok)
         .filter(|map| !before.contains(&map.id()) && map.name_as_str() == Some(kernel_name))
-        .map(|map| map.max_entries())
+        .map(|map| (map.max_entries(), map.value_size()))
         .collect()
 }
 
-/// Start times live in arrays indexed by thread id, sized to kernel.pid_max up to 2^20 slots (with
-/// pid_max as large as systemd sets it, threads share slots by their ids' low bits); either way
-/// the counts are exact and every call of a thread alone in its slot is timed.
+/// Start times live in tables indexed by thread id: run-queue ones in arrays sized to
+/// kernel.pid_max up to 2^19 slots, syscall entries in a fixed table of 2^19 slots in the programs'
+/// global data (with pid_max as large as systemd sets it, threads share slots by their ids' low
+/// bits); either way the counts are exact and every call of a thread alone in its slot is timed.
 #[test]
-fn start_time_arrays_follow_pid_max_up_to_a_million_slots() {
+fn start_time_tables_follow_pid_max_up_to_half_a_million_slots() {
     const GETPPID: u64 = 3_000;
     let slots = profiler_common::process::MAX_THREAD_SLOTS;
     for (pid_max, array_len, pid) in [(32_768, 32_768, 30_000), (4_194_304, slots, 3 * slots + 777)] {
@@ -73,9 +74,9 @@ fn start_time_arrays_follow_pid_max_up_to_a_million_slots() {
         let args = ["-p", &pid.to_string(), "--probes", "sched,syscalls"];
         let before = loaded_map_ids();
         let recorder = Recorder::start(&dir.path().join("starts.rec"), &args);
-        for name in ["SYSCALL_START", "RUNQ_START"] {
-            assert_eq!(new_map_capacity(name, &before), vec![array_len], "{name} at pid_max {pid_max}");
-        }
+        assert_eq!(new_maps("RUNQ_START", &before), vec![(array_len, 8)], "RUNQ_START at pid_max {pid_max}");
+        let syscall_starts = new_maps(profiler_common::syscalls::SYSCALL_START, &before);
+        assert_eq!(syscall_starts, vec![(1, 8 * slots)], "one value of a word per slot, at pid_max {pid_max}");
         workload.go();
         workload.wait();
         let recording = recorder.finish();

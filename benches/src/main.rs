@@ -82,12 +82,12 @@ enum What {
         #[arg(long, default_value_t = 60)]
         minutes: u64,
     },
-    /// Attaches empty programs to BTF tracepoints until interrupted (the overhead table's floor).
+    /// Attaches minimal programs to BTF tracepoints until interrupted (the overhead table's floor).
     #[command(hide = true)]
     Floor {
-        /// Also read the clock in each program, as a latency measurement must.
-        #[arg(long)]
-        clock: bool,
+        /// What each program does besides being called.
+        #[arg(long, value_enum, default_value = "empty")]
+        body: floor::Body,
         tracepoints: Vec<String>,
     },
 }
@@ -122,7 +122,7 @@ fn main() -> Result<()> {
             What::Unwind { seconds, binaries } => unwind::run(&cli.bin, &unwind::Parts { seconds, binaries })?,
             What::Churn { minutes } => churn::run(&cli.bin, Duration::from_secs(minutes * 60))?,
             What::Serve { minutes } => serve::run(&cli.bin, Duration::from_secs(minutes * 60))?,
-            What::Floor { clock, tracepoints } => match floor::run(&tracepoints, clock)? {},
+            What::Floor { body, tracepoints } => match floor::run(&tracepoints, body)? {},
         };
         println!("{section}");
         markdown.push_str(&section);

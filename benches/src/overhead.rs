@@ -67,13 +67,10 @@ fn bpftrace(name: &'static str, program: &str) -> Tracer {
     Tracer { name, command: vec!["bpftrace".into(), "-e".into(), program.into()], pid_max: None }
 }
 
-/// Empty programs on BTF tracepoints, the profiler's own kind of hook (see floor.rs).
-fn floor(name: &'static str, clock: bool, tracepoints: &[&str]) -> Tracer {
+/// Minimal programs on BTF tracepoints, the profiler's own kind of hook (see floor.rs).
+fn floor(name: &'static str, body: &str, tracepoints: &[&str]) -> Tracer {
     let runner = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "benches".into());
-    let mut command = vec![runner, "floor".to_string()];
-    if clock {
-        command.push("--clock".into());
-    }
+    let mut command = vec![runner, "floor".to_string(), "--body".into(), body.into()];
     command.extend(tracepoints.iter().map(|tp| tp.to_string()));
     Tracer { name, command, pid_max: None }
 }
@@ -111,7 +108,7 @@ fn workloads(bin: &Path) -> Vec<Workload> {
                 ),
                 floor(
                     "floor: empty programs on the same tracepoints as BTF tracepoints (the profiler's hooks)",
-                    false,
+                    "empty",
                     &["sched_switch", "sched_wakeup", "sched_wakeup_new"],
                 ),
             ],
@@ -147,12 +144,17 @@ fn workloads(bin: &Path) -> Vec<Workload> {
                 ),
                 floor(
                     "floor: empty programs on sys_enter and sys_exit as BTF tracepoints (the profiler's hooks)",
-                    false,
+                    "empty",
                     &["sys_enter", "sys_exit"],
                 ),
                 floor(
                     "floor with the clock: the same, each reading the clock once (what timing a syscall costs)",
-                    true,
+                    "clock",
+                    &["sys_enter", "sys_exit"],
+                ),
+                floor(
+                    "floor of per-thread timing: the same, plus the thread id and its start time stored and read back (timing each call, keeping nothing)",
+                    "thread-latency",
                     &["sys_enter", "sys_exit"],
                 ),
             ],

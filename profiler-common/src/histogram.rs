@@ -51,47 +51,47 @@ pub const fn bucket_index(v: u64) -> u32 {
     SUB_BUCKETS + (k - SUB_BITS) * SUB_BUCKETS + sub
 }
 
-/// `bucket_index` of each value below 256, the table `bucket_index_by_table` reads.
-pub static BYTE_BUCKETS: [u8; 256] = {
-    let mut table = [0; 256];
+/// Bits of the window of a value that `bucket_index_by_table` looks up.
+const WINDOW_BITS: u32 = 12;
+
+/// `bucket_index` of each value below 2^WINDOW_BITS (4096 ns), the table `bucket_index_by_table`
+/// reads: 4 KiB, of which a program touches the few lines its latencies fall in.
+pub static WINDOW_BUCKETS: [u8; 1 << WINDOW_BITS] = {
+    let mut table = [0; 1 << WINDOW_BITS];
     let mut v = 0;
-    while v < 256 {
+    while v < table.len() {
         table[v] = bucket_index(v as u64) as u8;
         v += 1;
     }
     table
 };
 
-/// `bucket_index` in a dozen eBPF instructions, for the programs that bucket a latency on every
-/// event (every syscall, every switch-in): the compares pick the value's top byte from the value
-/// alone (predicted branches, where `log2` is a chain of dependent shifts), and the top byte's
-/// bucket moves up 16 buckets for each bit shifted out; a byte of 16 or more keeps its 4 sub-bucket
-/// bits, so the result is exact. `perf bench syscall basic` under `--probes syscalls`: 2.54x -> 2.50x.
-/// `opaque` hides the shifted value's range from the compiler, so that the mask stays in the
-/// program for the verifier.
+/// `bucket_index` in a few eBPF instructions, for the programs that bucket a latency on every
+/// event (every syscall, every switch-in). A value below 4096 (most syscalls and run-queue waits)
+/// is one compare and one table load; a larger one is shifted right by a multiple of 4 bits, picked
+/// by compares on the value alone (predicted branches, where `log2` is a chain of dependent shifts),
+/// until it fits the table, and moves up 16 buckets for each bit shifted out: its top 12 bits are at
+/// least 256, so they keep the 4 sub-bucket bits, and the result is exact. `opaque` hides the
+/// index's range from the compiler, so that the mask stays in the program for the verifier.
 #[inline(always)]
 pub fn bucket_index_by_table(v: u64, opaque: impl Fn(u64) -> u64) -> u32 {
-    let shift = if v < 1 << 16 {
-        if v < 1 << 8 {
-            0
-        } else if v < 1 << 12 {
-            4
-        } else {
-            8
-        }
+    let shift = if v < 1 << WINDOW_BITS {
+        0
+    } else if v < 1 << 20 {
+        if v < 1 << 16 { 4 } else { 8 }
     } else if v < 1 << 24 {
-        if v < 1 << 20 { 12 } else { 16 }
+        12
     } else if v < 1 << 28 {
-        20
+        16
     } else if v < 1 << 32 {
-        24
+        20
     } else if v < 1 << MAX_LOG2 {
-        28
+        24
     } else {
         return OVERFLOW_BUCKET;
     };
-    let byte = opaque(v >> shift) & 0xFF;
-    BYTE_BUCKETS[byte as usize] as u32 + (shift << SUB_BITS)
+    let window = opaque(v >> shift) & ((1 << WINDOW_BITS) - 1);
+    WINDOW_BUCKETS[window as usize] as u32 + (shift << SUB_BITS)
 }
 
 /// The values bucket `index` counts: `[lower, upper)`. The overflow bucket's upper edge is u64::MAX.

@@ -28,7 +28,8 @@ pub const MAX_PROCESSES: u32 = 16384;
 /// kernel's `/proc/sys/kernel/pid_max`.
 pub const DEFAULT_PID_MAX: u32 = 32768;
 
-/// Most slots of a per-thread array (8 MB): with a larger `pid_max` (systemd sets 4194304, which
-/// would make each array 32 MB), threads whose ids differ only above these bits share a slot, each
-/// value tagged with its thread's high bits (see `PerThread` in profiler-ebpf).
-pub const MAX_THREAD_SLOTS: u32 = 1 << 20;
+/// Most slots of a per-thread table (4 MiB, the largest value an array map may have): with a larger
+/// `pid_max` (systemd sets 4194304, which would make each array 32 MiB), threads whose ids differ
+/// only above these bits share a slot, each value tagged with its thread's high bits (see
+/// `PerThread` in profiler-ebpf).
+pub const MAX_THREAD_SLOTS: u32 = 1 << 19;

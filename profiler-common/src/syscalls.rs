@@ -63,9 +63,10 @@ pub const MAX_SYSCALL_ERRNOS: u32 = 8192;
 /// tens of buckets each.
 pub const MAX_SYSCALL_BUCKETS: u32 = 65536;
 
-/// Per-thread syscall entry words (time and number): an array indexed by thread id (see
-/// `process::MAX_THREAD_SLOTS`).
-pub const SYSCALL_START: &str = "SYSCALL_START";
+/// Per-thread syscall entry words (time and number), `process::MAX_THREAD_SLOTS` of them indexed
+/// by thread id: the programs' global data, which the loader makes an array of one value, named
+/// after its section.
+pub const SYSCALL_START: &str = ".bss.syscall_start";
 /// Per-CPU hash map `ProcessSyscall` -> `SyscallStats`.
 pub const SYSCALL_STATS: &str = "SYSCALL_STATS";
 /// Array of `SyscallSlot`, `SYSCALL_SLOTS_PER_CPU` for each possible CPU, CPU by CPU (the loader

@@ -1,6 +1,8 @@
 //! What every probe shares: counters, the process filter, process names, and reading `task_struct`
 //! at offsets that userspace found in the kernel's BTF (Rust eBPF has no CO-RE relocations).
 
+use core::cell::UnsafeCell;
+
 use aya_ebpf::{
     Global,
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_probe_read_kernel},
@@ -143,16 +145,59 @@ pub fn histogram_slot(histogram: *mut Histogram, bucket: u32) -> *mut u64 {
     unsafe { (&raw mut (*histogram).buckets).cast::<u64>().add(index) }
 }
 
-/// Per-thread start values (a timestamp, 0 for none), in an array indexed by the thread id's low
+/// Per-thread start values (a timestamp, 0 for none), in a table indexed by the thread id's low
 /// `THREAD_SLOT_BITS` bits: an array lookup is a bounds check and an add that the verifier inlines,
-/// where a hash lookup hashes the key and walks a bucket on the hottest path. The loader sizes the
-/// array to kernel.pid_max, up to 2^20 slots (8 MB). Above that (systemd sets pid_max to 4194304), two threads may share a slot: each
-/// word keeps the id's high bits as a tag, so a thread never takes another's value; a value that
-/// overwrites another thread's is counted (`StartDrops`). Values are kept modulo 2^62.
-pub struct PerThread(pub &'static Array<u64>);
+/// where a hash lookup hashes the key and walks a bucket on the hottest path. Thread ids below
+/// 2^THREAD_SLOT_BITS have a slot each; above that (systemd sets pid_max to 4194304), two threads
+/// may share a slot: each word keeps the id's high bits as a tag, so a thread never takes another's
+/// value; a value that overwrites another thread's is counted (`StartDrops`). Values are kept
+/// modulo 2^61.
+pub struct PerThread<W: ThreadWords + 'static = Array<u64>>(pub &'static W);
 
-/// Bits of a thread id that index a `PerThread` array.
-pub const THREAD_SLOT_BITS: u32 = 20;
+/// Where a `PerThread` keeps its words.
+pub trait ThreadWords {
+    /// The word of slot `index` (below 2^THREAD_SLOT_BITS), if the table has that many.
+    fn word(&self, index: u32) -> Option<*mut u64>;
+}
+
+/// An array map that the loader sizes to kernel.pid_max, up to 2^THREAD_SLOT_BITS slots, and to
+/// one slot when its probe does not run.
+impl ThreadWords for Array<u64> {
+    #[inline(always)]
+    fn word(&self, index: u32) -> Option<*mut u64> {
+        self.get_ptr_mut(index)
+    }
+}
+
+/// Every slot, in the program's global data: a `#[unsafe(link_section = ".bss.<name>")]` static,
+/// which the loader makes an array map of one 4 MiB value, there whether its probe runs or not.
+/// The program addresses a slot directly, where a map lookup passes the index through the stack:
+/// on sys_enter and sys_exit, which run on every syscall, that store and load are measurable.
+pub struct GlobalThreadWords(UnsafeCell<[u64; 1 << THREAD_SLOT_BITS]>);
+
+// SAFETY: the words are only read and written by eBPF programs through raw pointers, as map
+// values are; see `PerThread::store` for how concurrent writers interleave.
+unsafe impl Sync for GlobalThreadWords {}
+
+impl GlobalThreadWords {
+    #[expect(clippy::large_stack_arrays, reason = "evaluated at compile time only, as a static's initializer")]
+    pub const fn new() -> GlobalThreadWords {
+        GlobalThreadWords(UnsafeCell::new([0; 1 << THREAD_SLOT_BITS]))
+    }
+}
+
+impl ThreadWords for GlobalThreadWords {
+    #[inline(always)]
+    fn word(&self, index: u32) -> Option<*mut u64> {
+        let index = masked(index as usize, 1 << THREAD_SLOT_BITS);
+        // SAFETY: `index` is below the array's length.
+        Some(unsafe { self.0.get().cast::<u64>().add(index) })
+    }
+}
+
+/// Bits of a thread id that index a `PerThread` table: 2^19 words fill the largest value an array
+/// map may have (4 MiB, KMALLOC_MAX_SIZE), which a `GlobalThreadWords` is.
+pub const THREAD_SLOT_BITS: u32 = 19;
 
 /// Non-zero when kernel.pid_max is above 2^THREAD_SLOT_BITS, so that threads may share slots.
 #[unsafe(no_mangle)]
@@ -165,16 +210,16 @@ pub fn thread_slots_shared() -> bool {
     THREAD_SLOTS_SHARED.load() != 0
 }
 /// Bits of a slot that hold the rest of the thread id (ids are below 2^22, Linux's PID_MAX_LIMIT).
-const TAG_BITS: u32 = 2;
+const TAG_BITS: u32 = 22 - THREAD_SLOT_BITS;
 const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
 /// What survives of a value stored in a slot.
 pub const THREAD_VALUE_MASK: u64 = u64::MAX >> TAG_BITS;
 
-impl PerThread {
+impl<W: ThreadWords> PerThread<W> {
     /// The thread's slot, and the tag that marks it as the thread's.
     #[inline(always)]
     fn slot(&self, tid: u32) -> Option<(*mut u64, u64)> {
-        let slot = self.0.get_ptr_mut(tid & ((1 << THREAD_SLOT_BITS) - 1))?;
+        let slot = self.0.word(tid & ((1 << THREAD_SLOT_BITS) - 1))?;
         Some((slot, u64::from(tid >> THREAD_SLOT_BITS) & TAG_MASK))
     }
 
@@ -185,39 +230,57 @@ impl PerThread {
             count(Counter::StartDrops);
             return;
         };
-        // SAFETY: the slot is the map's, live while the program runs. A slot is shared only by
+        // SAFETY: the slot is the table's, live while the program runs. A slot is shared only by
         // threads whose ids differ above THREAD_SLOT_BITS; a store may race another thread's, and
         // then one of the two values is lost, as when one overwrites the other.
         unsafe {
-            let held = *slot;
-            if held != 0 && held & TAG_MASK != tag {
-                count(Counter::StartDrops);
+            // Only a shared slot can hold another thread's value: the load is left out otherwise.
+            if thread_slots_shared() {
+                let held = *slot;
+                if held != 0 && held & TAG_MASK != tag {
+                    count(Counter::StartDrops);
+                }
             }
             *slot = (value << TAG_BITS) | tag;
         }
     }
 
+    /// The thread's value, and its slot when it holds one.
+    #[inline(always)]
+    fn held(&self, tid: u32) -> (Taken, Option<*mut u64>) {
+        let Some((slot, tag)) = self.slot(tid) else {
+            // Its store was counted as lost.
+            return (Taken::Lost, None);
+        };
+        // SAFETY: as in `store`.
+        let held = unsafe { *slot };
+        if held == 0 {
+            return (Taken::Empty, None);
+        }
+        if held & TAG_MASK != tag {
+            return (Taken::Lost, None);
+        }
+        (Taken::Value(held >> TAG_BITS), Some(slot))
+    }
+
+    /// The thread's value, left in place: for a slot that the thread's next start overwrites
+    /// before anything reads it again.
+    #[inline(always)]
+    pub fn read(&self, tid: u32) -> Taken {
+        self.held(tid).0
+    }
+
     /// Takes the thread's value out, leaving none behind.
     #[inline(always)]
     pub fn take(&self, tid: u32) -> Taken {
-        let Some((slot, tag)) = self.slot(tid) else {
-            // Its store was counted as lost.
-            return Taken::Lost;
-        };
-        // SAFETY: as in `store`.
-        unsafe {
-            let held = *slot;
-            // Only a held slot is written: a store, even of the 0 already there, would pull the
-            // slot's cache line away from the other CPUs.
-            if held == 0 {
-                return Taken::Empty;
-            }
-            if held & TAG_MASK != tag {
-                return Taken::Lost;
-            }
-            *slot = 0;
-            Taken::Value(held >> TAG_BITS)
+        let (taken, slot) = self.held(tid);
+        // Only a held slot is written: a store, even of the 0 already there, would pull the slot's
+        // cache line away from the other CPUs.
+        if let Some(slot) = slot {
+            // SAFETY: as in `store`.
+            unsafe { *slot = 0 };
         }
+        taken
     }
 
     /// Forgets an exiting thread, so that a new thread reusing its id starts clean.

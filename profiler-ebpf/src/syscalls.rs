@@ -17,7 +17,6 @@ use aya_ebpf::{
 use profiler_common::{
     counters::Counter,
     histogram::{Histogram, bucket_index_by_table},
-    process::DEFAULT_PID_MAX,
     syscalls::{
         MAX_PROCESS_SYSCALLS, MAX_SYSCALL_BUCKETS, MAX_SYSCALL_ERRNOS, MAX_SYSCALL_NR, ProcessSyscall,
         SYSCALL_SLOT_BITS, SYSCALL_SLOTS_PER_CPU, SyscallBucket, SyscallErrno, SyscallSlot, SyscallStats,
@@ -25,17 +24,18 @@ use profiler_common::{
 };
 
 use crate::shared::{
-    BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST, PerThread, THREAD_VALUE_MASK, Taken, atomic_add, count,
-    current_selected, histogram_slot, increment, note_process, now_ns, opaque, task_ids, thread_slots_shared,
+    BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST, GlobalThreadWords, PerThread, THREAD_VALUE_MASK, Taken, atomic_add,
+    count, current_selected, histogram_slot, increment, note_process, now_ns, opaque, task_ids, thread_slots_shared,
 };
 
-/// When each thread entered which syscall (0: not in a syscall), by thread id (see `PerThread`).
-/// One value per thread: the entry time shifted left past the syscall number, which the slot keeps
-/// modulo 2^62, so the time is kept modulo 2^52 ns (52 days), and differences of such times are
-/// exact for any latency shorter than that.
-#[map]
-static SYSCALL_START: Array<u64> = Array::with_max_entries(DEFAULT_PID_MAX, 0);
-const SYSCALL_STARTS: PerThread = PerThread(&SYSCALL_START);
+/// When each thread last entered which syscall (0: none since the thread started or the probe
+/// was attached), by thread id (see `PerThread`). One value per thread: the entry time shifted left
+/// past the syscall number, which the slot keeps modulo 2^61, so the time is kept modulo 2^51 ns
+/// (26 days), and differences of such times are exact for any latency shorter than that. In global
+/// data, addressed without a lookup: these are the hottest words of the probe.
+#[unsafe(link_section = ".bss.syscall_start")]
+static SYSCALL_START: GlobalThreadWords = GlobalThreadWords::new();
+const SYSCALL_STARTS: PerThread<GlobalThreadWords> = PerThread(&SYSCALL_START);
 
 /// Bits of a `SYSCALL_START` value that hold the syscall number.
 const NR_BITS: u32 = 10;
@@ -89,11 +89,10 @@ const PT_REGS_ORIG_AX: usize = 15;
 #[btf_tracepoint(function = "sys_enter")]
 pub fn syscall_sys_enter(ctx: BtfTracePointContext) -> i32 {
     let nr: i64 = ctx.arg(1);
-    if !(0..MAX_SYSCALL_NR as i64).contains(&nr) {
-        return 0;
-    }
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !current_selected((pid_tgid >> 32) as u32) {
+    if !(0..MAX_SYSCALL_NR as i64).contains(&nr) || !current_selected((pid_tgid >> 32) as u32) {
+        // Not timed: the thread's last entry must not pass for this call's at its exit.
+        SYSCALL_STARTS.forget(pid_tgid as u32);
         return 0;
     }
     SYSCALL_STARTS.store(pid_tgid as u32, (now_ns() << NR_BITS) | nr as u64);
@@ -116,9 +115,15 @@ pub fn syscall_thread_exit(ctx: BtfTracePointContext) -> i32 {
 pub fn syscall_sys_exit(ctx: BtfTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    let start = match SYSCALL_STARTS.take(pid_tgid as u32) {
+    // Every exit of a thread follows an entry of the thread that stored or forgot its word, but
+    // for a new thread's return from fork, whose word its id's previous thread forgot at its
+    // death. So the word is left in place, a store less on every call, unless threads share slots:
+    // then a stale word would count as overwritten when another thread's entry replaced it.
+    let entry =
+        if thread_slots_shared() { SYSCALL_STARTS.take(pid_tgid as u32) } else { SYSCALL_STARTS.read(pid_tgid as u32) };
+    let start = match entry {
         Taken::Value(start) => start,
-        // A thread that shares the slot (pid_max above 2^20) overwrote the entry time, which was
+        // A thread that shares the slot (pid_max above 2^19) overwrote the entry time, which was
         // counted, and may have emptied the slot since: the call still counts, untimed.
         Taken::Lost => return count_untimed(&ctx, tgid),
         Taken::Empty if thread_slots_shared() => return count_untimed(&ctx, tgid),

@@ -269,12 +269,8 @@ fn load_object(
     let slots_shared = u8::from(pid_max > MAX_THREAD_SLOTS);
     loader.override_global("THREAD_SLOTS_SHARED", &slots_shared, true);
     let runs = |name: &str| running.iter().any(|p| p.name() == name);
-    let per_thread_arrays = [
-        ("sched", runqlat::RUNQ_START),
-        ("syscalls", sc::SYSCALL_START),
-        ("offcpu", OFFCPU_START),
-        ("offcpu", OFFCPU_THREAD_BLOCKS),
-    ];
+    let per_thread_arrays =
+        [("sched", runqlat::RUNQ_START), ("offcpu", OFFCPU_START), ("offcpu", OFFCPU_THREAD_BLOCKS)];
     for (probe, array) in per_thread_arrays {
         loader.map_max_entries(array, if runs(probe) { pid_max.min(MAX_THREAD_SLOTS) } else { 1 });
     }
