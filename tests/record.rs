@@ -2,23 +2,33 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::{Recorder, Workload, syscall_row, temp_dir};
-use profiler::analysis::histogram::percentiles;
+use profiler::{analysis::histogram::percentiles, recording::Recording};
 
 const ENOENT: u32 = 2;
+
+/// Records a child that makes `getppid` getppid calls and `failed_opens` opens of a missing file,
+/// with the pid filter on it and `args`; returns its pid and the recording.
+fn record_known_calls(path: &Path, getppid: u64, failed_opens: u64, args: &[&str]) -> (u32, Recording) {
+    let mut workload =
+        Workload::spawn(&["syscalls", "--getppid", &getppid.to_string(), "--fail-open", &failed_opens.to_string()]);
+    let pid = workload.pid();
+    let pid_arg = pid.to_string();
+    let recorder = Recorder::start(path, &[&["-p", pid_arg.as_str()][..], args].concat());
+    workload.go();
+    workload.wait();
+    (pid, recorder.finish())
+}
 
 #[test]
 fn counts_exactly_the_syscalls_a_process_makes() {
     const GETPPID: u64 = 5_000;
     const FAILED_OPENS: u64 = 37;
     let dir = temp_dir();
-    let mut workload =
-        Workload::spawn(&["syscalls", "--getppid", &GETPPID.to_string(), "--fail-open", &FAILED_OPENS.to_string()]);
-    let pid = workload.pid();
-    let recorder = Recorder::start(&dir.path().join("syscalls.rec"), &["-p", &pid.to_string(), "--probes", "syscalls"]);
-    workload.go();
-    workload.wait();
-    let recording = recorder.finish();
+    let path = dir.path().join("syscalls.rec");
+    let (pid, recording) = record_known_calls(&path, GETPPID, FAILED_OPENS, &["--probes", "syscalls"]);
 
     let getppid = syscall_row(&recording, pid, "getppid");
     assert_eq!(getppid.count, GETPPID);
@@ -47,13 +57,7 @@ fn syscall_counts_counts_exactly_and_reports_no_latency() {
     const FAILED_OPENS: u64 = 37;
     let dir = temp_dir();
     let path = dir.path().join("counts.rec");
-    let mut workload =
-        Workload::spawn(&["syscalls", "--getppid", &GETPPID.to_string(), "--fail-open", &FAILED_OPENS.to_string()]);
-    let pid = workload.pid();
-    let recorder = Recorder::start(&path, &["-p", &pid.to_string(), "--probes", "syscall-counts"]);
-    workload.go();
-    workload.wait();
-    let recording = recorder.finish();
+    let (pid, recording) = record_known_calls(&path, GETPPID, FAILED_OPENS, &["--probes", "syscall-counts"]);
 
     let getppid = syscall_row(&recording, pid, "getppid");
     assert_eq!((getppid.count, getppid.errors, getppid.total_ns), (GETPPID, 0, 0));
@@ -86,6 +90,47 @@ fn syscall_counts_counts_exactly_and_reports_no_latency() {
     assert_eq!(row["count"], GETPPID);
     assert!(row.get("latency").is_none() && row.get("total_ns").is_none(), "{row}");
     assert!(summary["syscalls"]["latency_not_measured"].is_string());
+}
+
+/// One call in 8 timed, drawn at random: counts and errnos stay exact; each timed call counts 8
+/// times in its syscall's histogram and its row's total, which so estimate every call's; the
+/// report says the latency is sampled.
+#[test]
+fn sampled_latency_counts_every_call_and_weighs_the_timed_ones() {
+    const GETPPID: u64 = 40_000;
+    const FAILED_OPENS: u64 = 37;
+    const ONE_IN: u64 = 8;
+    let dir = temp_dir();
+    let path = dir.path().join("sampled.rec");
+    let args = ["--probes", "syscalls", "--syscall-latency-sample", &ONE_IN.to_string()];
+    let (pid, recording) = record_known_calls(&path, GETPPID, FAILED_OPENS, &args);
+    assert_eq!(recording.meta.options.syscall_sample_one_in, ONE_IN as u32);
+
+    let getppid = syscall_row(&recording, pid, "getppid");
+    assert_eq!((getppid.count, getppid.errors), (GETPPID, 0));
+    let openat = syscall_row(&recording, pid, "openat");
+    assert_eq!(openat.errors, FAILED_OPENS);
+    assert_eq!(openat.errnos, vec![(ENOENT, FAILED_OPENS)]);
+
+    let nr = syscalls::Sysno::getppid.id() as u32;
+    let histogram = &recording.syscalls.as_ref().unwrap().latency[&nr];
+    assert_eq!(histogram.count() % ONE_IN, 0, "each timed call counts {ONE_IN} times");
+    // The calls timed are Binomial(40000, 1/8): 5000, with a standard deviation of 66.
+    let timed = histogram.count() / ONE_IN;
+    assert!((4_600..=5_400).contains(&timed), "{timed} of {GETPPID} calls timed");
+    // The row's total is weighed as the histogram is: both give the timed calls' mean (the
+    // histogram to its buckets' width, 6 %; the total divided by the exact count, to the draw's 1 %).
+    let mean_by_total = getppid.total_ns as f64 / GETPPID as f64;
+    let mean_by_histogram = percentiles(histogram).mean_ns;
+    assert!(
+        (mean_by_total / mean_by_histogram - 1.0).abs() < 0.1,
+        "mean {mean_by_total:.0} ns by the total, {mean_by_histogram:.0} ns by the histogram"
+    );
+
+    let report = common::run_profiler(&["report", path.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&report.stdout);
+    assert!(report.status.success(), "{text}");
+    assert!(text.contains("latency of 1 call in 8, drawn at random"), "{text}");
 }
 
 /// Beside strace on the same run: a process that starts threads (clone3) which make known calls and

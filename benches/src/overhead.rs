@@ -134,6 +134,11 @@ fn workloads(bin: &Path) -> Vec<Workload> {
                     &ours("syscalls"),
                 )
                 .with_pid_max(SYSTEMD_PID_MAX),
+                tracer(
+                    "profiler --probes syscalls --syscall-latency-sample 8 (every call counted, 1 in 8 timed), kernel.pid_max 32768",
+                    &format!("{} --syscall-latency-sample 8", ours("syscalls")),
+                )
+                .with_pid_max(KERNEL_PID_MAX),
                 tracer("libbpf-tools syscount (counts)", "syscount"),
                 tracer("libbpf-tools syscount -L (counts, mean latency)", "syscount -L"),
                 tracer("bcc syscount-bpfcc (counts)", "syscount-bpfcc"),

@@ -9,7 +9,7 @@
 
 use aya_ebpf::{
     Global,
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_smp_processor_id},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_prandom_u32, bpf_get_smp_processor_id},
     macros::{btf_tracepoint, map},
     maps::{Array, HashMap, PerCpuHashMap},
     programs::BtfTracePointContext,
@@ -67,6 +67,20 @@ static SYSCALL_ERRNOS: HashMap<SyscallErrno, u64> = HashMap::with_max_entries(MA
 #[map]
 static SYSCALL_LATENCY: Array<Histogram> = Array::with_max_entries(MAX_SYSCALL_NR, 0);
 
+/// Time one call in this many, drawn at random on entry (1: every call); counts and errors stay
+/// exact. The drain weighs each timed call this many times, off the hot path. Read-only: with 1
+/// the verifier prunes the draw.
+#[unsafe(no_mangle)]
+static SYSCALL_SAMPLE_ONE_IN: Global<u32> = Global::new(1);
+
+/// Whether this call is one of those timed: all of them, or one in `SYSCALL_SAMPLE_ONE_IN` at random.
+#[inline(always)]
+fn drawn_for_timing() -> bool {
+    let one_in = SYSCALL_SAMPLE_ONE_IN.load();
+    // SAFETY: the helper takes no arguments. `one_in` is above 1 where it divides.
+    one_in <= 1 || unsafe { bpf_get_prandom_u32() } % one_in == 0
+}
+
 /// Non-zero: also a latency histogram per (process, syscall), in `SYSCALL_PROCESS_LATENCY`. A
 /// read-only global, so the verifier prunes the hash update from the hot path when it is off.
 #[unsafe(no_mangle)]
@@ -90,7 +104,7 @@ const PT_REGS_ORIG_AX: usize = 15;
 pub fn syscall_sys_enter(ctx: BtfTracePointContext) -> i32 {
     let nr: i64 = ctx.arg(1);
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !(0..MAX_SYSCALL_NR as i64).contains(&nr) || !current_selected((pid_tgid >> 32) as u32) {
+    if !(0..MAX_SYSCALL_NR as i64).contains(&nr) || !current_selected((pid_tgid >> 32) as u32) || !drawn_for_timing() {
         // Not timed: the thread's last entry must not pass for this call's at its exit.
         SYSCALL_STARTS.forget(pid_tgid as u32);
         return 0;
@@ -117,16 +131,18 @@ pub fn syscall_sys_exit(ctx: BtfTracePointContext) -> i32 {
     let tgid = (pid_tgid >> 32) as u32;
     // Every exit of a thread follows an entry of the thread that stored or forgot its word, but
     // for a new thread's return from fork, whose word its id's previous thread forgot at its
-    // death. So the word is left in place, a store less on every call, unless threads share slots:
-    // then a stale word would count as overwritten when another thread's entry replaced it.
-    let entry =
-        if thread_slots_shared() { SYSCALL_STARTS.take(pid_tgid as u32) } else { SYSCALL_STARTS.read(pid_tgid as u32) };
+    // death. So the word is left in place, a store less on every call, unless threads share slots
+    // (a stale word would count as overwritten when another thread's entry replaced it) or calls
+    // are sampled (each untimed entry would clear the word the timed one left).
+    let untimed_calls = thread_slots_shared() || SYSCALL_SAMPLE_ONE_IN.load() > 1;
+    let entry = if untimed_calls { SYSCALL_STARTS.take(pid_tgid as u32) } else { SYSCALL_STARTS.read(pid_tgid as u32) };
     let start = match entry {
         Taken::Value(start) => start,
         // A thread that shares the slot (pid_max above 2^19) overwrote the entry time, which was
         // counted, and may have emptied the slot since: the call still counts, untimed.
         Taken::Lost => return count_untimed(&ctx, tgid),
-        Taken::Empty if thread_slots_shared() => return count_untimed(&ctx, tgid),
+        // Not drawn for timing, or its entry emptied by a slot-mate: still a call.
+        Taken::Empty if untimed_calls => return count_untimed(&ctx, tgid),
         // Entered before the probe was attached, or a new thread's return from fork: not a call
         // of the recording's, as strace would not count it either.
         Taken::Empty => return 0,

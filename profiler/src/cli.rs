@@ -259,6 +259,12 @@ pub struct TargetArgs {
     /// a machine that switches often.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_OFFCPU_SAMPLE, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub offcpu_sample: u32,
+    /// The syscalls probe times one call in N, chosen at random on entry, and counts its latency
+    /// N times: latency totals, means and histograms are estimates (the report says so), counts
+    /// and errors stay exact, and a call costs little more than with `--probes syscall-counts`.
+    /// Per-process histograms (`--syscall-latency-per-process`, `top`) hold the calls timed.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub syscall_latency_sample: u32,
 }
 
 /// `profiler top`.
@@ -349,6 +355,7 @@ impl TargetArgs {
             syscall_latency_per_process: false,
             offcpu_min_ns: self.offcpu_min.as_nanos() as u64,
             offcpu_sample_one_in: self.offcpu_sample,
+            syscall_sample_one_in: self.syscall_latency_sample,
         })
     }
 }

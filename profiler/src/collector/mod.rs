@@ -320,6 +320,7 @@ impl Session {
                 excluded_self: !config.options.include_self,
                 offcpu_min_ns: config.options.offcpu_min_ns,
                 offcpu_sample_one_in: config.options.offcpu_sample_one_in.max(1),
+                syscall_sample_one_in: config.options.syscall_sample_one_in.max(1),
             },
             left_out: probes
                 .left_out()

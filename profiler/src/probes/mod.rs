@@ -232,6 +232,9 @@ pub struct ProbeOptions {
     pub offcpu_min_ns: u64,
     /// Take the stacks of one blocking switch-out in this many, at random (0 or 1: all).
     pub offcpu_sample_one_in: u32,
+    /// Time one syscall in this many, at random, each counted this many times in latency totals
+    /// and histograms (0 or 1: all); every call is still counted.
+    pub syscall_sample_one_in: u32,
 }
 
 #[cfg(test)]

@@ -79,8 +79,8 @@ impl ProbeSpec for Syscalls {
         &[SYSCALL_STATS, SYSCALL_SLOTS, SYSCALL_ERRNOS, SYSCALL_LATENCY, SYSCALL_PROCESS_LATENCY]
     }
 
-    fn drain(&self, _options: &ProbeOptions) -> Box<dyn Drain> {
-        Box::new(SyscallDrain::new(true))
+    fn drain(&self, options: &ProbeOptions) -> Box<dyn Drain> {
+        Box::new(SyscallDrain::new(true, options.syscall_sample_one_in))
     }
 }
 
@@ -114,14 +114,15 @@ impl ProbeSpec for SyscallCounts {
     }
 
     fn drain(&self, _options: &ProbeOptions) -> Box<dyn Drain> {
-        Box::new(SyscallDrain::new(false))
+        Box::new(SyscallDrain::new(false, 1))
     }
 }
 
 impl SyscallDrain {
-    fn new(timed: bool) -> SyscallDrain {
+    fn new(timed: bool, sample_one_in: u32) -> SyscallDrain {
         SyscallDrain {
             timed,
+            weight: u64::from(sample_one_in.max(1)),
             latency: HashMap::new(),
             slots: None,
             stats: CounterMap::new(
@@ -174,6 +175,10 @@ impl Growth for SyscallStats {
 struct SyscallDrain {
     /// Whether calls are timed (`syscalls`) or only counted (`syscall-counts`).
     timed: bool,
+    /// How many calls a timed one stands for: the programs time one in this many
+    /// (`--syscall-latency-sample`), and each syscall's histogram and each row's latency total are
+    /// weighed here, off the hot path, into estimates of every call's.
+    weight: u64,
     /// Each syscall's histogram at the last drain, for the syscalls seen so far.
     latency: HashMap<u32, Vec<u64>>,
     /// `SYSCALL_SLOTS`, opened at the first drain.
@@ -186,7 +191,7 @@ struct SyscallDrain {
 
 impl Drain for SyscallDrain {
     fn drain(&mut self, kernel: &mut Kernel<'_>, interval: &mut Drained) -> Result<()> {
-        let latency = if self.timed { self.latency_growth(kernel.ebpf)? } else { BTreeMap::new() };
+        let mut latency = if self.timed { self.latency_growth(kernel.ebpf)? } else { BTreeMap::new() };
         let slots = match &mut self.slots {
             Some(slots) => slots,
             None => self.slots.insert(Slots::new(kernel.ebpf)?),
@@ -200,7 +205,15 @@ impl Drain for SyscallDrain {
         } else {
             Vec::new()
         };
-        let per_process = rows(stats, errnos, buckets);
+        let mut per_process = rows(stats, errnos, buckets);
+        if self.weight > 1 {
+            latency.values_mut().for_each(|histogram| *histogram = histogram.weighed(self.weight));
+            // Per-process histograms stay the calls timed: `top` and the report rank their p99s
+            // only from enough samples, which weighed counts would pretend to have.
+            for row in &mut per_process {
+                row.total_ns = row.total_ns.saturating_mul(self.weight);
+            }
+        }
         interval.recording.syscalls = Some(SyscallData { latency, per_process, counts_only: !self.timed });
         Ok(())
     }

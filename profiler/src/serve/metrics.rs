@@ -75,6 +75,9 @@ pub struct MetricsSink {
     unjudged: Accumulator,
     judged_at: Duration,
     judge_every: Duration,
+    /// How many calls a timed syscall stands for (`--syscall-latency-sample`): the detector
+    /// judges a syscall's p99 from the calls timed, not from their weighed counts.
+    syscall_weight: u64,
     processes: ProcessHistograms,
     page: Arc<Mutex<Page>>,
     /// Processes that exited in the last interval: their last waits and calls may come in the
@@ -83,7 +86,13 @@ pub struct MetricsSink {
 }
 
 impl MetricsSink {
-    pub fn new(processes: ProcessSeries, baseline: usize, interval: Duration, page: Arc<Mutex<Page>>) -> Self {
+    pub fn new(
+        processes: ProcessSeries,
+        baseline: usize,
+        interval: Duration,
+        syscall_sample_one_in: u32,
+        page: Arc<Mutex<Page>>,
+    ) -> Self {
         Self {
             totals: Accumulator::default(),
             folded: FoldedNames::default(),
@@ -91,6 +100,7 @@ impl MetricsSink {
             unjudged: Accumulator::default(),
             judged_at: Duration::ZERO,
             judge_every: interval,
+            syscall_weight: u64::from(syscall_sample_one_in.max(1)),
             processes: ProcessHistograms { processes, ..Default::default() },
             page,
             exited: Vec::new(),
@@ -112,7 +122,8 @@ impl MetricsSink {
         }
         if let Some(syscalls) = &delta.syscalls {
             for (nr, histogram) in &syscalls.latency {
-                self.detector.observe(&format!("syscall:{}", syscall_name(*nr)), histogram);
+                self.detector
+                    .observe(&format!("syscall:{}", syscall_name(*nr)), &histogram.unweighed(self.syscall_weight));
             }
         }
     }

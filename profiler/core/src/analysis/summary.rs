@@ -243,6 +243,9 @@ pub struct SyscallSummary {
     /// Why there is no latency, when calls were counted and not timed; absent when timed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_not_measured: Option<&'static str>,
+    /// How latency was sampled, when one call in N was timed; absent when every call was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_sampled: Option<String>,
     pub by_count: Vec<SyscallRow>,
     /// Empty when latency was not measured.
     pub by_time: Vec<SyscallRow>,
@@ -292,6 +295,16 @@ pub struct ProcessSyscallErrors {
 
 /// What a report says of a recording whose calls were counted, not timed.
 pub const COUNTS_ONLY: &str = "calls were counted, not timed (--probes syscall-counts): no latency";
+
+/// What a report says of a recording whose syscall latency was timed for one call in `one_in`.
+fn latency_sampled(one_in: u32) -> Option<String> {
+    (one_in > 1).then(|| {
+        format!(
+            "latency of 1 call in {one_in}, drawn at random, each counted {one_in} times \
+             (--syscall-latency-sample): totals, means and percentiles are estimates; counts and errors are exact"
+        )
+    })
+}
 
 pub fn syscall_name(nr: u32) -> String {
     syscalls::Sysno::new(nr as usize).map_or_else(|| format!("syscall_{nr}"), |s| s.name().to_string())
@@ -432,6 +445,7 @@ fn syscall_summary(
         total: rows.iter().fold(0u64, |sum, r| sum.saturating_add(r.count)),
         errors: rows.iter().fold(0u64, |sum, r| sum.saturating_add(r.errors)),
         latency_not_measured: (!timed).then_some(COUNTS_ONLY),
+        latency_sampled: latency_sampled(recording.meta.options.syscall_sample_one_in).filter(|_| timed),
         by_count: ranked(|r| r.count),
         by_time: if timed { ranked(|r| r.total_ns.unwrap_or(0)) } else { Vec::new() },
         errors_by_process: errors_by_process(recording, syscalls, top),

@@ -135,8 +135,8 @@ fn syscall_tables(w: &mut String, syscalls: &SyscallSummary) {
         syscalls.errors,
         percent(syscalls.errors, syscalls.total)
     );
-    if let Some(why) = syscalls.latency_not_measured {
-        let _ = writeln!(w, "  {why}");
+    for note in syscalls.latency_not_measured.into_iter().chain(syscalls.latency_sampled.as_deref()) {
+        let _ = writeln!(w, "  {note}");
     }
     let tables = [("by count", &syscalls.by_count), ("by total time", &syscalls.by_time)];
     for (title, rows) in tables.into_iter().filter(|(_, rows)| !rows.is_empty()) {
@@ -154,6 +154,10 @@ fn syscall_tables(w: &mut String, syscalls: &SyscallSummary) {
         for row in rows.iter() {
             let errno = row.top_errno.as_ref().map_or(String::new(), |(name, n)| format!("{name} ({n})"));
             let latency = match (row.total_ns, &row.latency) {
+                // None of its calls timed (sampled out, or entry times lost): no latency, not zero.
+                (Some(_), Some(latency)) if latency.count == 0 => {
+                    format!(" {:>10} {:>9} {:>9} {:>9}", "-", "-", "-", "-")
+                }
                 (Some(total), Some(latency)) => format!(
                     " {:>10} {:>9} {:>9} {:>9}",
                     format_ns(total),

@@ -141,6 +141,10 @@ pub struct RecordOptions {
     /// One blocking switch-out in this many was taken, at random, and its time counted this many
     /// times: off-CPU totals are estimates when it is above 1.
     pub offcpu_sample_one_in: u32,
+    /// One syscall in this many was timed, at random, and its latency counted this many times:
+    /// syscall latency totals and histograms are estimates when it is above 1 (0: before the
+    /// option, every call).
+    pub syscall_sample_one_in: u32,
 }
 
 /// Event and drop counts, summed over CPUs.
@@ -512,6 +516,16 @@ impl LatencyHistogram {
     }
 
     /// Adds another histogram's counts into this one.
+    /// Each count multiplied by `factor` (what a histogram of one value in `factor` estimates);
+    /// `unweighed` divides it back.
+    pub fn weighed(&self, factor: u64) -> LatencyHistogram {
+        LatencyHistogram { buckets: self.buckets.iter().map(|&(index, n)| (index, n.saturating_mul(factor))).collect() }
+    }
+
+    pub fn unweighed(&self, factor: u64) -> LatencyHistogram {
+        LatencyHistogram { buckets: self.buckets.iter().map(|&(index, n)| (index, n / factor.max(1))).collect() }
+    }
+
     pub fn merge(&mut self, other: &LatencyHistogram) {
         let mut dense = self.to_dense();
         for &(index, count) in &other.buckets {

@@ -33,13 +33,34 @@ fn runq_by_name(recording: &Recording) -> BTreeMap<String, LatencyHistogram> {
     by_name
 }
 
+/// Each syscall's histogram of the calls timed. A recording that timed one call in N counted each
+/// N times (`--syscall-latency-sample`): its counts, all multiples of N, are divided back, so that
+/// a percentile's interval is as wide as its samples make it, not N times narrower.
+fn timed_syscalls(recording: &Recording) -> BTreeMap<u32, LatencyHistogram> {
+    let weight = u64::from(recording.meta.options.syscall_sample_one_in);
+    recording
+        .syscalls
+        .iter()
+        .flat_map(|s| &s.latency)
+        .map(|(&nr, histogram)| (nr, histogram.unweighed(weight)))
+        .collect()
+}
+
+/// The distributions each recording keeps by name: run-queue latency per process name, syscall
+/// latency per syscall (timed calls).
+struct Named {
+    runq: BTreeMap<String, LatencyHistogram>,
+    syscalls: BTreeMap<u32, LatencyHistogram>,
+}
+
+impl Named {
+    fn of(recording: &Recording) -> Named {
+        Named { runq: runq_by_name(recording), syscalls: timed_syscalls(recording) }
+    }
+}
+
 /// Every distribution both recordings have.
-fn pairs<'a>(
-    base: &'a Recording,
-    new: &'a Recording,
-    base_procs: &'a BTreeMap<String, LatencyHistogram>,
-    new_procs: &'a BTreeMap<String, LatencyHistogram>,
-) -> Vec<Pair<'a>> {
+fn pairs<'a>(base: &'a Recording, new: &'a Recording, base_named: &'a Named, new_named: &'a Named) -> Vec<Pair<'a>> {
     let mut pairs = Vec::new();
     if let (Some(b), Some(n)) = (&base.runq, &new.runq) {
         pairs.push(Pair {
@@ -49,24 +70,22 @@ fn pairs<'a>(
             new: &n.system,
         });
     }
-    for (name, b) in base_procs {
-        if let Some(n) = new_procs.get(name) {
+    for (name, b) in &base_named.runq {
+        if let Some(n) = new_named.runq.get(name) {
             pairs.push(Pair { kind: FindingKind::RunqLatency, subject: format!("process {name}"), base: b, new: n });
         }
     }
-    if let (Some(b), Some(n)) = (&base.syscalls, &new.syscalls) {
-        for (nr, bh) in &b.latency {
-            if let Some(nh) = n.latency.get(nr) {
-                pairs.push(Pair { kind: FindingKind::SyscallLatency, subject: syscall_name(*nr), base: bh, new: nh });
-            }
+    for (nr, bh) in &base_named.syscalls {
+        if let Some(nh) = new_named.syscalls.get(nr) {
+            pairs.push(Pair { kind: FindingKind::SyscallLatency, subject: syscall_name(*nr), base: bh, new: nh });
         }
     }
     pairs
 }
 
 pub fn compare(base: &Recording, new: &Recording, findings: &mut Findings) -> Vec<LatencyComparison> {
-    let (base_procs, new_procs) = (runq_by_name(base), runq_by_name(new));
-    let pairs = pairs(base, new, &base_procs, &new_procs);
+    let (base_named, new_named) = (Named::of(base), Named::of(new));
+    let pairs = pairs(base, new, &base_named, &new_named);
     let z = findings.critical_z(pairs.len() * PERCENTILES.len());
     pairs.iter().map(|pair| compare_pair(pair, z, findings)).collect()
 }

@@ -303,6 +303,31 @@ mod tests {
         assert!(d.regressions.is_empty() && !d.improvements.is_empty());
     }
 
+    /// A recording that timed one call in 8 counted each 8 times: its percentiles' intervals are
+    /// as wide as the calls timed make them, so a shift that 8 times as many would show is noise.
+    #[test]
+    fn sampled_syscall_latency_is_compared_at_its_true_sample_size() {
+        use crate::recording::Syscalls;
+        let with_latency = |shift: u64, weight: u64, one_in: u32| {
+            let mut recording = Recording::default();
+            recording.meta.duration_ns = 10_000_000_000;
+            recording.meta.options.syscall_sample_one_in = one_in;
+            let timed = LatencyHistogram::from_values((0..80).map(|i| 10_000 + shift + i * 125));
+            recording.syscalls = Some(Syscalls { latency: [(39, timed.weighed(weight))].into(), ..Default::default() });
+            recording
+        };
+        let options = DiffOptions { threshold_percent: 10.0, confidence: 0.99, top: 10 };
+        let flagged = |base: &Recording, new: &Recording| {
+            diff(base, new, &options).regressions.iter().any(|f| f.kind == FindingKind::SyscallLatency)
+        };
+        // 640 calls timed: a 2.5 µs shift (16 % at the median) stands out.
+        assert!(flagged(&with_latency(0, 8, 1), &with_latency(2_500, 8, 1)));
+        // 80 calls timed, each counted 8 times: the same shift is within the draw's noise.
+        assert!(!flagged(&with_latency(0, 8, 8), &with_latency(2_500, 8, 8)));
+        // A doubling stands out all the same.
+        assert!(flagged(&with_latency(0, 8, 8), &with_latency(15_000, 8, 8)));
+    }
+
     #[test]
     fn recordings_of_different_length_compare_by_rate_and_share() {
         use crate::recording::{ProcessSyscall, Syscalls};
