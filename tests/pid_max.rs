@@ -32,16 +32,28 @@ impl Drop for PidMax {
 }
 
 /// A workload whose process gets `pid` (the kernel hands out the id after ns_last_pid, unless
-/// another fork takes it first: then again).
-fn spawn_with_pid(pid: u32, args: &[&str]) -> Workload {
-    for _ in 0..100 {
+/// another fork takes it first: then again), or None once a live task holds `pid` (a kernel worker
+/// forked in between keeps it: the kernel never hands it out while it lives).
+fn spawn_with_pid(pid: u32, args: &[&str]) -> Option<Workload> {
+    for _ in 0..20 {
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            return None;
+        }
         std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
         let workload = Workload::spawn(args);
         if workload.pid() == pid {
-            return workload;
+            return Some(workload);
         }
     }
-    panic!("pid {pid} was always taken first");
+    None
+}
+
+/// A workload whose process gets the first pid of `pids` that no live task holds.
+fn spawn_at_first_free_pid(pids: std::ops::Range<u32>, args: &[&str]) -> Workload {
+    let tried = format!("{pids:?}");
+    pids.into_iter()
+        .find_map(|pid| spawn_with_pid(pid, args))
+        .unwrap_or_else(|| panic!("no pid of {tried} could be had"))
 }
 
 fn loaded_map_ids() -> std::collections::BTreeSet<u32> {
@@ -67,10 +79,15 @@ fn new_maps(name: &str, before: &std::collections::BTreeSet<u32>) -> Vec<(u32, u
 fn start_time_tables_follow_pid_max_up_to_half_a_million_slots() {
     const GETPPID: u64 = 3_000;
     let slots = profiler_common::process::MAX_THREAD_SLOTS;
-    for (pid_max, array_len, pid) in [(32_768, 32_768, 30_000), (4_194_304, slots, 3 * slots + 777)] {
+    for (pid_max, array_len, first_pid) in [(32_768, 32_768, 30_000), (4_194_304, slots, 3 * slots + 777)] {
         let _pid_max = PidMax::set(pid_max);
         let dir = temp_dir();
-        let mut workload = spawn_with_pid(pid, &["syscalls", "--getppid", &GETPPID.to_string(), "--fail-open", "0"]);
+        let getppid = GETPPID.to_string();
+        let mut workload = spawn_at_first_free_pid(
+            first_pid..first_pid + 100,
+            &["syscalls", "--getppid", &getppid, "--fail-open", "0"],
+        );
+        let pid = workload.pid();
         let args = ["-p", &pid.to_string(), "--probes", "sched,syscalls"];
         let before = loaded_map_ids();
         let recorder = Recorder::start(&dir.path().join("starts.rec"), &args);
@@ -97,10 +114,17 @@ fn threads_sharing_a_slot_lose_a_latency_never_a_count() {
     let slots = profiler_common::process::MAX_THREAD_SLOTS;
     let _pid_max = PidMax::set(4_194_304);
     let dir = temp_dir();
-    let (first_pid, second_pid) = (slots + 4242, 2 * slots + 4242);
     let sleep = |micros: &str| ["sleep", "--cpu", "0", "--count", "1", "--interval-us", micros].map(String::from);
-    let mut first = spawn_with_pid(first_pid, &sleep("300000").each_ref().map(String::as_str));
-    let mut second = spawn_with_pid(second_pid, &sleep("600000").each_ref().map(String::as_str));
+    let (first_sleep, second_sleep) = (sleep("300000"), sleep("600000"));
+    // Two pids with the same low bits: the first pair of them no live task holds.
+    let (mut first, mut second) = (4242..4342)
+        .find_map(|low_bits| {
+            let first = spawn_with_pid(slots + low_bits, &first_sleep.each_ref().map(String::as_str))?;
+            let second = spawn_with_pid(2 * slots + low_bits, &second_sleep.each_ref().map(String::as_str))?;
+            Some((first, second))
+        })
+        .expect("two free pids that share a slot");
+    let (first_pid, second_pid) = (first.pid(), second.pid());
     let args = ["-p", &first_pid.to_string(), "-p", &second_pid.to_string(), "--probes", "syscalls"];
     let recorder = Recorder::start(&dir.path().join("shared.rec"), &args);
     first.go();
