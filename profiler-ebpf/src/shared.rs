@@ -156,16 +156,17 @@ pub struct PerThread<W: ThreadWords + 'static = Array<u64>>(pub &'static W);
 
 /// Where a `PerThread` keeps its words.
 pub trait ThreadWords {
-    /// The word of slot `index` (below 2^THREAD_SLOT_BITS), if the table has that many.
-    fn word(&self, index: u32) -> Option<*mut u64>;
+    /// The word of thread id `tid`'s slot, the one its low THREAD_SLOT_BITS bits index (masked
+    /// here, once, on the register that addresses the word), if the table has that many.
+    fn word(&self, tid: u32) -> Option<*mut u64>;
 }
 
 /// An array map that the loader sizes to kernel.pid_max, up to 2^THREAD_SLOT_BITS slots, and to
 /// one slot when its probe does not run.
 impl ThreadWords for Array<u64> {
     #[inline(always)]
-    fn word(&self, index: u32) -> Option<*mut u64> {
-        self.get_ptr_mut(index)
+    fn word(&self, tid: u32) -> Option<*mut u64> {
+        self.get_ptr_mut(tid & ((1 << THREAD_SLOT_BITS) - 1))
     }
 }
 
@@ -188,8 +189,8 @@ impl GlobalThreadWords {
 
 impl ThreadWords for GlobalThreadWords {
     #[inline(always)]
-    fn word(&self, index: u32) -> Option<*mut u64> {
-        let index = masked(index as usize, 1 << THREAD_SLOT_BITS);
+    fn word(&self, tid: u32) -> Option<*mut u64> {
+        let index = masked(tid as usize, 1 << THREAD_SLOT_BITS);
         // SAFETY: `index` is below the array's length.
         Some(unsafe { self.0.get().cast::<u64>().add(index) })
     }
@@ -219,7 +220,7 @@ impl<W: ThreadWords> PerThread<W> {
     /// The thread's slot, and the tag that marks it as the thread's.
     #[inline(always)]
     fn slot(&self, tid: u32) -> Option<(*mut u64, u64)> {
-        let slot = self.0.word(tid & ((1 << THREAD_SLOT_BITS) - 1))?;
+        let slot = self.0.word(tid)?;
         Some((slot, u64::from(tid >> THREAD_SLOT_BITS) & TAG_MASK))
     }
 
