@@ -40,6 +40,11 @@ pub struct SyscallSlot {
     pub stats: SyscallStats,
 }
 
+impl SyscallSlot {
+    pub const FREE: SyscallSlot =
+        SyscallSlot { tgid: 0, nr: 0, stats: SyscallStats { count: 0, errors: 0, total_ns: 0 } };
+}
+
 /// Key of `SYSCALL_PROCESS_LATENCY`: how many calls of one syscall of one process took a latency
 /// in one `histogram` bucket.
 #[repr(C)]
@@ -54,9 +59,14 @@ crate::user_pod!(ProcessSyscall, SyscallStats, SyscallErrno, SyscallSlot, Syscal
 
 /// Capacity of `SYSCALL_STATS`.
 pub const MAX_PROCESS_SYSCALLS: u32 = 32768;
-/// `SYSCALL_SLOTS` gives each CPU 2^SYSCALL_SLOT_BITS slots (32 KiB).
-pub const SYSCALL_SLOT_BITS: u32 = 10;
-pub const SYSCALL_SLOTS_PER_CPU: u32 = 1 << SYSCALL_SLOT_BITS;
+/// `SYSCALL_SLOTS` holds 2^SYSCALL_SLOT_TABLE_BITS slots (4 MiB, the largest value of an array
+/// map), 2^SYSCALL_SLOT_BITS_PER_CPU (32 KiB) for each of the first SYSCALL_SLOT_CPUS CPUs. The
+/// numbers are constants of the programs, where values set at load time would cost the hottest
+/// path a load and two shifts by a register; CPUs past the first 128 count in the hash map alone.
+pub const SYSCALL_SLOT_TABLE_BITS: u32 = 17;
+pub const SYSCALL_SLOT_BITS_PER_CPU: u32 = 10;
+pub const SYSCALL_SLOT_CPUS: u32 = 1 << (SYSCALL_SLOT_TABLE_BITS - SYSCALL_SLOT_BITS_PER_CPU);
+
 /// Capacity of `SYSCALL_ERRNOS`.
 pub const MAX_SYSCALL_ERRNOS: u32 = 8192;
 /// Capacity of `SYSCALL_PROCESS_LATENCY` (allocated as used): a busy process's syscalls fill some
@@ -69,9 +79,9 @@ pub const MAX_SYSCALL_BUCKETS: u32 = 65536;
 pub const SYSCALL_START: &str = ".bss.syscall_start";
 /// Per-CPU hash map `ProcessSyscall` -> `SyscallStats`.
 pub const SYSCALL_STATS: &str = "SYSCALL_STATS";
-/// Array of `SyscallSlot`, `SYSCALL_SLOTS_PER_CPU` for each possible CPU, CPU by CPU (the loader
-/// sizes it); mappable.
-pub const SYSCALL_SLOTS: &str = "SYSCALL_SLOTS";
+/// `SyscallSlot`s, 2^SYSCALL_SLOT_BITS_PER_CPU for each CPU, CPU by CPU, in the programs' global
+/// data (a mappable array of one value, named after its section).
+pub const SYSCALL_SLOTS: &str = ".bss.syscall_slots";
 /// Hash map `SyscallErrno` -> count.
 pub const SYSCALL_ERRNOS: &str = "SYSCALL_ERRNOS";
 /// Hash map `SyscallBucket` -> count: latency histograms per (process, syscall), filled only when

@@ -170,29 +170,38 @@ impl ThreadWords for Array<u64> {
     }
 }
 
-/// Every slot, in the program's global data: a `#[unsafe(link_section = ".bss.<name>")]` static,
-/// which the loader makes an array map of one 4 MiB value, there whether its probe runs or not.
-/// The program addresses a slot directly, where a map lookup passes the index through the stack:
-/// on sys_enter and sys_exit, which run on every syscall, that store and load are measurable.
-pub struct GlobalThreadWords(UnsafeCell<[u64; 1 << THREAD_SLOT_BITS]>);
+/// A table in the programs' global data: a `#[unsafe(link_section = ".bss.<name>")]` static, which
+/// the loader makes a mappable array map of one value (the whole table, up to 4 MiB), there
+/// whether its probe runs or not. A program addresses an element directly, where a map lookup
+/// passes the index through the stack: on sys_enter and sys_exit, which run on every syscall, that
+/// store and load are measurable. `N` is a power of two.
+pub struct GlobalTable<T, const N: usize>(UnsafeCell<[T; N]>);
 
-// SAFETY: the words are only read and written by eBPF programs through raw pointers, as map
-// values are; see `PerThread::store` for how concurrent writers interleave.
-unsafe impl Sync for GlobalThreadWords {}
+// SAFETY: the elements are only read and written by eBPF programs through raw pointers, as map
+// values are; their users say how concurrent writers interleave.
+unsafe impl<T, const N: usize> Sync for GlobalTable<T, N> {}
 
-impl GlobalThreadWords {
-    #[expect(clippy::large_stack_arrays, reason = "evaluated at compile time only, as a static's initializer")]
-    pub const fn new() -> GlobalThreadWords {
-        GlobalThreadWords(UnsafeCell::new([0; 1 << THREAD_SLOT_BITS]))
+impl<T: Copy, const N: usize> GlobalTable<T, N> {
+    pub const fn new(zero: T) -> GlobalTable<T, N> {
+        GlobalTable(UnsafeCell::new([zero; N]))
+    }
+
+    /// The element at `index` modulo N (masked on the register that addresses it).
+    #[inline(always)]
+    pub fn at(&self, index: usize) -> *mut T {
+        // SAFETY: the masked index is below the table's length.
+        unsafe { self.0.get().cast::<T>().add(masked(index, N)) }
     }
 }
+
+/// Every thread's word, a slot per id's low THREAD_SLOT_BITS bits (see `PerThread::store` for how
+/// threads that share a slot interleave).
+pub type GlobalThreadWords = GlobalTable<u64, { 1 << THREAD_SLOT_BITS }>;
 
 impl ThreadWords for GlobalThreadWords {
     #[inline(always)]
     fn word(&self, tid: u32) -> Option<*mut u64> {
-        let index = masked(tid as usize, 1 << THREAD_SLOT_BITS);
-        // SAFETY: `index` is below the array's length.
-        Some(unsafe { self.0.get().cast::<u64>().add(index) })
+        Some(self.at(tid as usize))
     }
 }
 

@@ -19,12 +19,13 @@ use profiler_common::{
     histogram::{Histogram, bucket_index_by_table},
     syscalls::{
         MAX_PROCESS_SYSCALLS, MAX_SYSCALL_BUCKETS, MAX_SYSCALL_ERRNOS, MAX_SYSCALL_NR, ProcessSyscall,
-        SYSCALL_SLOT_BITS, SYSCALL_SLOTS_PER_CPU, SyscallBucket, SyscallErrno, SyscallSlot, SyscallStats,
+        SYSCALL_SLOT_BITS_PER_CPU, SYSCALL_SLOT_CPUS, SYSCALL_SLOT_TABLE_BITS, SyscallBucket, SyscallErrno,
+        SyscallSlot, SyscallStats,
     },
 };
 
 use crate::shared::{
-    BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST, GlobalThreadWords, PerThread, THREAD_VALUE_MASK, Taken, atomic_add,
+    BPF_F_NO_PREALLOC, BPF_NOEXIST, GlobalTable, GlobalThreadWords, PerThread, THREAD_VALUE_MASK, Taken, atomic_add,
     count, current_selected, histogram_slot, increment, note_process, now_ns, opaque, task_ids, thread_slots_shared,
 };
 
@@ -34,7 +35,7 @@ use crate::shared::{
 /// (26 days), and differences of such times are exact for any latency shorter than that. In global
 /// data, addressed without a lookup: these are the hottest words of the probe.
 #[unsafe(link_section = ".bss.syscall_start")]
-static SYSCALL_START: GlobalThreadWords = GlobalThreadWords::new();
+static SYSCALL_START: GlobalThreadWords = GlobalThreadWords::new(0);
 const SYSCALL_STARTS: PerThread<GlobalThreadWords> = PerThread(&SYSCALL_START);
 
 /// Bits of a `SYSCALL_START` value that hold the syscall number.
@@ -52,13 +53,14 @@ static SYSCALL_STATS: PerCpuHashMap<ProcessSyscall, SyscallStats> =
     PerCpuHashMap::with_max_entries(MAX_PROCESS_SYSCALLS, BPF_F_NO_PREALLOC);
 
 /// The hot part of `SYSCALL_STATS`: each CPU its own run of slots, one (process, syscall) per slot,
-/// found by a hash of the key. An array lookup, which the verifier inlines, and a compare, where
-/// the hash map costs a call, a hash and a bucket walk on every exit (5 % of a getppid loop's time
-/// under the probe). A free slot goes to the first key that lands in it, for as long as its process
-/// lives (the drain frees it); the keys that find their slot taken go to the hash map. The loader
-/// sizes the array to the possible CPUs; the drain reads it through a mapping.
-#[map]
-static SYSCALL_SLOTS: Array<SyscallSlot> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+/// found by a hash of the key. An address computed and a compare, where the hash map costs a call,
+/// a hash and a bucket walk on every exit (5 % of a getppid loop's time under the probe), and an
+/// array map's lookup a store and a load of the index on the exit's longest chain of dependent
+/// instructions. A free slot goes to the first key that lands in it, for as long as its process
+/// lives (the drain frees it); the keys that find their slot taken, and the CPUs past the table's,
+/// go to the hash map. In global data, which the drain reads through a mapping.
+#[unsafe(link_section = ".bss.syscall_slots")]
+static SYSCALL_SLOTS: GlobalTable<SyscallSlot, { 1 << SYSCALL_SLOT_TABLE_BITS }> = GlobalTable::new(SyscallSlot::FREE);
 
 #[map]
 static SYSCALL_ERRNOS: HashMap<SyscallErrno, u64> = HashMap::with_max_entries(MAX_SYSCALL_ERRNOS, 0);
@@ -212,15 +214,19 @@ fn add_call(tgid: u32, nr: u32, ret: i64, latency_ns: u64) {
     }
 }
 
-/// This CPU's slot for (`tgid`, `nr`), taken for it if free; `None` if another key holds it.
+/// This CPU's slot for (`tgid`, `nr`), taken for it if free; `None` if another key holds it, or if
+/// the CPU has none.
 #[inline(always)]
 fn slot_stats(tgid: u32, nr: u32) -> Option<*mut SyscallStats> {
-    // Fibonacci hashing: the top bits of the product mix every bit of the key.
-    let hash = (tgid ^ (nr << 22)).wrapping_mul(0x9E37_79B9) >> (32 - SYSCALL_SLOT_BITS);
     // SAFETY: the helper takes no arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let slot = SYSCALL_SLOTS.get_ptr_mut(cpu.wrapping_mul(SYSCALL_SLOTS_PER_CPU).wrapping_add(hash))?;
-    // SAFETY: `slot` points into the array, live while the program runs; only programs on this CPU
+    if cpu >= SYSCALL_SLOT_CPUS {
+        return None;
+    }
+    // Fibonacci hashing: the top bits of the product mix every bit of the key.
+    let hash = (tgid ^ (nr << 22)).wrapping_mul(0x9E37_79B9) >> (32 - SYSCALL_SLOT_BITS_PER_CPU);
+    let slot = SYSCALL_SLOTS.at(((cpu << SYSCALL_SLOT_BITS_PER_CPU) | hash) as usize);
+    // SAFETY: `slot` points into the table, live while the program runs; only programs on this CPU
     // write its slots, and the drain frees a slot only once its process has exited.
     unsafe {
         if (*slot).tgid != tgid || (*slot).nr != nr {

@@ -12,7 +12,7 @@ use profiler_common::{
     counters::{COUNTERS, Counter, NUM_COUNTERS},
     offcpu::{OFFCPU_START, OFFCPU_THREAD_BLOCKS},
     process::{self, MAX_THREAD_SLOTS, ProcessName},
-    runqlat, syscalls as sc,
+    runqlat,
 };
 
 use super::{
@@ -273,10 +273,6 @@ fn load_object(
         [("sched", runqlat::RUNQ_START), ("offcpu", OFFCPU_START), ("offcpu", OFFCPU_THREAD_BLOCKS)];
     for (probe, array) in per_thread_arrays {
         loader.map_max_entries(array, if runs(probe) { pid_max.min(MAX_THREAD_SLOTS) } else { 1 });
-    }
-    if runs("syscalls") || runs("syscall-counts") {
-        let cpus = aya::util::nr_cpus().map_err(|(path, error)| anyhow!("cannot read {path}: {error}"))?;
-        loader.map_max_entries(sc::SYSCALL_SLOTS, cpus as u32 * sc::SYSCALL_SLOTS_PER_CPU);
     }
     // A map two probes share keeps its size if either runs.
     let used: Vec<&str> = running.iter().flat_map(|p| p.0.own_maps().iter().copied()).collect();

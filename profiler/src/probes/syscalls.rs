@@ -8,7 +8,7 @@ use std::{
     sync::atomic::{Ordering, fence},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use aya::{
     Ebpf,
     maps::{Array, Map},
@@ -18,8 +18,8 @@ use profiler_common::{
     histogram::Histogram,
     syscalls::{
         MAX_PROCESS_SYSCALLS, MAX_SYSCALL_BUCKETS, MAX_SYSCALL_ERRNOS, ProcessSyscall as StatsKey, SYSCALL_ERRNOS,
-        SYSCALL_LATENCY, SYSCALL_PROCESS_LATENCY, SYSCALL_SLOTS, SYSCALL_STATS, SyscallBucket, SyscallErrno,
-        SyscallSlot, SyscallStats,
+        SYSCALL_LATENCY, SYSCALL_PROCESS_LATENCY, SYSCALL_SLOT_BITS_PER_CPU, SYSCALL_SLOT_CPUS, SYSCALL_SLOTS,
+        SYSCALL_STATS, SyscallBucket, SyscallErrno, SyscallSlot, SyscallStats,
     },
 };
 
@@ -55,8 +55,8 @@ const PROGRAMS: &[Alternatives] = &[
 const COUNT_PROGRAMS: &[Alternatives] =
     &[&[Program { name: "syscall_counts_sys_exit", attach: tracepoint("raw_syscalls", "sys_exit", REGS_AND_RESULT) }]];
 
-/// The maps both probes fill.
-const COUNT_MAPS: &[&str] = &[SYSCALL_STATS, SYSCALL_SLOTS, SYSCALL_ERRNOS];
+/// The maps both probes fill (and `SYSCALL_SLOTS`, global data, which no loader can shrink).
+const COUNT_MAPS: &[&str] = &[SYSCALL_STATS, SYSCALL_ERRNOS];
 
 impl ProbeSpec for Syscalls {
     fn name(&self) -> &'static str {
@@ -76,7 +76,7 @@ impl ProbeSpec for Syscalls {
     }
 
     fn own_maps(&self) -> &'static [&'static str] {
-        &[SYSCALL_STATS, SYSCALL_SLOTS, SYSCALL_ERRNOS, SYSCALL_LATENCY, SYSCALL_PROCESS_LATENCY]
+        &[SYSCALL_STATS, SYSCALL_ERRNOS, SYSCALL_LATENCY, SYSCALL_PROCESS_LATENCY]
     }
 
     fn drain(&self, options: &ProbeOptions) -> Box<dyn Drain> {
@@ -246,9 +246,15 @@ impl SyscallDrain {
     }
 }
 
-/// `SYSCALL_SLOTS`, read and freed through a mapping of the array (one syscall, where reading its
-/// thousands of slots one by one would take one each). The mapping lasts one drain, so the map's
-/// pages count in our RSS only while it runs.
+/// The number of possible CPUs: the ids of those that may ever come online are below it.
+fn possible_cpus() -> Result<u32> {
+    aya::util::nr_cpus().map(|cpus| cpus as u32).map_err(|(path, error)| anyhow!("cannot read {path}: {error}"))
+}
+
+/// `SYSCALL_SLOTS`, read and freed through a mapping of the table (one syscall, where copying its
+/// thousands of slots out would undo the counts the programs make meanwhile when written back).
+/// The mapping lasts one drain and covers the slots in use, so only their pages count in our RSS,
+/// only while it runs.
 struct Slots {
     map: OwnedFd,
     len: usize,
@@ -259,7 +265,11 @@ impl Slots {
         let Some(Map::Array(data)) = ebpf.map(SYSCALL_SLOTS) else {
             bail!("map {SYSCALL_SLOTS} missing from the eBPF object")
         };
-        let len = data.info()?.max_entries() as usize;
+        // The CPUs' runs of slots, from the table's start; the rest of the table stays unused.
+        let cpus = possible_cpus()?.min(SYSCALL_SLOT_CPUS);
+        let len = (cpus as usize) << SYSCALL_SLOT_BITS_PER_CPU;
+        let table_len = data.info()?.value_size() as usize / size_of::<SyscallSlot>();
+        ensure!(len <= table_len, "{cpus} CPUs need {len} syscall slots, the table has {table_len}");
         let map = data.fd().as_fd().try_clone_to_owned().context("cannot hold the syscall slots")?;
         Ok(Slots { map, len })
     }

@@ -551,6 +551,11 @@ impl<'a> EbpfLoader<'a> {
             if let Some(value_size) = value_size_override(map_type) {
                 map_obj.set_value_size(value_size)
             }
+            // Patched (see PATCHED.md): .bss is mappable, as libbpf makes global data, so that
+            // userspace reads and writes a table there in place.
+            if let (EbpfSectionKind::Bss, aya_obj::Map::Legacy(legacy)) = (map_obj.section_kind(), &mut map_obj) {
+                legacy.def.map_flags |= aya_obj::generated::BPF_F_MMAPABLE;
+            }
 
             let btf_fd = btf_fd.as_deref().map(|fd| fd.as_fd());
 
