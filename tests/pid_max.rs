@@ -5,6 +5,7 @@
 mod common;
 
 use common::{Recorder, Workload, syscall_row, temp_dir};
+use profiler_common::syscalls::SYSCALL_SLOT_TABLE_BITS;
 
 /// Sets kernel.pid_max for the length of a test; one test at a time.
 struct PidMax {
@@ -75,6 +76,7 @@ fn new_maps(name: &str, before: &std::collections::BTreeSet<u32>) -> Vec<(u32, u
 /// kernel.pid_max up to 2^19 slots, syscall entries in a fixed table of 2^19 slots in the programs'
 /// global data (with pid_max as large as systemd sets it, threads share slots by their ids' low
 /// bits); either way the counts are exact and every call of a thread alone in its slot is timed.
+/// The per-CPU counting slots are one table in global data too, whatever pid_max is.
 #[test]
 fn start_time_tables_follow_pid_max_up_to_half_a_million_slots() {
     const GETPPID: u64 = 3_000;
@@ -94,6 +96,9 @@ fn start_time_tables_follow_pid_max_up_to_half_a_million_slots() {
         assert_eq!(new_maps("RUNQ_START", &before), vec![(array_len, 8)], "RUNQ_START at pid_max {pid_max}");
         let syscall_starts = new_maps(profiler_common::syscalls::SYSCALL_START, &before);
         assert_eq!(syscall_starts, vec![(1, 8 * slots)], "one value of a word per slot, at pid_max {pid_max}");
+        let counting_slots = new_maps(profiler_common::syscalls::SYSCALL_SLOTS, &before);
+        let table_bytes = size_of::<profiler_common::syscalls::SyscallSlot>() << SYSCALL_SLOT_TABLE_BITS;
+        assert_eq!(counting_slots, vec![(1, table_bytes as u32)], "one value of all counting slots");
         workload.go();
         workload.wait();
         let recording = recorder.finish();
