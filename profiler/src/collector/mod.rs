@@ -319,8 +319,8 @@ impl Session {
                 per_thread: config.options.per_thread,
                 excluded_self: !config.options.include_self,
                 offcpu_min_ns: config.options.offcpu_min_ns,
-                offcpu_sample_one_in: config.options.offcpu_sample_one_in.max(1),
-                syscall_sample_one_in: config.options.syscall_sample_one_in.max(1),
+                offcpu_sample_one_in: config.options.offcpu_one_in(),
+                syscall_sample_one_in: config.options.syscall_one_in(),
             },
             left_out: probes
                 .left_out()

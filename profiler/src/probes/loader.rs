@@ -298,10 +298,9 @@ fn load_object(
     loader.override_global("HAS_TASK_PT_REGS", &has_task_pt_regs, true);
     loader.override_global("THREAD_SIZE", &layout.thread_size, true);
     loader.override_global("OFFCPU_MIN_NS", &options.offcpu_min_ns, true);
-    let offcpu_sample_one_in = options.offcpu_sample_one_in.max(1);
-    loader.override_global("OFFCPU_SAMPLE_ONE_IN", &offcpu_sample_one_in, true);
-    let syscall_sample_one_in = options.syscall_sample_one_in.max(1);
-    loader.override_global("SYSCALL_SAMPLE_ONE_IN", &syscall_sample_one_in, true);
+    let (offcpu_one_in, syscall_one_in) = (options.offcpu_one_in(), options.syscall_one_in());
+    loader.override_global("OFFCPU_SAMPLE_ONE_IN", &offcpu_one_in, true);
+    loader.override_global("SYSCALL_SAMPLE_ONE_IN", &syscall_one_in, true);
     loader.load(EBPF_OBJECT).map_err(|error| match error {
         aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
             if verifier::is_permission_error(&io_error) =>

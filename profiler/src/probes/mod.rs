@@ -237,6 +237,18 @@ pub struct ProbeOptions {
     pub syscall_sample_one_in: u32,
 }
 
+impl ProbeOptions {
+    /// One blocking switch-out in how many has its stacks taken (0, the default, read as 1).
+    pub fn offcpu_one_in(&self) -> u32 {
+        self.offcpu_sample_one_in.max(1)
+    }
+
+    /// One syscall in how many is timed (0, the default, read as 1).
+    pub fn syscall_one_in(&self) -> u32 {
+        self.syscall_sample_one_in.max(1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use std::{
     sync::atomic::{Ordering, fence},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
     maps::{Array, Map},
@@ -80,7 +80,7 @@ impl ProbeSpec for Syscalls {
     }
 
     fn drain(&self, options: &ProbeOptions) -> Box<dyn Drain> {
-        Box::new(SyscallDrain::new(true, options.syscall_sample_one_in))
+        Box::new(SyscallDrain::new(true, options.syscall_one_in()))
     }
 }
 
@@ -122,7 +122,7 @@ impl SyscallDrain {
     fn new(timed: bool, sample_one_in: u32) -> SyscallDrain {
         SyscallDrain {
             timed,
-            weight: u64::from(sample_one_in.max(1)),
+            weight: u64::from(sample_one_in),
             latency: HashMap::new(),
             slots: None,
             stats: CounterMap::new(
@@ -266,10 +266,7 @@ impl Slots {
             bail!("map {SYSCALL_SLOTS} missing from the eBPF object")
         };
         // The CPUs' runs of slots, from the table's start; the rest of the table stays unused.
-        let cpus = possible_cpus()?.min(SYSCALL_SLOT_CPUS);
-        let len = (cpus as usize) << SYSCALL_SLOT_BITS_PER_CPU;
-        let table_len = data.info()?.value_size() as usize / size_of::<SyscallSlot>();
-        ensure!(len <= table_len, "{cpus} CPUs need {len} syscall slots, the table has {table_len}");
+        let len = (possible_cpus()?.min(SYSCALL_SLOT_CPUS) as usize) << SYSCALL_SLOT_BITS_PER_CPU;
         let map = data.fd().as_fd().try_clone_to_owned().context("cannot hold the syscall slots")?;
         Ok(Slots { map, len })
     }

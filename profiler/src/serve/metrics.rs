@@ -90,7 +90,7 @@ impl MetricsSink {
         processes: ProcessSeries,
         baseline: usize,
         interval: Duration,
-        syscall_sample_one_in: u32,
+        syscall_one_in: u32,
         page: Arc<Mutex<Page>>,
     ) -> Self {
         Self {
@@ -100,7 +100,7 @@ impl MetricsSink {
             unjudged: Accumulator::default(),
             judged_at: Duration::ZERO,
             judge_every: interval,
-            syscall_weight: u64::from(syscall_sample_one_in.max(1)),
+            syscall_weight: u64::from(syscall_one_in),
             processes: ProcessHistograms { processes, ..Default::default() },
             page,
             exited: Vec::new(),

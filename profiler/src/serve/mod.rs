@@ -45,7 +45,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let frequency_hz = config.options.frequency_hz;
-    let syscall_sample_one_in = config.options.syscall_sample_one_in;
+    let syscall_one_in = config.options.syscall_one_in();
     let session = Session::start(SessionConfig {
         probes: config.probes,
         options: config.options,
@@ -82,8 +82,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(http::run(listener, app, http::Limits::default(), stopped));
-    let mut metrics_sink =
-        MetricsSink::new(config.processes, config.baseline, config.interval, syscall_sample_one_in, page);
+    let mut metrics_sink = MetricsSink::new(config.processes, config.baseline, config.interval, syscall_one_in, page);
     let mut sinks: Vec<&mut dyn Sink> = vec![&mut metrics_sink];
     if let Some(sink) = profile_sink.as_mut() {
         sinks.push(sink);

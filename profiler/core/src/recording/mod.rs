@@ -515,17 +515,18 @@ impl LatencyHistogram {
         self.buckets.is_empty()
     }
 
-    /// Adds another histogram's counts into this one.
     /// Each count multiplied by `factor` (what a histogram of one value in `factor` estimates);
     /// `unweighed` divides it back.
     pub fn weighed(&self, factor: u64) -> LatencyHistogram {
         LatencyHistogram { buckets: self.buckets.iter().map(|&(index, n)| (index, n.saturating_mul(factor))).collect() }
     }
 
+    /// Each count divided by `factor` (0, from a recording made before sampling, read as 1).
     pub fn unweighed(&self, factor: u64) -> LatencyHistogram {
         LatencyHistogram { buckets: self.buckets.iter().map(|&(index, n)| (index, n / factor.max(1))).collect() }
     }
 
+    /// Adds another histogram's counts into this one.
     pub fn merge(&mut self, other: &LatencyHistogram) {
         let mut dense = self.to_dense();
         for &(index, count) in &other.buckets {
