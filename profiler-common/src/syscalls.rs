@@ -87,5 +87,6 @@ pub const SYSCALL_ERRNOS: &str = "SYSCALL_ERRNOS";
 /// Hash map `SyscallBucket` -> count: latency histograms per (process, syscall), filled only when
 /// asked for (`top`, `record --syscall-latency-per-process`), as they cost a hash update per call.
 pub const SYSCALL_PROCESS_LATENCY: &str = "SYSCALL_PROCESS_LATENCY";
-/// Array of `MAX_SYSCALL_NR` `histogram::Histogram`, by syscall number.
-pub const SYSCALL_LATENCY: &str = "SYSCALL_LATENCY";
+/// `MAX_SYSCALL_NR` `histogram::Histogram`s, by syscall number, in the programs' global data (a
+/// mappable array map of one value, 2 MiB, named after its section).
+pub const SYSCALL_LATENCY: &str = ".bss.syscall_latency";

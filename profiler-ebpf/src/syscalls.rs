@@ -11,12 +11,12 @@ use aya_ebpf::{
     Global,
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_prandom_u32, bpf_get_smp_processor_id},
     macros::{btf_tracepoint, map},
-    maps::{Array, HashMap, PerCpuHashMap},
+    maps::{HashMap, PerCpuHashMap},
     programs::BtfTracePointContext,
 };
 use profiler_common::{
     counters::Counter,
-    histogram::{Histogram, bucket_index_by_table},
+    histogram::{HISTOGRAM_SLOTS, Histogram, bucket_index_by_table},
     syscalls::{
         MAX_PROCESS_SYSCALLS, MAX_SYSCALL_BUCKETS, MAX_SYSCALL_ERRNOS, MAX_SYSCALL_NR, ProcessSyscall,
         SYSCALL_SLOT_BITS_PER_CPU, SYSCALL_SLOT_CPUS, SYSCALL_SLOT_TABLE_BITS, SyscallBucket, SyscallErrno,
@@ -65,9 +65,12 @@ static SYSCALL_SLOTS: GlobalTable<SyscallSlot, { 1 << SYSCALL_SLOT_TABLE_BITS }>
 #[map]
 static SYSCALL_ERRNOS: HashMap<SyscallErrno, u64> = HashMap::with_max_entries(MAX_SYSCALL_ERRNOS, 0);
 
-/// Latency histogram per syscall number, all processes together.
-#[map]
-static SYSCALL_LATENCY: Array<Histogram> = Array::with_max_entries(MAX_SYSCALL_NR, 0);
+/// Latency histogram per syscall number, all processes together. In global data, addressed without
+/// an array lookup (whose index passes through the stack): 1.4 % faster on a getppid loop than the
+/// array map. The drain reads it through a mapping.
+#[unsafe(link_section = ".bss.syscall_latency")]
+static SYSCALL_LATENCY: GlobalTable<Histogram, { MAX_SYSCALL_NR as usize }> =
+    GlobalTable::new(Histogram { buckets: [0; HISTOGRAM_SLOTS] });
 
 /// Time one call in this many, drawn at random on entry (1: every call); counts and errors stay
 /// exact. The drain weighs each timed call this many times, off the hot path. Read-only: with 1
@@ -152,9 +155,7 @@ pub fn syscall_sys_exit(ctx: BtfTracePointContext) -> i32 {
     let nr = (start & NR_MASK) as u32;
     let latency = now_ns().wrapping_sub(start >> NR_BITS) & TIME_MASK;
     let bucket = bucket_index_by_table(latency, opaque);
-    if let Some(histogram) = SYSCALL_LATENCY.get_ptr_mut(nr) {
-        atomic_add(histogram_slot(histogram, bucket), 1);
-    }
+    atomic_add(histogram_slot(SYSCALL_LATENCY.at(nr as usize), bucket), 1);
     if LATENCY_PER_PROCESS.load() != 0
         && increment(&SYSCALL_PROCESS_LATENCY, &SyscallBucket { tgid, nr, bucket }, Counter::SyscallBucketDrops)
     {

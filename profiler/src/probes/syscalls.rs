@@ -9,24 +9,20 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use aya::{
-    Ebpf,
-    maps::{Array, Map},
-};
+use aya::{Ebpf, maps::Map};
 use profiler_common::{
     counters::Counter,
     histogram::Histogram,
     syscalls::{
-        MAX_PROCESS_SYSCALLS, MAX_SYSCALL_BUCKETS, MAX_SYSCALL_ERRNOS, ProcessSyscall as StatsKey, SYSCALL_ERRNOS,
-        SYSCALL_LATENCY, SYSCALL_PROCESS_LATENCY, SYSCALL_SLOT_BITS_PER_CPU, SYSCALL_SLOT_CPUS, SYSCALL_SLOTS,
-        SYSCALL_STATS, SyscallBucket, SyscallErrno, SyscallSlot, SyscallStats,
+        MAX_PROCESS_SYSCALLS, MAX_SYSCALL_BUCKETS, MAX_SYSCALL_ERRNOS, MAX_SYSCALL_NR, ProcessSyscall as StatsKey,
+        SYSCALL_ERRNOS, SYSCALL_LATENCY, SYSCALL_PROCESS_LATENCY, SYSCALL_SLOT_BITS_PER_CPU, SYSCALL_SLOT_CPUS,
+        SYSCALL_SLOTS, SYSCALL_STATS, SyscallBucket, SyscallErrno, SyscallSlot, SyscallStats,
     },
 };
 
 use super::{
     Drain, Drained, Feature, Kernel, ProbeOptions, ProbeSpec,
     counter_map::{Beside, CounterMap, Growth, Values, dense_growth, histograms},
-    loader::map,
     program::{Alternatives, Arg, Program, TASK, tracepoint},
 };
 use crate::recording::{LatencyHistogram, ProcessSyscall, Syscalls as SyscallData};
@@ -76,7 +72,7 @@ impl ProbeSpec for Syscalls {
     }
 
     fn own_maps(&self) -> &'static [&'static str] {
-        &[SYSCALL_STATS, SYSCALL_ERRNOS, SYSCALL_LATENCY, SYSCALL_PROCESS_LATENCY]
+        &[SYSCALL_STATS, SYSCALL_ERRNOS, SYSCALL_PROCESS_LATENCY]
     }
 
     fn drain(&self, options: &ProbeOptions) -> Box<dyn Drain> {
@@ -124,6 +120,7 @@ impl SyscallDrain {
             timed,
             weight: u64::from(sample_one_in),
             latency: HashMap::new(),
+            latency_table: None,
             slots: None,
             stats: CounterMap::new(
                 SYSCALL_STATS,
@@ -182,6 +179,8 @@ struct SyscallDrain {
     /// Each syscall's histogram at the last drain, for the syscalls seen so far.
     latency: HashMap<u32, Vec<u64>>,
     /// `SYSCALL_SLOTS`, opened at the first drain.
+    /// `SYSCALL_LATENCY`, once the first drain found it.
+    latency_table: Option<GlobalData>,
     slots: Option<Slots>,
     stats: CounterMap<StatsKey, SyscallStats>,
     errnos: CounterMap<SyscallErrno, u64>,
@@ -226,10 +225,18 @@ impl Drain for SyscallDrain {
 impl SyscallDrain {
     /// Each syscall's latency histogram's growth since the last drain.
     fn latency_growth(&mut self, ebpf: &Ebpf) -> Result<BTreeMap<u32, LatencyHistogram>> {
-        let latency_map: Array<_, Histogram> = Array::try_from(map(ebpf, SYSCALL_LATENCY)?)?;
+        let table = match &self.latency_table {
+            Some(table) => table,
+            None => self.latency_table.insert(GlobalData::new(ebpf, SYSCALL_LATENCY)?),
+        };
+        let len = MAX_SYSCALL_NR as usize;
+        let memory = table.map(len * size_of::<Histogram>()).context("cannot map the syscall latency histograms")?;
+        let histograms = memory.as_ptr().cast::<Histogram>();
         let mut latency = BTreeMap::new();
-        for (nr, histogram) in latency_map.iter().enumerate() {
-            let histogram = histogram?;
+        for nr in 0..len {
+            // SAFETY: `nr` < `len`, within the mapping; the programs add to the counts meanwhile,
+            // so they are read as volatile, and a count read mid-drain is taken up by the next.
+            let histogram = unsafe { read_volatile(histograms.add(nr)) };
             let counts = histogram.counts();
             if counts.iter().all(|&n| n == 0) {
                 continue;
@@ -251,35 +258,44 @@ fn possible_cpus() -> Result<u32> {
     aya::util::nr_cpus().map(|cpus| cpus as u32).map_err(|(path, error)| anyhow!("cannot read {path}: {error}"))
 }
 
+/// A table in the programs' global data (a `.bss` section's map of one value), mapped for one drain
+/// at a time, so that only the pages read count in our RSS, only while the drain runs.
+struct GlobalData(OwnedFd);
+
+impl GlobalData {
+    fn new(ebpf: &Ebpf, name: &str) -> Result<GlobalData> {
+        let Some(Map::Array(data)) = ebpf.map(name) else { bail!("map {name} missing from the eBPF object") };
+        Ok(GlobalData(data.fd().as_fd().try_clone_to_owned().with_context(|| format!("cannot hold map {name}"))?))
+    }
+
+    /// A shared mapping of the table's first `bytes`.
+    fn map(&self, bytes: usize) -> std::io::Result<memmap2::MmapMut> {
+        // SAFETY: a shared mapping of the array's memory, which the kernel's programs write
+        // meanwhile: callers read and write it through volatile accesses only.
+        unsafe { memmap2::MmapOptions::new().len(bytes).map_mut(self.0.as_raw_fd()) }
+    }
+}
+
 /// `SYSCALL_SLOTS`, read and freed through a mapping of the table (one syscall, where copying its
 /// thousands of slots out would undo the counts the programs make meanwhile when written back).
-/// The mapping lasts one drain and covers the slots in use, so only their pages count in our RSS,
-/// only while it runs.
+/// The mapping covers the slots in use.
 struct Slots {
-    map: OwnedFd,
+    data: GlobalData,
     len: usize,
 }
 
 impl Slots {
     fn new(ebpf: &Ebpf) -> Result<Slots> {
-        let Some(Map::Array(data)) = ebpf.map(SYSCALL_SLOTS) else {
-            bail!("map {SYSCALL_SLOTS} missing from the eBPF object")
-        };
         // The CPUs' runs of slots, from the table's start; the rest of the table stays unused.
         let len = (possible_cpus()?.min(SYSCALL_SLOT_CPUS) as usize) << SYSCALL_SLOT_BITS_PER_CPU;
-        let map = data.fd().as_fd().try_clone_to_owned().context("cannot hold the syscall slots")?;
-        Ok(Slots { map, len })
+        Ok(Slots { data: GlobalData::new(ebpf, SYSCALL_SLOTS)?, len })
     }
 
     /// Calls `visit` with a pointer to each slot, in a mapping that lasts the call.
     fn each(&self, mut visit: impl FnMut(*mut SyscallSlot)) -> Result<()> {
-        // SAFETY: a shared mapping of the array's memory, `len` slots long; the kernel's programs
-        // write it meanwhile, which `visit` allows for (volatile reads and writes, in an order the
-        // programs' own writes agree with).
-        let mut memory = unsafe {
-            memmap2::MmapOptions::new().len(self.len * size_of::<SyscallSlot>()).map_mut(self.map.as_raw_fd())
-        }
-        .context("cannot map the syscall slots")?;
+        // `visit` allows for the programs' writes: volatile reads and writes, in an order the
+        // programs' own writes agree with.
+        let mut memory = self.data.map(self.len * size_of::<SyscallSlot>()).context("cannot map the syscall slots")?;
         let slots = memory.as_mut_ptr().cast::<SyscallSlot>();
         for index in 0..self.len {
             // SAFETY: `index` < `len`, within the mapping.
