@@ -178,9 +178,9 @@ struct SyscallDrain {
     weight: u64,
     /// Each syscall's histogram at the last drain, for the syscalls seen so far.
     latency: HashMap<u32, Vec<u64>>,
-    /// `SYSCALL_SLOTS`, opened at the first drain.
-    /// `SYSCALL_LATENCY`, once the first drain found it.
+    /// `SYSCALL_LATENCY`, opened at the first drain.
     latency_table: Option<GlobalData>,
+    /// `SYSCALL_SLOTS`, opened at the first drain.
     slots: Option<Slots>,
     stats: CounterMap<StatsKey, SyscallStats>,
     errnos: CounterMap<SyscallErrno, u64>,
