@@ -106,11 +106,12 @@ fn main() -> Result<()> {
         ],
     };
     let mut markdown = format!(
-        "# Benchmarks\n\nRun {} on {} ({} CPUs, kernel {}), by `cargo xtask bench`.\n\n",
+        "# Benchmarks\n\nRun {} on {} ({} CPUs, kernel {}), by `cargo xtask bench`. CPU: {}.\n\n",
         chrono_like_now(),
         hostname(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        kernel()
+        kernel(),
+        cpu()
     );
     for what in whats {
         let section = match what {
@@ -154,6 +155,27 @@ fn hostname() -> String {
 
 fn kernel() -> String {
     command_output("uname", &["-r"])
+}
+
+/// The CPU's model and its mitigations of return and indirect-branch speculation: they set what a
+/// call and a return cost in the kernel, which weighs on tracers by how many calls each event makes
+/// (libbpf's `syscount -L` cost 3.41x one day and 3.9x the next on this project's VMs, the floors
+/// unchanged).
+fn cpu() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name").and_then(|rest| rest.split_once(':')))
+        .map_or("unknown", |(_, model)| model.trim());
+    let mitigations: Vec<String> = ["spec_rstack_overflow", "retbleed", "spectre_v2"]
+        .iter()
+        .filter_map(|name| {
+            let state = std::fs::read_to_string(format!("/sys/devices/system/cpu/vulnerabilities/{name}")).ok()?;
+            let state = state.trim();
+            (state != "Not affected").then(|| format!("{name}: {state}"))
+        })
+        .collect();
+    if mitigations.is_empty() { model.to_string() } else { format!("{model} ({})", mitigations.join("; ")) }
 }
 
 /// Median and range of a sample.

@@ -346,12 +346,30 @@ impl Drop for TraceFs {
 /// The off-CPU probe's rows, run by the `offcpu` part (with its sampling error), not by default.
 pub const OFF_CPU: &str = "off-CPU: `taskset -c 1 perf bench sched pipe -l 200000`";
 
+/// One pair: the workload alone, then under `tracer`; the ratio traced/alone, or None (said on
+/// stderr) if the tracer cannot start, which leaves it out of the rounds that follow (the pairs it
+/// gave still count).
+fn time_pair(command: &[String], tracer: &Tracer) -> Result<Option<f64>> {
+    let alone = time_workload(command)?;
+    let child = match start(tracer) {
+        Ok(child) => child,
+        Err(error) => {
+            eprintln!("skipping {}: {error:#}", tracer.name);
+            return Ok(None);
+        }
+    };
+    let traced = time_workload(command);
+    stop(child);
+    Ok(Some(traced? / alone))
+}
+
 /// `only`: the workloads whose name starts with it (all but the off-CPU rows if none).
 pub fn run(bin: &Path, pairs: usize, only: Option<&str>) -> Result<String> {
     let _tracefs = TraceFs::ensure()?;
     let mut out = String::from(
         "## Overhead: slowdown of the workload under each tracer\n\nEach row: the workload alone and under the tracer, interleaved, \
-         as pairs; the ratio traced/alone of each pair; median and range of the ratios. 1.00 is no slowdown.\n\n",
+         as pairs; the ratio traced/alone of each pair; median and range of the ratios. 1.00 is no slowdown. \
+         The tracers take turns, a pair each per round, in an order rotated every round.\n\n",
     );
     let chosen = |w: &Workload| match only {
         Some(only) => w.name.starts_with(only),
@@ -363,21 +381,24 @@ pub fn run(bin: &Path, pairs: usize, only: Option<&str>) -> Result<String> {
             workload.name
         ));
         time_workload(&workload.command)?; // warm caches
-        for tracer in &workload.tracers {
-            let mut ratios = Vec::new();
-            for _ in 0..pairs {
-                let alone = time_workload(&workload.command)?;
-                let child = match start(tracer) {
-                    Ok(child) => child,
-                    Err(error) => {
-                        eprintln!("skipping {}: {error:#}", tracer.name);
-                        break;
-                    }
-                };
-                let traced = time_workload(&workload.command);
-                stop(child);
-                ratios.push(traced? / alone);
+        // Round-robin: each round takes one pair of every tracer, in an order that rotates from
+        // round to round, so that the machine's drift over minutes (a shared VM's neighbours)
+        // falls on every tracer alike and the rows compare with each other, not only with 1.00.
+        let tracers = &workload.tracers;
+        let mut ratios = vec![Vec::new(); tracers.len()];
+        let mut skipped = vec![false; tracers.len()];
+        for round in 0..pairs {
+            for i in (0..tracers.len()).map(|k| (k + round) % tracers.len()) {
+                if skipped[i] {
+                    continue;
+                }
+                match time_pair(&workload.command, &tracers[i])? {
+                    Some(ratio) => ratios[i].push(ratio),
+                    None => skipped[i] = true,
+                }
             }
+        }
+        for (tracer, mut ratios) in tracers.iter().zip(ratios) {
             if ratios.is_empty() {
                 out.push_str(&format!("| {} | not run | | 0 |\n", tracer.name));
                 continue;
